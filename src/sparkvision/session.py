@@ -1,0 +1,75 @@
+"""SparkSession builder with the settings sparkvision relies on."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+
+# glibc malloc settings that nearly double batch inference speed (fewer page faults).
+GLIBC_TUNABLES = (
+    "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295"
+)
+
+DEFAULT_CONF: dict[str, str] = {
+    "spark.sql.shuffle.partitions": "2",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    # Fail fast (instead of waiting ~10 minutes) when a barrier stage cannot get its slots.
+    "spark.scheduler.barrier.maxConcurrentTasksCheck.interval": "2s",
+    "spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures": "2",
+    "spark.python.worker.reuse": "true",
+    "spark.executorEnv.GLIBC_TUNABLES": GLIBC_TUNABLES,
+    "spark.executorEnv.OMP_NUM_THREADS": "1",
+    "spark.driver.host": "127.0.0.1",
+    "spark.driver.bindAddress": "127.0.0.1",
+}
+
+
+def _prepare_environment(master: str) -> None:
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if master.startswith("local") or "127.0.0.1" in master or "localhost" in master:
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # Python workers forked by the local daemon inherit the driver's environment.
+    os.environ.setdefault("GLIBC_TUNABLES", GLIBC_TUNABLES)
+
+
+def get_spark(
+    master: str | None = None,
+    app_name: str = "sparkvision",
+    conf: Mapping[str, str] | None = None,
+):  # -> pyspark.sql.SparkSession
+    """Return a SparkSession (creating one if needed) with sparkvision's data sources.
+
+    ``master`` defaults to the ``SPARK_MASTER`` environment variable, then ``local[*]``.
+    """
+    from pyspark.sql import SparkSession
+
+    master = master or os.environ.get("SPARK_MASTER") or "local[*]"
+    _prepare_environment(master)
+    builder = SparkSession.builder.master(master).appName(app_name)
+    settings = dict(DEFAULT_CONF)
+    if not (master.startswith("local") or "127.0.0.1" in master or "localhost" in master):
+        settings.pop("spark.driver.host")
+        settings.pop("spark.driver.bindAddress")
+    settings.update(conf or {})
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    register_data_sources(spark)
+    return spark
+
+
+def register_data_sources(spark) -> None:
+    """Register the ``tfrecords`` Python data source on ``spark``."""
+    from sparkvision.data.datasource import TFRecordDataSource
+
+    spark.dataSource.register(TFRecordDataSource)
+
+
+def default_parallelism(spark) -> int:
+    """Number of task slots the cluster offers right now."""
+    return int(spark.sparkContext.defaultParallelism)
