@@ -1,0 +1,3 @@
+from sparkvision.cli import main
+
+raise SystemExit(main())

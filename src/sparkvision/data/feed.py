@@ -1,0 +1,72 @@
+"""Executor side: Arrow record batches → uint8 image tensors (no pyspark import)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from sparkvision.errors import DataError
+
+
+def binary_column_to_array(column: Any, row_bytes: int) -> np.ndarray:
+    """A pyarrow Binary column of equal-length values → (N, row_bytes) uint8 view/copy."""
+    import pyarrow as pa
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if column.null_count:
+        raise DataError("image column has null values: drop or fix those rows first")
+    if pa.types.is_large_binary(column.type):
+        offsets_dtype = np.int64
+    else:
+        offsets_dtype = np.int32
+    n = len(column)
+    if n == 0:
+        return np.empty((0, row_bytes), dtype=np.uint8)
+    buffers = column.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=offsets_dtype)[column.offset : column.offset + n + 1]
+    data = np.frombuffer(buffers[2], dtype=np.uint8)
+    lengths = np.diff(offsets)
+    if not np.all(lengths == row_bytes):
+        bad = int(lengths[np.argmax(lengths != row_bytes)])
+        raise DataError(
+            f"an image has {bad} bytes but the image shape needs {row_bytes}: "
+            "re-run `sparkvision prepare` so every image has the same size"
+        )
+    start = int(offsets[0])
+    return data[start : start + n * row_bytes].reshape(n, row_bytes)
+
+
+def batches_to_arrays(
+    batches: Iterable[Any],
+    image_col: str,
+    label_col: str | None,
+    image_shape: tuple[int, int, int],
+    flag_col: str | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Collect a partition's Arrow batches into (images NCHW uint8, labels, flags)."""
+    h, w, c = image_shape
+    row_bytes = h * w * c
+    images, labels, flags = [], [], []
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        images.append(binary_column_to_array(batch.column(image_col), row_bytes).copy())
+        if label_col is not None:
+            labels.append(batch.column(label_col).to_numpy(zero_copy_only=False))
+        if flag_col is not None:
+            flags.append(batch.column(flag_col).to_numpy(zero_copy_only=False))
+    if images:
+        x = np.concatenate(images).reshape(-1, h, w, c).transpose(0, 3, 1, 2)
+        x = np.ascontiguousarray(x)
+    else:
+        x = np.empty((0, c, h, w), dtype=np.uint8)
+    y = np.concatenate(labels).astype(np.int64) if labels else (
+        np.empty(0, np.int64) if label_col else None
+    )
+    f = np.concatenate(flags).astype(bool) if flags else (
+        np.empty(0, bool) if flag_col else None
+    )
+    return x, y, f

@@ -1,0 +1,113 @@
+"""Decode, validate, convert and resize images with Pillow and NumPy.
+
+Everything here is plain Python (no Spark) so it runs inside executors and in unit tests.
+Images are stored as uint8 arrays in HWC order.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# Refuse decompression bombs instead of using all executor memory.
+MAX_PIXELS = 64 * 1024 * 1024
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+
+
+class ImageRejected(Exception):
+    """An input file cannot be used as an image; ``str(exc)`` is the reason."""
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """Target shape of prepared images: ``channels`` is 1 (grayscale) or 3 (RGB)."""
+
+    height: int
+    width: int
+    channels: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, self.channels)
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """Scale 16-bit / 32-bit integer and float images to 8-bit grayscale."""
+    arr = np.asarray(img)
+    if img.mode == "F":
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+    else:
+        arr = arr.astype(np.float64)
+        top = 65535.0 if arr.max(initial=0) > 255 or img.mode.startswith("I;16") else 255.0
+        scaled = arr * (255.0 / top)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_mode(img: Image.Image, channels: int) -> Image.Image:
+    """Convert any Pillow mode (CMYK, RGBA, LA, P, 1, I;16, ...) to L or RGB."""
+    if img.mode in _SIXTEEN_BIT_MODES:
+        img = _to_8bit(img)
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba).convert("RGB")
+    target = "L" if channels == 1 else "RGB"
+    return img if img.mode == target else img.convert(target)
+
+
+def decode_image(data: bytes, name: str = "<bytes>") -> Image.Image:
+    """Decode encoded image bytes, raising :class:`ImageRejected` with a reason."""
+    if not data:
+        raise ImageRejected("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            if img.width * img.height > MAX_PIXELS:
+                raise ImageRejected(f"image too large ({img.width}x{img.height})")
+            img.load()
+    except ImageRejected:
+        raise
+    except UnidentifiedImageError:
+        raise ImageRejected("not an image (unknown format)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(f"corrupt image: {exc}") from None
+    if img.width < 1 or img.height < 1:
+        raise ImageRejected("image has no pixels")
+    return img
+
+
+def resize(img: Image.Image, height: int, width: int) -> Image.Image:
+    if img.size == (width, height):
+        return img
+    return img.resize((width, height), Image.Resampling.BILINEAR)
+
+
+def prepare_image(img: Image.Image, spec: ImageSpec) -> np.ndarray:
+    """Convert and resize a decoded image to a uint8 HWC array of ``spec.shape``."""
+    img = resize(to_mode(img, spec.channels), spec.height, spec.width)
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return np.ascontiguousarray(arr)
+
+
+def prepare_array(arr: np.ndarray, spec: ImageSpec) -> np.ndarray:
+    """Like :func:`prepare_image` for an in-memory uint8 array (HW or HWC)."""
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    mode = "L" if arr.ndim == 2 else "RGB"
+    return prepare_image(Image.fromarray(arr.astype(np.uint8), mode=mode), spec)
+
+
+def encoded_to_array(data: bytes, spec: ImageSpec) -> np.ndarray:
+    """Decode + convert + resize in one call; raises :class:`ImageRejected`."""
+    return prepare_image(decode_image(data), spec)

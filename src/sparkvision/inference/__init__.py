@@ -1,0 +1,1 @@
+"""Inference: batch prediction as a DataFrame transform (streaming builds on it)."""

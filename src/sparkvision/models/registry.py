@@ -1,0 +1,70 @@
+"""Build an ``nn.Module`` from a name: a built-in network or ``package.module:function``."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from sparkvision.errors import InvalidParameterError
+
+MODEL_NAMES = ("cnn", "simple_cnn", "lenet5", "resnet8")
+
+
+def _builders() -> dict[str, Callable[..., Any]]:
+    from sparkvision.models import networks
+
+    return {
+        "cnn": networks.small_cnn,
+        "simple_cnn": networks.simple_cnn,
+        "lenet5": networks.lenet5,
+        "resnet8": networks.resnet8,
+    }
+
+
+def validate_model_name(name: str) -> str:
+    """Check a model name without importing torch (driver side)."""
+    if name in MODEL_NAMES:
+        return name
+    if ":" in name and all(part for part in name.split(":", 1)):
+        return name
+    raise InvalidParameterError(
+        "model",
+        name,
+        f"use one of {', '.join(MODEL_NAMES)} or an import path 'package.module:function' "
+        "whose function builds an nn.Module from (num_classes, input_shape)",
+    )
+
+
+def resolve_user_builder(path: str) -> Callable[..., Any]:
+    module_name, func_name = path.split(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidParameterError(
+            "model", path, f"module {module_name!r} cannot be imported ({exc}); install it "
+            "on the driver and every executor"
+        ) from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise InvalidParameterError(
+            "model", path, f"{module_name!r} has no callable {func_name!r}"
+        )
+    return func
+
+
+def build_model(name: str, num_classes: int, input_shape: tuple[int, int, int]):
+    """Return an ``nn.Module`` mapping (N, C, H, W) float tensors to (N, num_classes) logits.
+
+    ``input_shape`` is (height, width, channels) as in ``dataset.json``.
+    """
+    validate_model_name(name)
+    builder = _builders().get(name) or resolve_user_builder(name)
+    model = builder(num_classes=num_classes, input_shape=tuple(input_shape))
+    import torch.nn as nn
+
+    if not isinstance(model, nn.Module):
+        raise InvalidParameterError(
+            "model", name, f"the builder returned {type(model).__name__}, not an nn.Module"
+        )
+    return model

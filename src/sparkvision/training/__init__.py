@@ -1,0 +1,1 @@
+"""Distributed training: estimator, barrier launcher, executor worker, train loop."""

@@ -1,0 +1,184 @@
+"""Plain PyTorch training pieces (no pyspark): batching, augmentation, loss, LR, eval."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparkvision.config import TrainConfig
+
+
+def normalize(x_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 NCHW → float32 in [-1, 1]; used identically for training and inference."""
+    return x_u8.to(torch.float32).mul_(2.0 / 255.0).sub_(1.0)
+
+
+def steps_per_epoch(max_local_rows: int, batch_size: int) -> int:
+    """Every rank takes this many steps: enough for the largest partition to see all rows."""
+    return max(1, math.ceil(max_local_rows / batch_size))
+
+
+def epoch_indices(n: int, steps: int, batch_size: int, seed: int, epoch: int, rank: int):
+    """Seeded row order for one epoch: whole permutations, tiled to ``steps * batch_size``.
+
+    Smaller partitions repeat rows so every rank takes the same number of full batches.
+    """
+    if n == 0:
+        raise ValueError("a training partition has no rows")
+    rng = np.random.default_rng([seed, epoch, rank])
+    need = steps * batch_size
+    parts = [rng.permutation(n) for _ in range(math.ceil(need / n))]
+    return np.concatenate(parts)[:need]
+
+
+def shift_augment(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Random translation of each image by up to ``max_shift`` pixels (zero padding)."""
+    if max_shift <= 0:
+        return x
+    n, c, h, w = x.shape
+    padded = F.pad(x, (max_shift, max_shift, max_shift, max_shift), value=-1.0)
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]
+    batch = torch.arange(n)[:, None, None, None]
+    chan = torch.arange(c)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def max_shift_for(image_shape: tuple[int, int, int], augment: str) -> int:
+    if augment != "shift":
+        return 0
+    # 2 px on 28x28 MNIST; none on images too small to shift meaningfully (8x8 digits).
+    return int(min(image_shape[0], image_shape[1]) / 14)
+
+
+def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int) -> float:
+    """Linear warm-up then cosine decay to 2% (``cosine``), or 1.0 (``constant``)."""
+    if schedule == "constant":
+        return 1.0
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.learning_rate, momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+    return torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+
+
+def compute_loss(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    loss: str,
+    class_weights: torch.Tensor | None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Cross-entropy, or MSE between softmax probabilities and one-hot targets."""
+    if loss == "mse":
+        target = F.one_hot(y, logits.shape[1]).to(logits.dtype)
+        per_row = (torch.softmax(logits, dim=1) - target).pow(2).mean(dim=1)
+        if class_weights is not None:
+            per_row = per_row * class_weights[y]
+        return per_row.sum() if reduction == "sum" else per_row.mean()
+    return F.cross_entropy(logits, y, weight=class_weights, reduction=reduction)
+
+
+@dataclass
+class EpochTotals:
+    loss_sum: float = 0.0
+    correct: int = 0
+    count: int = 0
+    steps: int = 0
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    order: np.ndarray,
+    config: TrainConfig,
+    gen: torch.Generator,
+    global_step: int,
+    total_steps: int,
+    class_weights: torch.Tensor | None,
+    on_step: Callable[[int], None] | None = None,
+    device: torch.device | None = None,
+) -> EpochTotals:
+    """One pass over ``order`` (row indices) in batches of ``config.batch_size``."""
+    model.train()
+    totals = EpochTotals()
+    shift = max_shift_for(config.image_shape, config.augment)
+    warmup = max(1, total_steps // (config.epochs * 2)) if config.epochs > 1 else 1
+    b = config.batch_size
+    for step in range(len(order) // b):
+        idx = torch.from_numpy(order[step * b : (step + 1) * b])
+        xb = normalize(x[idx])
+        yb = y[idx]
+        xb = shift_augment(xb, shift, gen)
+        if device is not None and device.type != "cpu":
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        factor = lr_factor(config.lr_schedule, global_step + step, total_steps, warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = config.learning_rate * factor
+        logits = model(xb)
+        loss = compute_loss(logits, yb, config.loss, class_weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        totals.loss_sum += float(loss.detach()) * len(idx)
+        totals.correct += int((logits.detach().argmax(1) == yb).sum())
+        totals.count += len(idx)
+        totals.steps += 1
+        if on_step is not None:
+            on_step(step + 1)
+    return totals
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss: str,
+    batch_size: int = 512,
+    device: torch.device | None = None,
+) -> EpochTotals:
+    """Summed loss and correct count over all rows (unweighted loss)."""
+    model.eval()
+    totals = EpochTotals()
+    for start in range(0, len(x), batch_size):
+        xb = normalize(x[start : start + batch_size])
+        yb = y[start : start + batch_size]
+        if device is not None and device.type != "cpu":
+            xb, yb = xb.to(device), yb.to(device)
+        logits = model(xb)
+        totals.loss_sum += float(compute_loss(logits, yb, loss, None, reduction="sum"))
+        totals.correct += int((logits.argmax(1) == yb).sum())
+        totals.count += len(yb)
+    return totals
+
+
+@torch.inference_mode()
+def predict_proba(model: nn.Module, x_u8: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Softmax probabilities for uint8 NCHW images."""
+    model.eval()
+    outs = [
+        torch.softmax(model(normalize(x_u8[s : s + batch_size])), dim=1)
+        for s in range(0, len(x_u8), batch_size)
+    ]
+    if not outs:
+        return torch.empty(0, 0)
+    return torch.cat(outs)

@@ -1,0 +1,114 @@
+"""Progress events from training tasks to the driver over a tiny local HTTP endpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import urllib.request
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+
+
+class ProgressServer:
+    """Receives JSON events (POST /event) and hands each to ``callback`` in order."""
+
+    def __init__(self, callback: Callable[[Event], None], host: str = "127.0.0.1") -> None:
+        self.callback = callback
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server API
+                length = int(self.headers.get("Content-Length", "0"))
+                try:
+                    event = json.loads(self.rfile.read(length))
+                    with outer._lock:
+                        outer.callback(event)
+                    self.send_response(204)
+                except Exception:  # noqa: BLE001 - progress must never break training
+                    log.exception("bad progress event")
+                    self.send_response(400)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self._server = ThreadingHTTPServer((host, 0), Handler)
+        self._server.daemon_threads = True
+        self.host = host
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/event"
+
+    def __enter__(self) -> ProgressServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def post_event(url: str, event: Event, timeout: float = 2.0) -> None:
+    """Send one event; failures are logged and ignored (progress is best effort)."""
+    if not url:
+        return
+    body = json.dumps(event).encode()
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            pass
+    except OSError as exc:
+        log.debug("progress event not delivered: %s", exc)
+
+
+class ProgressBar:
+    """Driver-side view of the events: a tqdm bar over all steps plus log lines."""
+
+    def __init__(
+        self, epochs: int, on_epoch_end: Callable[[Event], None] | None = None
+    ) -> None:
+        self.epochs = epochs
+        self.on_epoch_end = on_epoch_end
+        self.events: list[Event] = []
+        self._bar: Any = None
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+        kind = event.get("type")
+        if kind == "start":
+            from tqdm.auto import tqdm
+
+            total = int(event["steps_per_epoch"]) * self.epochs
+            self._bar = tqdm(total=total, desc="train", unit="step", leave=False)
+            self._bar.update(int(event["steps_per_epoch"]) * int(event.get("start_epoch", 0)))
+        elif kind == "step" and self._bar is not None:
+            target = int(event["global_step"])
+            self._bar.update(max(0, target - self._bar.n))
+        elif kind == "epoch":
+            log.info(
+                "epoch %s/%s train_loss=%.4f val_loss=%s val_accuracy=%s (%.1fs)",
+                event["epoch"], self.epochs, event["train_loss"], event.get("val_loss"),
+                event.get("val_accuracy"), event["seconds"],
+            )
+            if self._bar is not None:
+                self._bar.set_postfix(
+                    loss=f"{event['train_loss']:.3f}", val_acc=event.get("val_accuracy")
+                )
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(event)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

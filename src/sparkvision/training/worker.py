@@ -1,0 +1,257 @@
+"""Executor entry point of a barrier training task.
+
+One task per worker: read the partition into tensors once, rendezvous with the other
+tasks through ``BarrierTaskContext.allGather``, train with DistributedDataParallel over
+gloo (nccl on GPUs), checkpoint from rank 0, and return the weights from rank 0.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from sparkvision.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+RESULT_DDL = "kind STRING, seq INT, payload BINARY"
+FLAG_COL = "_sv_is_val"
+CHUNK = 8 * 1024 * 1024
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def _rendezvous(ctx: Any, rank: int) -> tuple[str, int]:
+    """All tasks learn rank 0's host and a free port on it."""
+    host = ctx.getTaskInfos()[0].address.split(":")[0]
+    message = f"{host}:{_free_port()}" if rank == 0 else ""
+    gathered = ctx.allGather(message)
+    addr, port = gathered[0].rsplit(":", 1)
+    return addr, int(port)
+
+
+def _device(config: TrainConfig):
+    import torch
+
+    if config.use_gpu != "false" and torch.cuda.is_available():
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        gpus = ctx.resources().get("gpu") if ctx is not None else None
+        index = int(gpus.addresses[0]) if gpus and gpus.addresses else 0
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index), "nccl"
+    if config.use_gpu == "true":
+        from sparkvision.errors import TrainingError
+
+        raise TrainingError("useGpu=true but this task sees no CUDA GPU: set useGpu=auto")
+    return torch.device("cpu"), "gloo"
+
+
+def train_partition(batches: Iterator[Any], config: TrainConfig) -> Iterator[Any]:
+    """``mapInArrow(..., barrier=True)`` function: trains and yields rank 0's result."""
+    import pyarrow as pa
+    import torch
+    import torch.distributed as dist
+    from pyspark import BarrierTaskContext
+
+    from sparkvision.data.feed import batches_to_arrays
+
+    torch.set_num_threads(1)
+    ctx = BarrierTaskContext.get()
+    rank = ctx.partitionId()
+    world = config.num_workers
+    x, y, is_val = batches_to_arrays(batches, "image", "label", config.image_shape, FLAG_COL)
+    assert y is not None and is_val is not None
+    addr, port = _rendezvous(ctx, rank)
+    device, backend = _device(config)
+    if addr in ("127.0.0.1", "localhost"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group(
+        backend, init_method=f"tcp://{addr}:{port}", rank=rank, world_size=world,
+        timeout=__import__("datetime").timedelta(minutes=10),
+    )
+    try:
+        result = _train(
+            torch.from_numpy(x[~is_val]), torch.from_numpy(y[~is_val]),
+            torch.from_numpy(x[is_val]), torch.from_numpy(y[is_val]),
+            config, rank, world, device,
+        )
+    except BaseException:
+        # No collective here: the other ranks may be gone. Spark retries the stage.
+        gc.collect()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    # The teardown order that avoids DDP deadlocks in reused Python workers.
+    gc.collect()
+    dist.barrier()
+    time.sleep(0.2)
+    dist.destroy_process_group()
+    if rank == 0:
+        weights, history = result
+        rows: list[tuple[str, int, bytes]] = [("history", 0, json.dumps(history).encode())]
+        rows += [
+            ("weights", i, weights[off : off + CHUNK])
+            for i, off in enumerate(range(0, len(weights), CHUNK))
+        ]
+        yield pa.RecordBatch.from_pydict(
+            {
+                "kind": [r[0] for r in rows],
+                "seq": pa.array([r[1] for r in rows], pa.int32()),
+                "payload": pa.array([r[2] for r in rows], pa.binary()),
+            }
+        )
+
+
+def _maybe_inject_fault(config: TrainConfig, epoch: int, rank: int) -> None:
+    """Test hook: fail once in (epoch, rank); a marker file makes the retry pass."""
+    if config.fault_injection != (epoch, rank) or not config.checkpoint_dir:
+        return
+    marker = os.path.join(config.checkpoint_dir, f"_fault-injected-e{epoch}-r{rank}")
+    if os.path.exists(marker):
+        return
+    os.makedirs(config.checkpoint_dir, exist_ok=True)
+    open(marker, "w").close()
+    raise RuntimeError(f"injected failure in epoch {epoch} on rank {rank}")
+
+
+def _allreduce(values: list[float], op: str = "sum") -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+def _allgather_int(value: int) -> list[int]:
+    import torch
+    import torch.distributed as dist
+
+    out = [torch.zeros(1, dtype=torch.int64) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, torch.tensor([value], dtype=torch.int64))
+    return [int(t.item()) for t in out]
+
+
+def _train(x_tr, y_tr, x_val, y_val, config, rank, world, device):
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from sparkvision.models import build_model
+    from sparkvision.training import checkpoint as ckpt
+    from sparkvision.training.loop import (
+        epoch_indices,
+        evaluate,
+        make_optimizer,
+        steps_per_epoch,
+        train_epoch,
+    )
+    from sparkvision.training.progress import post_event
+
+    started = time.monotonic()
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, config.num_classes, config.image_shape).to(device)
+    optimizer = make_optimizer(config, model.parameters())
+
+    # Resume: rank 0 picks the checkpoint so every rank loads the same one.
+    resume = _allreduce([ckpt.latest_epoch(config.checkpoint_dir) if rank == 0 else 0])[0]
+    start_epoch, history, resumed_from = int(resume), [], None
+    if start_epoch > 0:
+        state, opt_state, info = ckpt.load_checkpoint(config.checkpoint_dir, start_epoch)
+        model.load_state_dict(state)
+        optimizer.load_state_dict(opt_state)
+        history = info.get("history", [])
+        resumed_from = start_epoch
+        if rank == 0:
+            log.warning("resuming from checkpoint after epoch %d", start_epoch)
+    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    train_rows = _allgather_int(len(x_tr))
+    val_rows = _allgather_int(len(x_val))
+    if min(train_rows) == 0:
+        from sparkvision.errors import TrainingError
+
+        raise TrainingError(
+            f"a worker got no training rows (rows per worker: {train_rows}): use fewer "
+            "workers or more data"
+        )
+    steps = steps_per_epoch(max(train_rows), config.batch_size)
+    total_steps = steps * config.epochs
+    weights = None
+    if config.class_weights is not None:
+        weights = torch.tensor(config.class_weights, dtype=torch.float32, device=device)
+    gen = torch.Generator().manual_seed(config.seed * 1000 + rank)
+    if start_epoch > 0:
+        gen.manual_seed(config.seed * 1000 + rank + 7919 * start_epoch)
+    torch.manual_seed(config.seed * 1000 + rank + 7919 * start_epoch)
+    url = config.progress_url if rank == 0 else ""
+    post_event(url, {"type": "start", "steps_per_epoch": steps, "start_epoch": start_epoch,
+                     "world_size": world})
+
+    for epoch in range(start_epoch, config.epochs):
+        t0 = time.monotonic()
+        _maybe_inject_fault(config, epoch + 1, rank)
+        order = epoch_indices(len(x_tr), steps, config.batch_size, config.seed, epoch, rank)
+        base = epoch * steps
+
+        def on_step(step: int, base: int = base) -> None:
+            if url and (step % config.progress_every_steps == 0 or step == steps):
+                post_event(url, {"type": "step", "global_step": base + step})
+
+        tot = train_epoch(
+            ddp, optimizer, x_tr, y_tr, order, config, gen, base, total_steps, weights,
+            on_step, device,
+        )
+        loss_sum, correct, count = _allreduce([tot.loss_sum, tot.correct, tot.count])
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / count,
+            "train_accuracy": correct / count,
+            "val_loss": None,
+            "val_accuracy": None,
+            "steps_per_rank": [steps] * world,
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        if sum(val_rows) > 0:
+            v = evaluate(model, x_val, y_val, config.loss, device=device)
+            vl, vc, vn = _allreduce([v.loss_sum, v.correct, v.count])
+            record["val_loss"], record["val_accuracy"] = vl / vn, vc / vn
+        record["seconds"] = round(time.monotonic() - t0, 3)
+        samples = steps * config.batch_size * world
+        record["samples_per_second"] = round(samples / max(record["seconds"], 1e-9), 1)
+        history.append(record)
+        if rank == 0:
+            if config.checkpoint_dir:
+                ckpt.save_checkpoint(
+                    config.checkpoint_dir, epoch + 1, model, optimizer, {"history": history}
+                )
+            post_event(url, dict(record, type="epoch"))
+        dist.barrier()
+
+    summary = {
+        "world_size": world,
+        "ranks": list(range(world)),
+        "backend": dist.get_backend(),
+        "device": str(device),
+        "train_rows_per_rank": train_rows,
+        "val_rows_per_rank": val_rows,
+        "steps_per_epoch": steps,
+        "resumed_from_epoch": resumed_from,
+        "epochs": history,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    weights_bytes = ckpt.state_dict_bytes(model) if rank == 0 else b""
+    del ddp
+    return weights_bytes, summary
