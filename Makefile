@@ -1,0 +1,36 @@
+# sparkvision — `make demo` and `make test` work on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO := demo-output
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/sparkvision prepare mnist --out $(DEMO)/mnist
+	$(VENV)/bin/sparkvision train $(DEMO)/mnist --out $(DEMO)/model --epochs 10
+	$(VENV)/bin/sparkvision predict $(DEMO)/model $(DEMO)/mnist --split test --out $(DEMO)/predictions.parquet
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+
+test: $(STAMP) lint
+	$(VENV)/bin/pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/tfrecord_read.py
+	$(PY) bench/train_throughput.py
+	$(PY) bench/inference.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache .ruff_cache
