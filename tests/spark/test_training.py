@@ -1,0 +1,169 @@
+"""Distributed training through the public API on real data (scikit-learn digits)."""
+
+from __future__ import annotations
+
+import pytest
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.sql import functions as F
+
+from sparkvision import (
+    ClusterCapacityError,
+    ImageClassificationModel,
+    ImageClassifier,
+    InvalidParameterError,
+    PrepareConfig,
+    load_prepared,
+    prepare,
+)
+
+
+@pytest.fixture(scope="module")
+def digits(spark, tmp_path_factory):
+    out = tmp_path_factory.mktemp("digits")
+    prepare(spark, PrepareConfig(source="digits", out=str(out), seed=1))
+    train = load_prepared(spark, str(out), "train").cache()
+    val = load_prepared(spark, str(out), "val").cache()
+    test = load_prepared(spark, str(out), "test").cache()
+    return train, val, test
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    train, val, _ = digits
+    events = []
+    clf = ImageClassifier(epochs=5, numWorkers=2, seed=3, validationDf=val,
+                          onEpochEnd=events.append)
+    return clf.fit(train), events
+
+
+def _accuracy(df) -> float:
+    return df.select(F.avg((F.col("label") == F.col("prediction")).cast("double"))).first()[0]
+
+
+def test_two_workers_reach_95_percent_and_record_distribution(trained, digits):
+    model, events = trained
+    history = model.history
+    assert history["world_size"] == 2 and history["ranks"] == [0, 1]
+    assert history["backend"] == "gloo"
+    epochs = history["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5]
+    assert epochs[-1]["val_accuracy"] >= 0.95
+    assert all(e["steps_per_rank"][0] == e["steps_per_rank"][1] > 0 for e in epochs)
+    assert sum(history["train_rows_per_rank"]) == digits[0].count()
+    # Progress reached the driver while training ran, once per epoch, in order.
+    assert [e["epoch"] for e in events] == [1, 2, 3, 4, 5]
+    assert events[-1]["val_accuracy"] == epochs[-1]["val_accuracy"]
+    assert _accuracy(model.transform(digits[2])) >= 0.93
+
+
+def test_transform_adds_columns_and_save_load_gives_identical_predictions(
+    trained, digits, tmp_path
+):
+    model, _ = trained
+    test = digits[2]
+    out = model.transform(test)
+    assert set(out.columns) >= set(test.columns) | {
+        "prediction", "predictedLabel", "probability", "probabilities"}
+    rows = out.orderBy("path").collect()
+    for r in rows[:20]:
+        assert r.predictedLabel == str(r.prediction)
+        assert abs(sum(r.probabilities) - 1.0) < 1e-4
+        assert r.probability == pytest.approx(max(r.probabilities), rel=1e-6)
+    model.write().overwrite().save(str(tmp_path / "m"))
+    loaded = ImageClassificationModel.load(str(tmp_path / "m"))
+    assert loaded.history["world_size"] == 2
+    again = loaded.transform(test).orderBy("path").collect()
+    assert [r.prediction for r in again] == [r.prediction for r in rows]
+    assert [r.probabilities for r in again] == [r.probabilities for r in rows]
+
+
+def test_pipeline_fit_transform_save_load(digits, tmp_path):
+    from pyspark.ml.feature import SQLTransformer
+
+    train, _, test = digits
+    pipeline = Pipeline(stages=[
+        SQLTransformer(statement="SELECT *, label AS target FROM __THIS__"),
+        ImageClassifier(epochs=4, labelCol="target", model="lenet5", seed=1,
+                        optimizer="sgd", learningRate=0.05, batchSize=16),
+    ])
+    fitted = pipeline.fit(train)
+    out = fitted.transform(test)
+    assert "prediction" in out.columns and _accuracy(out) > 0.5
+    fitted.write().overwrite().save(str(tmp_path / "pipe"))
+    reloaded = PipelineModel.load(str(tmp_path / "pipe"))
+    assert reloaded.transform(test).select("prediction").collect() == out.select(
+        "prediction").collect()
+
+
+def test_uneven_partitions_take_equal_steps(spark, digits):
+    train = digits[0]
+    n = train.count()
+    cut = sorted(r.path for r in train.select("path").collect())[int(n * 0.9)]
+    uneven = train.withColumn("_part", (F.col("path") >= cut).cast("int")).repartitionByRange(
+        2, "_part")
+    sizes = sorted(r["count"] for r in uneven.groupBy(F.spark_partition_id()).count().collect())
+    assert len(sizes) == 2 and sizes[1] >= 8 * sizes[0]  # ~90/10
+    model = ImageClassifier(epochs=1, numWorkers=2, repartition=False, seed=2).fit(uneven)
+    rows = model.history["train_rows_per_rank"]
+    assert sorted(rows) == sizes
+    steps = model.history["epochs"][0]["steps_per_rank"]
+    assert steps[0] == steps[1] == -(-max(rows) // 64)
+
+
+def test_failed_task_is_retried_and_resumes_from_checkpoint(digits, tmp_path):
+    train, val, test = digits
+    clf = ImageClassifier(epochs=4, numWorkers=2, seed=5, validationDf=val,
+                          checkpointDir=str(tmp_path / "ckpt"))
+    clf._fault_injection = (3, 1)  # fail once in epoch 3 on rank 1
+    model = clf.fit(train)
+    h = model.history
+    assert h["resumed_from_epoch"] == 2
+    assert h["attempts"] == 2
+    assert [e["epoch"] for e in h["epochs"]] == [1, 2, 3, 4]
+    assert (tmp_path / "ckpt" / "epoch-0004.safetensors").exists()
+    assert (tmp_path / "ckpt" / "_fault-injected-e3-r1").exists()
+    assert h["epochs"][-1]["val_accuracy"] >= 0.9
+
+
+def test_same_seed_same_workers_same_weights(digits):
+    train = digits[0]
+    a = ImageClassifier(epochs=1, seed=11, model="resnet8").fit(train)
+    b = ImageClassifier(epochs=1, seed=11, model="resnet8").fit(train)
+    assert a.weights == b.weights
+    c = ImageClassifier(epochs=1, seed=12, model="resnet8").fit(train)
+    assert c.weights != a.weights
+
+
+def test_mse_class_weights_and_user_network_by_import_path(digits):
+    train, val, _ = digits
+    clf = ImageClassifier(
+        epochs=3, loss="mse",
+        model="sparkvision.models.networks:simple_cnn", classWeights="balanced",
+        validationDf=val, seed=4,
+    )
+    model = clf.fit(train)
+    losses = [e["train_loss"] for e in model.history["epochs"]]
+    assert losses[-1] < losses[0]
+    assert model.history["epochs"][-1]["val_accuracy"] > 0.5
+
+
+def test_more_workers_than_slots_fails_fast(digits):
+    # Checked before the barrier stage is submitted, so it cannot wait for slots.
+    with pytest.raises(ClusterCapacityError, match="numWorkers=3.*at most 2"):
+        ImageClassifier(numWorkers=3, epochs=1).fit(digits[0])
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"loss": "hinge"}, "loss"),
+        ({"model": "vgg_unknown"}, "model"),
+        ({"learningRate": -1.0}, "learningRate"),
+        ({"classWeights": [1.0, 2.0]}, "classWeights"),
+    ],
+)
+def test_bad_params_raise_clear_errors(digits, kwargs, name):
+    with pytest.raises(InvalidParameterError, match=name):
+        ImageClassifier(**kwargs).fit(digits[0])
