@@ -91,7 +91,7 @@ def test_prepare_folder_keeps_good_images_and_lists_bad_ones(spark, tmp_path, ca
     # every class has >= 3 images, so every class is in every split
     for split in ("train", "val", "test"):
         assert all(payload["per_class"][split][c] >= 1 for c in payload["classes"])
-    rows = {r.path: r for r in load_prepared(spark, str(out), s).collect() for s in kept}
+    rows = {r.path: r for s in kept for r in load_prepared(spark, str(out), s).collect()}
     deep = rows[str(tmp_path / "images" / "dog" / "deep16.png")]
     assert deep.label == 1 and len(deep.image) == 12 * 10 * 3
     assert set(deep.image) == {255}  # 16-bit white scaled to 8-bit white, not clipped

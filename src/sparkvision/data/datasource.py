@@ -21,6 +21,7 @@ A path is one file or a folder read recursively; names starting with ``.`` or ``
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -63,6 +64,7 @@ from pyspark.sql.types import (
 )
 
 from sparkvision.data.tfrecord import (
+    Feature,
     decode_example,
     encode_example,
     normalize_compression,
@@ -125,6 +127,7 @@ class TFRecordOptions:
     """The parsed, validated options of one read or write."""
 
     path: str
+    paths: tuple[str, ...] = ()
     record_type: str = "Example"
     compression: str | None = None
     verify_checksums: bool = True
@@ -135,9 +138,11 @@ class TFRecordOptions:
 
     @classmethod
     def parse(cls, options: Mapping[str, str]) -> TFRecordOptions:
-        path = options.get("path")
-        if not path:
-            raise InvalidParameterError("path", path, "pass a file or folder to load()/save()")
+        paths = [options["path"]] if options.get("path") else []
+        if options.get("paths"):  # load([a, b]) passes a JSON list
+            paths.extend(json.loads(options["paths"]))
+        if not paths:
+            raise InvalidParameterError("path", None, "pass a file or folder to load()/save()")
         record_type = options.get("recordType", "Example")
         by_lower = {t.lower(): t for t in RECORD_TYPES}
         if record_type.lower() not in by_lower:
@@ -146,7 +151,8 @@ class TFRecordOptions:
         if save_mode is not None and save_mode.lower() not in SAVE_MODES:
             raise InvalidParameterError("saveMode", save_mode, f"use one of {SAVE_MODES}")
         return cls(
-            path=_local_path(path),
+            path=_local_path(paths[0]),
+            paths=tuple(_local_path(p) for p in paths),
             record_type=by_lower[record_type.lower()],
             compression=normalize_compression(options.get("compression")),
             verify_checksums=_flag(options, "verifyChecksums", True),
@@ -175,6 +181,17 @@ def list_data_files(path: str) -> list[str]:
         dirs[:] = sorted(d for d in dirs if not _hidden(d))
         found.extend(os.path.join(root, f) for f in files if not _hidden(f))
     return sorted(found)
+
+
+def list_input_files(opts: TFRecordOptions) -> list[str]:
+    """The files of every path of a read, in order, without duplicates."""
+    files = (f for p in opts.paths or (opts.path,) for f in list_data_files(p))
+    return list(dict.fromkeys(files))
+
+
+def _single_path(opts: TFRecordOptions, what: str) -> None:
+    if len(opts.paths) > 1:
+        raise InvalidParameterError("path", list(opts.paths), f"{what} takes one folder")
 
 
 def _is_text(value: bytes) -> bool:
@@ -299,24 +316,54 @@ def _to_arrays(
 def read_batches(path: str, opts: TFRecordOptions, schema: StructType) -> Iterator[pa.RecordBatch]:
     """Yield the records of one file as Arrow batches matching ``schema``."""
     arrow_schema = to_arrow_schema(schema, timezone="UTC")  # exactly what Spark checks
-    records = read_file_records(path, opts.compression, opts.verify_checksums, opts.skip_corrupt)
+    stats: dict[str, int] = {}
+    records = read_file_records(
+        path, opts.compression, opts.verify_checksums, opts.skip_corrupt, stats
+    )
     if opts.record_type == "ByteArray":
-        chunk: list[bytes] = []
-        for record in records:
-            chunk.append(record)
-            if len(chunk) == BATCH_ROWS:
-                yield pa.RecordBatch.from_arrays(
-                    [pa.array(chunk, pa.binary())], schema=arrow_schema
-                )
-                chunk = []
-        if chunk:
-            yield pa.RecordBatch.from_arrays([pa.array(chunk, pa.binary())], schema=arrow_schema)
-        return
-    columns = plan_columns(schema)
-    values: list[list[Any]] = [[] for _ in columns]
-    rows = 0
+        for chunk in _chunks(records):
+            yield pa.record_batch([pa.array(chunk, pa.binary())], schema=arrow_schema)
+    else:
+        columns = plan_columns(schema)
+        examples = _examples(records, path, opts.skip_corrupt, stats)
+        for chunk in _chunks(examples):
+            yield _to_batch(chunk, columns, arrow_schema, path)
+    if set(stats) - {"records"}:
+        log.warning("read %s with skipCorrupt: %s", path, stats)
+
+
+def _chunks(items: Iterator[Any]) -> Iterator[list[Any]]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == BATCH_ROWS:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _examples(
+    records: Iterator[bytes], path: str, skip_corrupt: bool, stats: dict[str, int]
+) -> Iterator[tuple[int, dict[str, Feature]]]:
+    """Decode records to ``(index, features)``; a malformed one raises, or is skipped."""
     for index, record in enumerate(records):
-        features = decode_example(record)
+        try:
+            yield index, decode_example(record)
+        except DataError as exc:
+            if not skip_corrupt:
+                raise DataError(f"record {index} of {path}: {exc}") from exc
+            stats["malformed_examples"] = stats.get("malformed_examples", 0) + 1
+
+
+def _to_batch(
+    examples: list[tuple[int, dict[str, Feature]]],
+    columns: list[_Column],
+    schema: pa.Schema,
+    path: str,
+) -> pa.RecordBatch:
+    values: list[list[Any]] = [[] for _ in columns]
+    for index, features in examples:
         for col, out in zip(columns, values, strict=True):
             feature = features.get(col.name)
             if feature is None:
@@ -337,12 +384,7 @@ def read_batches(path: str, opts: TFRecordOptions, schema: StructType) -> Iterat
                     f"feature {col.name!r} of record {index} in {path} has {len(items)} values "
                     "but its column is not an array; use an ArrayType column"
                 )
-        rows += 1
-        if rows == BATCH_ROWS:
-            yield _to_arrays(values, columns, arrow_schema, path)
-            values, rows = [[] for _ in columns], 0
-    if rows:
-        yield _to_arrays(values, columns, arrow_schema, path)
+    return _to_arrays(values, columns, schema, path)
 
 
 def _check_read_schema(schema: StructType, opts: TFRecordOptions) -> None:
@@ -506,8 +548,13 @@ def _record_encoder(batch: pa.RecordBatch) -> Iterator[bytes]:
         yield value
 
 
+def _entries(path: str) -> list[os.DirEntry[str]]:
+    with os.scandir(path) as it:
+        return list(it)
+
+
 def _has_data(path: str) -> bool:
-    return os.path.isfile(path) or (os.path.isdir(path) and any(os.scandir(path)))
+    return os.path.isfile(path) or (os.path.isdir(path) and bool(_entries(path)))
 
 
 class TFRecordWriter(DataSourceArrowWriter):
@@ -568,7 +615,7 @@ class TFRecordWriter(DataSourceArrowWriter):
         return TFRecordCommitMessage([final], count)
 
     def _clean_temp(self) -> None:
-        for entry in os.scandir(self.opts.path):
+        for entry in _entries(self.opts.path):
             if entry.name.startswith(".part-") and self.job in entry.name:
                 _remove(entry.path)
 
@@ -578,7 +625,7 @@ class TFRecordWriter(DataSourceArrowWriter):
             return
         self._clean_temp()
         if self.overwrite:
-            for entry in os.scandir(self.opts.path):
+            for entry in _entries(self.opts.path):
                 if entry.path not in written:
                     _remove(entry.path)
         with open(os.path.join(self.opts.path, "_SUCCESS"), "wb"):
@@ -634,22 +681,24 @@ class TFRecordDataSource(DataSource):
         opts = self._opts()
         if opts.record_type == "ByteArray":
             return BYTE_ARRAY_SCHEMA
-        return infer_schema(list_data_files(opts.path), opts)
+        return infer_schema(list_input_files(opts), opts)
 
     def reader(self, schema: StructType) -> TFRecordReader:
         opts = self._opts()
         _check_read_schema(schema, opts)
-        return TFRecordReader(opts, schema, list_data_files(opts.path))
+        return TFRecordReader(opts, schema, list_input_files(opts))
 
     def streamReader(self, schema: StructType) -> TFRecordStreamReader:
         opts = self._opts()
         _check_read_schema(schema, opts)
+        _single_path(opts, "a stream")
         if not os.path.isdir(opts.path):
             raise DataError(f"stream source folder {opts.path} does not exist; create it first")
         return TFRecordStreamReader(opts, schema)
 
     def writer(self, schema: StructType, overwrite: bool) -> TFRecordWriter:
         opts = self._opts()
+        _single_path(opts, "a write")
         mode = opts.save_mode or ("overwrite" if overwrite else "append")
         if overwrite and mode != "overwrite":
             raise InvalidParameterError(

@@ -135,10 +135,16 @@ def _decode_batches(batches: Iterator[Any], root: str, spec: ImageSpec) -> Itera
 
 
 def _decoded_arrow_schema():
-    from pyspark.sql.pandas.types import to_arrow_schema
-    from pyspark.sql.types import StructType
+    """Arrow schema of ``_DECODED_DDL`` (built without the JVM: runs on executors)."""
+    import pyarrow as pa
 
-    return to_arrow_schema(StructType.fromDDL(_DECODED_DDL))
+    return pa.schema(
+        [
+            ("channels", pa.int64()), ("height", pa.int64()), ("image", pa.binary()),
+            ("label", pa.int64()), ("path", pa.string()), ("width", pa.int64()),
+            ("class_name", pa.string()), ("error", pa.string()),
+        ]
+    )
 
 
 def _list_local_files(root: Path) -> dict[str, str | None]:
