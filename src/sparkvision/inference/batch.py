@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import pyarrow as pa
+
 from sparkvision.config import PredictConfig
 
 _CACHE: dict[str, Any] = {}
@@ -38,10 +40,17 @@ def predict_arrays(model, images_nhwc, batch_size: int):
     return predict_proba(model, x, batch_size).numpy()
 
 
-def predict_batches(batches: Iterator[Any], config: PredictConfig, key: str) -> Iterator[Any]:
-    """``mapInArrow`` function: appends prediction columns to every input batch."""
+RESULT_FIELDS = ("prediction", "predictedLabel", "probability", "probabilities")
+RESULT_DDL = (
+    "prediction BIGINT, predictedLabel STRING, probability DOUBLE, probabilities ARRAY<FLOAT>"
+)
+
+
+def predict_arrays_iter(
+    arrays: Iterator[pa.Array], config: PredictConfig, key: str
+) -> Iterator[pa.Array]:
+    """Arrow UDF body: image Binary arrays in, struct arrays of predictions out."""
     import numpy as np
-    import pyarrow as pa
     import torch
 
     from sparkvision.data.feed import binary_column_to_array
@@ -49,27 +58,34 @@ def predict_batches(batches: Iterator[Any], config: PredictConfig, key: str) -> 
     torch.set_num_threads(1)
     model = _model_for(config, key)
     h, w, c = config.image_shape
-    classes = np.array(config.classes, dtype=object)
-    for batch in batches:
-        n = batch.num_rows
+    classes = pa.array(config.classes, pa.string())
+    for arr in arrays:
+        n = len(arr)
         if n:
-            images = binary_column_to_array(batch.column(config.image_col), h * w * c)
+            images = binary_column_to_array(arr, h * w * c)
             probs = predict_arrays(model, images.reshape(n, h, w, c), config.batch_size)
         else:
             probs = np.zeros((0, config.num_classes), dtype=np.float32)
+        k = probs.shape[1]
         pred = probs.argmax(axis=1).astype(np.int64)
-        flat = pa.array(probs.astype(np.float32).reshape(-1), pa.float32())
-        offsets = pa.array(np.arange(0, (n + 1) * probs.shape[1], probs.shape[1], dtype=np.int32))
-        columns = list(batch.columns) + [
-            pa.array(pred, pa.int64()),
-            pa.array(classes[pred].tolist() if n else [], pa.string()),
-            pa.array(probs[np.arange(n), pred].astype(np.float64), pa.float64()),
-            pa.ListArray.from_arrays(offsets, flat),
-        ]
-        names = list(batch.schema.names) + [
-            config.prediction_col,
-            config.predicted_label_col,
-            config.probability_col,
-            config.probabilities_col,
-        ]
-        yield pa.RecordBatch.from_arrays(columns, names=names)
+        flat = pa.array(probs.astype(np.float32, copy=False).reshape(-1), pa.float32())
+        offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+        yield pa.StructArray.from_arrays(
+            [
+                pa.array(pred, pa.int64()),
+                classes.take(pa.array(pred)),
+                pa.array(probs[np.arange(n), pred].astype(np.float64), pa.float64()),
+                pa.ListArray.from_arrays(offsets, flat),
+            ],
+            names=list(RESULT_FIELDS),
+        )
+
+
+def make_predict_udf(config: PredictConfig, key: str):
+    """A non-deterministic (so evaluated once per row) iterator Arrow UDF."""
+    from pyspark.sql.functions import arrow_udf
+
+    def predict(arrays: Iterator[pa.Array]) -> Iterator[pa.Array]:
+        return predict_arrays_iter(arrays, config, key)
+
+    return arrow_udf(predict, RESULT_DDL).asNondeterministic()

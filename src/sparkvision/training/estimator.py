@@ -197,19 +197,9 @@ class ImageClassificationModel(Model, ModelParams, MLWritable, MLReadable):
         return config, hashlib.sha1(self.weights).hexdigest() + self.uid
 
     def _transform(self, dataset):
-        import functools
+        from pyspark.sql import functions as F
 
-        from pyspark.sql.types import (
-            ArrayType,
-            DoubleType,
-            FloatType,
-            LongType,
-            StringType,
-            StructField,
-            StructType,
-        )
-
-        from sparkvision.inference.batch import predict_batches
+        from sparkvision.inference.batch import RESULT_FIELDS, make_predict_udf
 
         config, key = self._predict_config()
         if config.image_col not in dataset.columns:
@@ -217,16 +207,16 @@ class ImageClassificationModel(Model, ModelParams, MLWritable, MLReadable):
                 "imageCol", config.image_col,
                 f"the DataFrame has columns {dataset.columns}; name the image column",
             )
-        schema = StructType(
-            list(dataset.schema.fields) + [
-                StructField(config.prediction_col, LongType()),
-                StructField(config.predicted_label_col, StringType()),
-                StructField(config.probability_col, DoubleType()),
-                StructField(config.probabilities_col, ArrayType(FloatType(), False)),
-            ]
+        # Only the image column travels to Python; the other columns stay in the JVM.
+        tmp = f"_sv_pred_{self.uid}"
+        out_names = (config.prediction_col, config.predicted_label_col,
+                     config.probability_col, config.probabilities_col)
+        with_struct = dataset.withColumn(tmp, make_predict_udf(config, key)(config.image_col))
+        return with_struct.select(
+            *[F.col(f"`{c}`") for c in dataset.columns],
+            *[F.col(tmp)[field].alias(name) for field, name in zip(RESULT_FIELDS, out_names,
+                                                                    strict=True)],
         )
-        func = functools.partial(predict_batches, config=config, key=key)
-        return dataset.mapInArrow(func, schema)
 
     # ------------------------------------------------------------------ persistence
     def write(self) -> MLWriter:

