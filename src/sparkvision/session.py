@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 # glibc malloc settings that nearly double batch inference speed (fewer page faults).
 GLIBC_TUNABLES = (
@@ -54,6 +55,9 @@ def get_spark(
     if not (master.startswith("local") or "127.0.0.1" in master or "localhost" in master):
         settings.pop("spark.driver.host")
         settings.pop("spark.driver.bindAddress")
+    log_config = Path(__file__).with_name("log4j2.properties")
+    if log_config.exists():
+        settings["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{log_config}"
     settings.update(conf or {})
     for key, value in settings.items():
         builder = builder.config(key, value)
