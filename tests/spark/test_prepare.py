@@ -111,3 +111,15 @@ def test_prepare_user_errors_exit_2_with_one_line(argv, fragment, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0] and "Traceback" not in err[0]
+
+
+def test_prepare_faces_converts_builtin_images_to_rgb_and_resizes(spark, tmp_path):
+    out = tmp_path / "faces"
+    result = prepare(spark, PrepareConfig(source="faces", out=str(out), image_size=(16, 12),
+                                          channels=3, fmt="parquet", split=(0.6, 0.2, 0.2)))
+    assert result.classes == ["face", "non_face"]
+    assert result.image_shape == [16, 12, 3]
+    assert result.splits == {"train": 120, "val": 40, "test": 40}
+    assert result.per_class["test"] == {"face": 20, "non_face": 20}
+    row = load_prepared(spark, str(out), "val").first()
+    assert len(row.image) == 16 * 12 * 3 and row.channels == 3

@@ -167,3 +167,13 @@ def test_more_workers_than_slots_fails_fast(digits):
 def test_bad_params_raise_clear_errors(digits, kwargs, name):
     with pytest.raises(InvalidParameterError, match=name):
         ImageClassifier(**kwargs).fit(digits[0])
+
+
+def test_validation_fraction_holds_out_rows(digits):
+    train = digits[0]
+    n = train.count()
+    model = ImageClassifier(epochs=1, validationFraction=0.25, seed=9).fit(train)
+    h = model.history
+    assert 0.15 * n < sum(h["val_rows_per_rank"]) < 0.35 * n
+    assert sum(h["train_rows_per_rank"]) + sum(h["val_rows_per_rank"]) == n
+    assert h["epochs"][0]["val_accuracy"] is not None
