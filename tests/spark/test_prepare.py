@@ -123,3 +123,40 @@ def test_prepare_faces_converts_builtin_images_to_rgb_and_resizes(spark, tmp_pat
     assert result.per_class["test"] == {"face": 20, "non_face": 20}
     row = load_prepared(spark, str(out), "val").first()
     assert len(row.image) == 16 * 12 * 3 and row.channels == 3
+
+
+def test_prepare_tensorflow_style_tfrecords_with_encoded_images(spark, tmp_path):
+    """Records as TensorFlow writes them: PNG bytes in image/encoded + image/class/label."""
+    import io
+
+    from PIL import Image
+
+    from sparkvision.data import tfrecord
+
+    src = tmp_path / "tf"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    expected = Counter()
+    with tfrecord.open_for_write(str(src / "data.tfrecord")) as fh:
+        for i in range(30):
+            label = i % 3
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(buf, "PNG")
+            example = {
+                "image/encoded": ("bytes", [buf.getvalue()]),
+                "image/class/label": ("int64", [label]),
+            }
+            tfrecord.write_record(fh, tfrecord.encode_example(example))
+            expected[label] += 1
+    out = tmp_path / "prepared"
+    result = prepare(spark, PrepareConfig(source=str(src), out=str(out), image_size=(10, 10),
+                                          channels=1))
+    assert result.classes == ["0", "1", "2"]
+    assert result.image_shape == [10, 10, 1]
+    assert [sum(result.per_class[s][c] for s in result.per_class) for c in result.classes] == [
+        expected[0], expected[1], expected[2]]
+    # and our own prepared TFRecords can be prepared again (e.g. resized)
+    again = prepare(spark, PrepareConfig(source=str(out / "train"), out=str(tmp_path / "again"),
+                                         image_size=(6, 6)))
+    assert again.image_shape == [6, 6, 1]
+    assert sum(again.splits.values()) == result.splits["train"]

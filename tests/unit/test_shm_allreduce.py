@@ -37,15 +37,19 @@ JOIN_TIMEOUT_S = 150.0
 class _Bucket:
     """Just enough of ``dist.GradBucket`` for the hook."""
 
-    def __init__(self, buffer: torch.Tensor, index: int = 0) -> None:
+    def __init__(self, buffer: torch.Tensor, index: int = 0, last: bool = True) -> None:
         self._buffer = buffer
         self._index = index
+        self._last = last
 
     def buffer(self) -> torch.Tensor:
         return self._buffer
 
     def index(self) -> int:
         return self._index
+
+    def is_last(self) -> bool:
+        return self._last
 
 
 def _digest(t: torch.Tensor) -> str:
@@ -92,8 +96,9 @@ def _check_buckets(rank: int, world: int, name: str) -> dict[str, Any]:
             dtype = shared.choice(["f32"] * 8 + ["f64", "f16"])
             scale = float(10.0 ** shared.integers(-3, 4))
             x = local.standard_normal(n) * scale
-            t = torch.from_numpy(x.astype({"f32": np.float32, "f64": np.float64}.get(dtype,
-                                                                                    np.float16)))
+            t = torch.from_numpy(
+                x.astype({"f32": np.float32, "f64": np.float64}.get(dtype, np.float16))
+            )
             inputs.append(t.clone())
             if jitter and local.random() < 0.5:
                 time.sleep(float(local.uniform(0, 3e-3)))
@@ -117,8 +122,9 @@ def _check_buckets(rank: int, world: int, name: str) -> dict[str, Any]:
                 expect = _rank_order_mean(gathered)
                 if not torch.equal(out, expect):
                     bad = int((out != expect).sum())
-                    failures.append(f"{x.numel()} x {x.dtype}: {bad} elements differ from the "
-                                    "rank-order mean")
+                    failures.append(
+                        f"{x.numel()} x {x.dtype}: {bad} elements differ from the rank-order mean"
+                    )
             if x.dtype == torch.float32:
                 ref = x.clone()
                 dist.all_reduce(ref)
@@ -126,12 +132,17 @@ def _check_buckets(rank: int, world: int, name: str) -> dict[str, Any]:
                 exact = world == 2 and not fell_back  # a+b == b+a; /2 is exact
                 # world 3: gloo adds in another order; allow a few ulps of the largest input
                 atol = 1e-6 * max(float(g.abs().max()) for g in gathered)
-                ok = torch.equal(out, ref) if exact else torch.allclose(out, ref, rtol=1e-6,
-                                                                       atol=atol)
+                ok = (
+                    torch.equal(out, ref)
+                    if exact
+                    else torch.allclose(out, ref, rtol=1e-6, atol=atol)
+                )
                 if not ok:
                     diff = float((out - ref).abs().max())
-                    failures.append(f"{x.numel()} floats: differs from all_reduce/world by "
-                                    f"{diff} (exact={exact})")
+                    failures.append(
+                        f"{x.numel()} floats: differs from all_reduce/world by "
+                        f"{diff} (exact={exact})"
+                    )
             digests.append(_digest(out))
     everyone: list[Any] = [None] * world
     dist.all_gather_object(everyone, digests)
@@ -139,8 +150,12 @@ def _check_buckets(rank: int, world: int, name: str) -> dict[str, Any]:
         failures.append("ranks got different results")
     generations = shm.generation
     shm.close()
-    return {"failures": failures, "calls": calls, "fallbacks": fallbacks,
-            "generations": generations}
+    return {
+        "failures": failures,
+        "calls": calls,
+        "fallbacks": fallbacks,
+        "generations": generations,
+    }
 
 
 def _train(rank: int, hook: bool, bucket_view: bool, steps: int = 6) -> tuple[torch.Tensor, int]:
@@ -265,8 +280,9 @@ def _check_lifecycle(rank: int, world: int, name: str, calls: list[tuple]) -> di
 
 
 def _worker(rank: int, world: int, port: int, outdir: str) -> None:
-    import torch.distributed as dist
     from multiprocessing import resource_tracker
+
+    import torch.distributed as dist
 
     torch.set_num_threads(1)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
@@ -284,7 +300,10 @@ def _worker(rank: int, world: int, port: int, outdir: str) -> None:
 
     resource_tracker.register, resource_tracker.unregister = register, unregister
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
         timeout=dt.timedelta(seconds=60),
     )
     try:
@@ -316,7 +335,10 @@ def ranks(request, tmp_path_factory) -> list[dict[str, Any]]:
     world = request.param
     outdir = tmp_path_factory.mktemp(f"shm-world{world}")
     ctx = mp.start_processes(
-        _worker, args=(world, _free_port(), str(outdir)), nprocs=world, join=False,
+        _worker,
+        args=(world, _free_port(), str(outdir)),
+        nprocs=world,
+        join=False,
         start_method="spawn",
     )
     deadline = time.monotonic() + JOIN_TIMEOUT_S

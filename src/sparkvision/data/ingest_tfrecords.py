@@ -25,7 +25,7 @@ def _convert_batches(
     for batch in batches:
         rows = batch.to_pylist()
         out: dict[str, list[Any]] = {name: [] for name in schema.names}
-        for i, row in enumerate(rows):
+        for row in rows:
             data = row.get(image_col) or b""
             error, image = None, None
             try:
@@ -38,8 +38,7 @@ def _convert_batches(
                     image = encoded_to_array(data, spec)
             except (ImageRejected, ValueError) as exc:
                 error = str(exc)
-            path = row.get("path") or f"record-{batch.num_rows}-{i}"
-            out["path"].append(path)
+            out["path"].append(row["path"])
             out["label"].append(row.get(label_col))
             out["class_name"].append(None)
             out["error"].append(error)
@@ -65,6 +64,11 @@ def tfrecords_frame(spark, path: Path, config) -> tuple[Any, list[str], tuple[in
         raise DataError(
             f"TFRecords at {path} have columns {sorted(cols)}: need an image column "
             f"({' or '.join(_IMAGE_COLUMNS)}) and an integer label ({' or '.join(_LABEL_COLUMNS)})"
+        )
+    if "path" not in cols:
+        # Stable per-record ids (file partition + position) so the seeded split is repeatable.
+        df = df.withColumn(
+            "path", F.concat(F.lit("record-"), F.monotonically_increasing_id().cast("string"))
         )
     raw = {"height", "width", "channels"} <= cols
     spec = None
