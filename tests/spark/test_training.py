@@ -44,7 +44,7 @@ def test_two_workers_reach_95_percent_and_record_distribution(trained, digits):
     model, events = trained
     history = model.history
     assert history["world_size"] == 2 and history["ranks"] == [0, 1]
-    assert history["backend"] == "gloo"
+    assert history["backend"] == "gloo" and history["allreduce"] == "shm"
     epochs = history["epochs"]
     assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5]
     assert epochs[-1]["val_accuracy"] >= 0.95

@@ -70,13 +70,17 @@ def _rank_order_mean(inputs: list[torch.Tensor]) -> torch.Tensor:
 # --------------------------------------------------------------------------- worker side
 
 
-def _check_buckets(rank: int, world: int, name: str) -> dict[str, Any]:
-    """Many random buckets, in bursts of back-to-back hook calls with uneven delays."""
+def _check_buckets(rank: int, world: int, name: str, depth: int) -> dict[str, Any]:
+    """Many random buckets, in bursts of back-to-back hook calls with uneven delays.
+
+    Half of the bursts defer (like DDP: every call but the burst's last has
+    ``is_last() == False``), so up to ``depth`` reductions are in flight per rank.
+    """
     import torch.distributed as dist
 
     failures: list[str] = []
-    shm = ShmAllReduce.create(name, CAPACITY, timeout_s=30.0)
-    shared = np.random.default_rng(1234)  # same on every rank: sizes, dtypes, schedule
+    shm = ShmAllReduce.create(name, CAPACITY, timeout_s=30.0, depth=depth)
+    shared = np.random.default_rng(1234 + depth)  # same on every rank: sizes, schedule
     local = np.random.default_rng(1000 + rank)  # this rank's data and delays
 
     def delay(_phase: str) -> None:
@@ -84,16 +88,19 @@ def _check_buckets(rank: int, world: int, name: str) -> dict[str, Any]:
             time.sleep(float(local.uniform(0, 2e-3)))
 
     digests: list[str] = []
-    calls = fallbacks = 0
-    for burst in range(14):
+    calls = fallbacks = deferred_calls = 0
+    for burst in range(10):
         jitter = burst >= 2  # the first two bursts run flat out
         shm._debug_delay = delay if jitter else None
+        shm.defer = burst == 0 or bool(shared.random() < 0.5)
         n_calls = int(shared.integers(4, 12))
         inputs: list[torch.Tensor] = []
-        outputs: list[torch.Tensor] = []
-        for _ in range(n_calls):
+        futures: list[tuple[torch.Tensor, torch.futures.Future, bool]] = []
+        for i in range(n_calls):
             n = int(shared.choice(SIZES))
             dtype = shared.choice(["f32"] * 8 + ["f64", "f16"])
+            if burst == 0:  # deferred buckets, then a last bucket that goes through gloo
+                n, dtype = (SIZES[-1] if i == n_calls - 1 else SIZES[4]), "f32"
             scale = float(10.0 ** shared.integers(-3, 4))
             x = local.standard_normal(n) * scale
             t = torch.from_numpy(
@@ -103,16 +110,30 @@ def _check_buckets(rank: int, world: int, name: str) -> dict[str, Any]:
             if jitter and local.random() < 0.5:
                 time.sleep(float(local.uniform(0, 3e-3)))
             gen = shm.generation
-            out = shm_allreduce_hook(shm, _Bucket(t)).wait()
-            if out.data_ptr() != t.data_ptr():
-                failures.append(f"hook returned a new tensor for {n} elements")
+            fut = shm_allreduce_hook(shm, _Bucket(t, i, last=i == n_calls - 1))
             fell_back = shm.generation == gen
             fallbacks += fell_back
+            deferred_calls += not fell_back and not fut.done()
             if fell_back != (n * t.element_size() > CAPACITY):
                 failures.append(f"{n} x {t.dtype}: fallback={fell_back}")
-            outputs.append(out)
+            if shm.in_flight > depth:
+                failures.append(f"{shm.in_flight} reductions in flight, depth {depth}")
+            futures.append((t, fut, fell_back))
             calls += 1
         shm._debug_delay = None
+        if shm.in_flight:
+            failures.append(f"{shm.in_flight} reductions still in flight after the last bucket")
+            shm.flush()
+        outputs: list[torch.Tensor] = []
+        for t, fut, fell_back in futures:
+            if not fell_back and not fut.done():  # waiting would hang
+                failures.append("a shared-memory future was not completed")
+                outputs.append(t)
+                continue
+            out = fut.wait()
+            if out.data_ptr() != t.data_ptr():
+                failures.append(f"hook returned a new tensor for {t.numel()} elements")
+            outputs.append(out)
         # References, computed after the burst so the burst itself has no gloo barrier.
         for x, out in zip(inputs, outputs, strict=True):
             gathered = [torch.empty_like(x) for _ in range(world)]
@@ -154,11 +175,14 @@ def _check_buckets(rank: int, world: int, name: str) -> dict[str, Any]:
         "failures": failures,
         "calls": calls,
         "fallbacks": fallbacks,
+        "deferred": deferred_calls,
         "generations": generations,
     }
 
 
-def _train(rank: int, hook: bool, bucket_view: bool, steps: int = 6) -> tuple[torch.Tensor, int]:
+def _train(
+    rank: int, hook: bool, bucket_view: bool, defer: bool = False, steps: int = 6
+) -> tuple[torch.Tensor, int]:
     import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -171,6 +195,8 @@ def _train(rank: int, hook: bool, bucket_view: bool, steps: int = 6) -> tuple[to
     shm = install_shm_allreduce(ddp, timeout_s=30.0) if hook else None
     if hook and shm is None:
         raise AssertionError("install_shm_allreduce declined on one host")
+    if shm is not None:
+        shm.defer = defer
     # SGD, not Adam: Adam is nearly invariant to the gradient's scale, so it would not
     # notice a sum where a mean belongs; SGD keeps ulp-level differences ulp-level.
     opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
@@ -199,9 +225,9 @@ def _check_ddp(rank: int, world: int) -> dict[str, Any]:
     default, _ = _train(rank, hook=False, bucket_view=True)
     diffs: dict[str, float] = {}
     reductions: dict[str, int] = {}
-    for bucket_view in (True, False):
-        key = f"gradient_as_bucket_view={bucket_view}"
-        params, reductions[key] = _train(rank, hook=True, bucket_view=bucket_view)
+    for bucket_view, defer in ((True, False), (False, False), (True, True)):
+        key = f"gradient_as_bucket_view={bucket_view},defer={defer}"
+        params, reductions[key] = _train(rank, hook=True, bucket_view=bucket_view, defer=defer)
         gathered = [torch.empty_like(params) for _ in range(world)]
         dist.all_gather(gathered, params)
         if not all(torch.equal(g, gathered[0]) for g in gathered):
@@ -309,7 +335,7 @@ def _worker(rank: int, world: int, port: int, outdir: str) -> None:
     try:
         prefix = f"svtest-{os.getppid()}-{port}"
         result = {
-            "buckets": _check_buckets(rank, world, prefix + "-b"),
+            "buckets": [_check_buckets(rank, world, f"{prefix}-b{d}", d) for d in (2, 3)],
             "ddp": _check_ddp(rank, world),
             "lifecycle": _check_lifecycle(rank, world, prefix + "-l", calls),
         }
@@ -356,10 +382,10 @@ def ranks(request, tmp_path_factory) -> list[dict[str, Any]]:
 
 def test_hook_average_equals_all_reduce_over_many_buckets(ranks):
     for rank, r in enumerate(ranks):
-        b = r["buckets"]
-        assert b["failures"] == [], f"rank {rank}: {b['failures'][:5]}"
-        assert b["calls"] >= 80 and b["fallbacks"] >= 1
-        assert b["generations"] == b["calls"] - b["fallbacks"]
+        for b in r["buckets"]:  # depth 2, depth 3
+            assert b["failures"] == [], f"rank {rank}: {b['failures'][:5]}"
+            assert b["calls"] >= 60 and b["fallbacks"] >= 1 and b["deferred"] >= 10, b
+            assert b["generations"] == b["calls"] - b["fallbacks"]
 
 
 def test_ddp_with_hook_matches_default_ddp(ranks):
@@ -383,8 +409,8 @@ def test_close_leaves_nothing_behind(ranks):
         calls = life["tracker_calls"]
         if rank == 0:
             created = [c[1] for c in calls if c[0] == "register"]
-            # buckets, 2 DDP runs, lifecycle, timeout, mismatch segments
-            assert len(created) == len(set(created)) == 6, created
+            # 2 bucket checks, 3 DDP runs, lifecycle, timeout, mismatch segments
+            assert len(created) == len(set(created)) == 8, created
             assert sorted(c[1] for c in calls if c[0] == "unregister") == sorted(
                 c[1] for c in calls if c[0] == "register"
             )

@@ -7,30 +7,45 @@ memory segment, which costs a fraction of a millisecond. :class:`ShmAllReduce` d
 :func:`shm_allreduce_hook` plugs it into ``DistributedDataParallel.register_comm_hook``
 and :func:`install_shm_allreduce` decides (collectively) whether it can be used.
 
-Segment layout (one segment, created by rank 0, attached by the others)::
+Segment layout (one segment, created by rank 0, attached by the others; D = ``depth``
+data slots per rank, 2 by default, S = slot bytes = the capacity rounded up)::
 
-    [0, 64)                     header: magic, nonce, world size, slot size (int64)
-    [64 + 64*r, 128 + 64*r)     control line of rank r (int64[8], one cache line each):
-                                arrive, done, numel[parity 0], numel[parity 1],
-                                dtype[parity 0], dtype[parity 1]
-    data_offset + (2*r + p)*S   data slot of rank r for call parity p (S = slot bytes)
+    [0, 64)                   header: magic, nonce, world size, S, D (int64)
+    64 + 64*r                 control line of rank r (int64[8], own cache line):
+                              arrive (last generation published), done (last read)
+    64 + 64*world + 16*(D*r+k)  metadata of rank r's slot k: numel, dtype code
+    data + (D*r + k)*S        data slot k of rank r (data: 4 KiB aligned)
 
-Protocol of the g-th call (g = 1, 2, ...; every rank makes the same sequence of calls,
-which DDP guarantees: buckets are reduced in bucket-index order on every rank), p = g % 2:
+Protocol. Every rank makes the same sequence of reductions (DDP launches buckets in
+bucket-index order on every rank); the g-th (g = 1, 2, ...) uses slot k = g % D:
 
-1. wait until every other rank's ``done >= g - 2``: nobody still reads my parity-p slot
-   (it held generation g - 2);
-2. copy my tensor into my parity-p slot, write its numel/dtype, then ``arrive = g``;
-3. wait until every other rank's ``arrive >= g``;
-4. sum the world's parity-p slots in rank order (the same order, hence bitwise the same
-   result, on every rank) into my tensor, divide by the world size;
-5. ``done = g``.
+1. publish: if slot k held generation g - D, complete my own reductions up to g - D,
+   then wait until every other rank's ``done >= g - D`` (nobody reads slot k any more);
+   copy my tensor into slot k, write its numel/dtype, then ``arrive = g``;
+2. complete (at once for :meth:`ShmAllReduce.average_` and, by default, the DDP hook;
+   later for :meth:`ShmAllReduce.average_async`, see deferral below): wait until every
+   other rank's ``arrive >= g``; sum the world's slot-k data in rank order (the same
+   order, hence bitwise the same result, on every rank) into my tensor and divide by the
+   world size; then ``done = g``. Completions happen in generation order.
 
-Why it is correct for any interleaving: a rank can only be one generation ahead of the
-slowest reader of its slots (step 1 for generation g + 2 needs ``done >= g`` from
-everyone), so while a reader reads generation g from parity p, the writer may be filling
-parity 1 - p with g + 1, never overwriting parity p. ``arrive[q] >= g`` therefore always
-means slot (q, p) holds generation g (``arrive`` can be g or g + 1, not g + 2).
+Why it is correct for any interleaving: a writer reuses slot k for generation g only
+after every rank has declared ``done >= g - D``, i.e. finished reading slot k's previous
+contents; a reader reads generation g from slot k only after ``arrive[q] >= g``, and slot
+k cannot have been overwritten with g + D yet because that needs the reader's own
+``done >= g``. With D = 2 this is the double buffering that lets a fast rank publish the
+next bucket while a slow rank still reads the previous one. It cannot deadlock: let d be
+the smallest ``done`` of all ranks and R a rank with it. Publishing any generation up to
+d + D only needs ``done >= d`` everywhere, which holds, so whoever has not yet published
+d + 1 can; R needs nothing else to complete d + 1, and then the minimum grows.
+
+Deferral (opt-in, ``ShmAllReduce.defer = True``): DDP calls the hook bucket by bucket
+during the backward pass and waits for the returned futures only after the last bucket
+was launched (``Reducer::finalize_backward`` in torch 2.x). A deferring hook only
+publishes a bucket and returns a pending future; when the last bucket arrives
+(``bucket.is_last()``) it completes them all, so ranks wait for each other once per step
+rather than once per bucket. It is off by default: it measured no faster for
+``simple_cnn`` (2 buckets a step) and a DDP that waited for a future earlier would
+deadlock (the future is completed by the thread that waits).
 
 Memory-ordering assumption: x86-64 is total-store-order: stores become visible to other
 cores in program order, loads are not reordered with older loads, and stores are not
@@ -85,6 +100,7 @@ __all__ = [
     "ShmUnavailableError",
     "all_ranks_on_this_host",
     "install_shm_allreduce",
+    "max_bucket_bytes",
     "same_host",
     "shm_allreduce_hook",
     "supported",
@@ -252,8 +268,8 @@ class ShmAllReduce:
         self.timeout_s = float(timeout_s)
         #: Let the hook defer summing a bucket until DDP hands over the last bucket of
         #: the backward pass (one wait for the slowest rank per step instead of one per
-        #: bucket). Results are the same either way.
-        self.defer = True
+        #: bucket; see the module docstring). Results are the same either way.
+        self.defer = False
         self._owner = owner
         self._unlinked = False
         self._gen = 0
@@ -601,14 +617,13 @@ def shm_allreduce_hook(
 ) -> torch.futures.Future[torch.Tensor]:
     """DDP communication hook averaging each gradient bucket through shared memory.
 
-    Same result as DDP's default all-reduce (the mean over ranks). With ``state.defer``
-    (the default) a bucket is only published when DDP hands it over, and every bucket of
-    the step is summed when the last one arrives (``bucket.is_last()``): the ranks then
-    wait for each other once per backward pass instead of once per bucket. This relies
-    on DDP waiting for the buckets' futures only after the last bucket was launched,
-    which its reducer does (``finalize_backward``). Buckets that do not fit (larger than
-    the capacity, unsupported dtype) go through ``dist.all_reduce``, with a warning
-    logged once per reason.
+    Same result as DDP's default all-reduce (the mean over ranks), returned as a
+    completed future. With ``state.defer = True`` (off by default) a bucket is only
+    published when DDP hands it over, and every bucket of the step is summed when the
+    last one arrives (``bucket.is_last()``); this relies on DDP waiting for the futures
+    only after the last bucket was launched, as its reducer does (``finalize_backward``).
+    Buckets that do not fit (larger than the capacity, unsupported dtype) go through
+    ``dist.all_reduce``, with a warning logged once per reason.
     """
     buffer = bucket.buffer()
     last = bucket.is_last()
@@ -639,6 +654,21 @@ shm_allreduce_hook.__annotations__ = {
 }
 
 
+def max_bucket_bytes(ddp: DistributedDataParallel) -> int:
+    """Upper bound of the size of ``ddp``'s gradient buckets, in bytes.
+
+    DDP closes a bucket once it reaches its cap (1 MiB for the first bucket, then
+    ``bucket_cap_mb``), so a bucket holds less than the cap plus the largest parameter,
+    and never more than all parameters together.
+    """
+    sizes = [p.numel() * p.element_size() for p in ddp.module.parameters() if p.requires_grad]
+    if not sizes:
+        return 1
+    first_cap = int(getattr(dist, "_DEFAULT_FIRST_BUCKET_BYTES", 1024 * 1024))
+    cap = int(getattr(ddp, "bucket_bytes_cap", 25 * 1024 * 1024))
+    return min(sum(sizes), max(cap, first_cap) + max(sizes))
+
+
 def install_shm_allreduce(
     ddp: DistributedDataParallel,
     *,
@@ -650,8 +680,9 @@ def install_shm_allreduce(
 
     Every rank takes the same decision: None (keep the default gloo all-reduce) unless
     all ranks are on one x86-64 host and the segment could be created and attached
-    everywhere. ``capacity_bytes`` defaults to the bytes of ``ddp``'s parameters (a
-    bucket never exceeds that). Call :meth:`ShmAllReduce.close` after training.
+    everywhere. ``capacity_bytes`` defaults to :func:`max_bucket_bytes` (the segment
+    takes 2 x world x that). Call :meth:`ShmAllReduce.close` after training (any rank,
+    any time after its last backward pass; no collective).
     """
     world = dist.get_world_size()
     facts: list[Any] = [None] * world
@@ -659,9 +690,7 @@ def install_shm_allreduce(
     if world < 2 or not all(ok for _, ok in facts) or not same_host([h for h, _ in facts]):
         return None
     if capacity_bytes is None:
-        capacity_bytes = sum(
-            p.numel() * p.element_size() for p in ddp.module.parameters() if p.requires_grad
-        )
+        capacity_bytes = max_bucket_bytes(ddp)
     name = name or f"sv-allreduce-{os.getpid()}-{secrets.token_hex(6)}"
     try:
         shm = ShmAllReduce.create(name, capacity_bytes, timeout_s=timeout_s)
