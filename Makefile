@@ -28,8 +28,8 @@ test: $(STAMP) lint
 	$(VENV)/bin/pytest -q
 
 bench: $(STAMP)
-	$(PY) bench/tfrecord_read.py
-	$(PY) bench/train_throughput.py
+	$(PY) bench/tfrecord_read.py --rows 200000 --files 4
+	$(PY) bench/train_throughput.py --epochs 5 --repeats 3
 	$(PY) bench/inference.py
 
 clean:

