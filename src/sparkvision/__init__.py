@@ -29,6 +29,7 @@ __all__ = [
     "load_prepared",
     "prepare",
     "read_manifest",
+    "register_data_sources",
 ]
 
 
@@ -38,10 +39,10 @@ def __getattr__(name: str) -> Any:
         from sparkvision.training import estimator
 
         return getattr(estimator, name)
-    if name == "get_spark":
-        from sparkvision.session import get_spark
+    if name in ("get_spark", "register_data_sources"):
+        from sparkvision import session
 
-        return get_spark
+        return getattr(session, name)
     if name in ("prepare", "PrepareConfig", "read_manifest"):
         from sparkvision.data import prepare
 

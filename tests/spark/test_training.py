@@ -177,3 +177,21 @@ def test_validation_fraction_holds_out_rows(digits):
     assert 0.15 * n < sum(h["val_rows_per_rank"]) < 0.35 * n
     assert sum(h["train_rows_per_rank"]) + sum(h["val_rows_per_rank"]) == n
     assert h["epochs"][0]["val_accuracy"] is not None
+
+
+def test_single_worker_and_checkpoint_dir_of_another_training(digits, tmp_path):
+    from sparkvision import TrainingError
+
+    train = digits[0]
+    ckpt = tmp_path / "ckpt"
+    model = ImageClassifier(epochs=2, numWorkers=1, checkpointDir=str(ckpt)).fit(train)
+    assert model.history["world_size"] == 1 and model.history["allreduce"] == "gloo"
+    assert sorted(p.name for p in ckpt.glob("*.safetensors")) == [
+        "epoch-0001.safetensors", "epoch-0002.safetensors"]
+    # Same training again: everything is already done, it resumes after the last epoch.
+    again = ImageClassifier(epochs=2, numWorkers=1, checkpointDir=str(ckpt)).fit(train)
+    assert again.history["resumed_from_epoch"] == 2 and again.weights == model.weights
+    # Another network must not silently load these weights.
+    with pytest.raises(TrainingError, match="another training"):
+        ImageClassifier(epochs=2, numWorkers=1, model="lenet5",
+                        checkpointDir=str(ckpt)).fit(train)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -117,6 +118,7 @@ class ImageClassifier(Estimator, ClassifierParams, DefaultParamsWritable, Defaul
             num_classes = int(top) + 1
             classes = [str(i) for i in range(num_classes)]
         weights = self._class_weights(train_df, label_col, num_classes)
+        own_dir = not get(self.checkpointDir)
         checkpoint_dir = get(self.checkpointDir) or tempfile.mkdtemp(prefix="sparkvision-ckpt-")
         config = TrainConfig(
             model=get(self.model), num_classes=num_classes, image_shape=shape,
@@ -131,8 +133,12 @@ class ImageClassifier(Estimator, ClassifierParams, DefaultParamsWritable, Defaul
                       get(self.repartition))
         log.info("training %s on %d workers for %d epochs", config.model,
                  config.num_workers, config.epochs)
-        out = run_distributed(spark, data, config, self._on_epoch_end)
-        out.history["checkpoint_dir"] = checkpoint_dir
+        try:
+            out = run_distributed(spark, data, config, self._on_epoch_end)
+        finally:
+            if own_dir:  # a temporary folder only serves retries within this fit
+                shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        out.history["checkpoint_dir"] = None if own_dir else checkpoint_dir
         model = ImageClassificationModel(
             weights=out.weights, history=out.history, model=config.model,
             imageShape=list(shape), classes=classes, imageCol=image_col,

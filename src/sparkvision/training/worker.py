@@ -115,6 +115,16 @@ def train_partition(batches: Iterator[Any], config: TrainConfig) -> Iterator[Any
         )
 
 
+def _fingerprint(config: TrainConfig) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed by this training."""
+    return {
+        "model": config.model, "num_classes": config.num_classes,
+        "image_shape": list(config.image_shape), "num_workers": config.num_workers,
+        "batch_size": config.batch_size, "optimizer": config.optimizer,
+        "epochs": config.epochs, "seed": config.seed,
+    }
+
+
 def _maybe_inject_fault(config: TrainConfig, epoch: int, rank: int) -> None:
     """Test hook: fail once in (epoch, rank); a marker file makes the retry pass."""
     if config.fault_injection != (epoch, rank) or not config.checkpoint_dir:
@@ -184,6 +194,13 @@ def _train(x_tr, y_tr, x_val, y_val, config: TrainConfig, rank: int, world: int,
     start_epoch, history, resumed_from = int(resume), [], None
     if start_epoch > 0:
         state, opt_state, info = ckpt.load_checkpoint(config.checkpoint_dir, start_epoch)
+        if info.get("fingerprint") != _fingerprint(config):
+            from sparkvision.errors import TrainingError
+
+            raise TrainingError(
+                f"checkpointDir {config.checkpoint_dir} holds checkpoints of another training "
+                f"({info.get('fingerprint')}); use an empty folder to start a new one"
+            )
         model.load_state_dict(state)
         optimizer.load_state_dict(opt_state)
         history = info.get("history", [])
@@ -278,7 +295,7 @@ def _epochs(run: _Run, x_tr, y_tr, x_val, y_val) -> tuple[bytes, dict[str, Any]]
             if config.checkpoint_dir:
                 ckpt.save_checkpoint(
                     config.checkpoint_dir, epoch + 1, run.model, run.optimizer,
-                    {"history": run.history},
+                    {"history": run.history, "fingerprint": _fingerprint(config)},
                 )
             events.send(dict(record, type="epoch"))
         dist.barrier()
