@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from sparkvision.cli import main
 from tests.imagefolder import build_image_folder
@@ -56,6 +57,9 @@ def test_train_then_predict_on_every_input_kind(spark, digits_dir, tmp_path, cap
 
     # an image folder: decoded and resized to the model's 8x8x1 on executors
     good, bad = build_image_folder(tmp_path / "imgs")
+    loose = tmp_path / "imgs" / "loose.png"  # not in a class folder: predicted, no label
+    Image.new("L", (30, 30), 200).save(loose)
+    good[str(loose)] = ""
     out3 = tmp_path / "pred3.parquet"
     assert main(["predict", str(model_dir), str(tmp_path / "imgs"), "--out", str(out3),
                  "--json"]) == 0
@@ -65,6 +69,7 @@ def test_train_then_predict_on_every_input_kind(spark, digits_dir, tmp_path, cap
     rows = spark.read.parquet(str(out3)).collect()
     assert {r.path for r in rows} == set(good)
     assert all(r.predictedLabel in manifest["classes"] for r in rows)
+    assert [r.label for r in rows if r.path == str(loose)] == [None]
 
 
 def test_predict_and_train_user_errors_exit_2(tmp_path, capsys):

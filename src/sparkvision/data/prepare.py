@@ -102,8 +102,13 @@ def parse_image_size(text: str | int | None) -> tuple[int, int] | None:
 # ----------------------------------------------------------------------------- decoding
 
 
-def _decode_batches(batches: Iterator[Any], root: str, spec: ImageSpec) -> Iterator[Any]:
-    """Executor side: binaryFile rows → decoded uint8 images (or a rejection reason)."""
+def _decode_batches(
+    batches: Iterator[Any], root: str, spec: ImageSpec, need_class: bool = True
+) -> Iterator[Any]:
+    """Executor side: binaryFile rows → decoded uint8 images (or a rejection reason).
+
+    The class is the first folder under ``root``; files directly in ``root`` are rejected
+    when ``need_class`` (prepare) and kept with no class otherwise (predict)."""
     import pyarrow as pa
 
     schema = _decoded_arrow_schema()
@@ -116,7 +121,7 @@ def _decode_batches(batches: Iterator[Any], root: str, spec: ImageSpec) -> Itera
             rel = os.path.relpath(local, root) if local.startswith(root) else local
             class_name = rel.split("/")[0] if "/" in rel else ""
             image, error = None, None
-            if not class_name:
+            if not class_name and need_class:
                 error = "not inside a class sub-folder"
             else:
                 try:

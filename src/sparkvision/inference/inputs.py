@@ -64,7 +64,9 @@ def load_prediction_input(
         spark.read.format("binaryFile").option("recursiveFileLookup", "true")
         .option("ignoreCorruptFiles", "true").load(root).select("path", "content")
     )
-    decoded = raw.mapInArrow(lambda it: _decode_batches(it, root, spec), _DECODED_DDL)
+    decoded = raw.mapInArrow(
+        lambda it: _decode_batches(it, root, spec, need_class=False), _DECODED_DDL
+    )
     decoded = decoded.persist()
     rejected = [
         {"path": r.path, "reason": r.error}
