@@ -1,0 +1,101 @@
+"""The plain-PyTorch pieces of training (no Spark)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sparkvision.config import TrainConfig
+from sparkvision.models import build_model
+from sparkvision.training import checkpoint as ckpt
+from sparkvision.training.loop import (
+    compute_loss,
+    epoch_indices,
+    lr_factor,
+    make_optimizer,
+    normalize,
+    shift_augment,
+    steps_per_epoch,
+)
+
+
+@pytest.mark.parametrize("n", [1, 7, 64, 65, 900])
+def test_epoch_indices_fill_equal_steps_and_cover_every_row(n):
+    steps = steps_per_epoch(900, 64)  # the largest rank has 900 rows
+    order = epoch_indices(n, steps, 64, seed=1, epoch=0, rank=0)
+    assert len(order) == steps * 64 == 15 * 64
+    assert set(order.tolist()) == set(range(n))
+    # each full pass is a permutation, so no row repeats before all rows were seen
+    assert len(set(order[: min(n, len(order))].tolist())) == min(n, len(order))
+
+
+def test_epoch_indices_are_seeded_per_epoch_and_rank():
+    a = epoch_indices(100, 2, 64, seed=3, epoch=0, rank=0)
+    assert np.array_equal(a, epoch_indices(100, 2, 64, seed=3, epoch=0, rank=0))
+    assert not np.array_equal(a, epoch_indices(100, 2, 64, seed=3, epoch=1, rank=0))
+    assert not np.array_equal(a, epoch_indices(100, 2, 64, seed=3, epoch=0, rank=1))
+
+
+def test_shift_augment_moves_content_and_keeps_shape():
+    x = torch.full((4, 1, 8, 8), -1.0)
+    x[:, :, 3:5, 3:5] = 1.0
+    gen = torch.Generator().manual_seed(0)
+    out = shift_augment(x, 2, gen)
+    assert out.shape == x.shape
+    assert torch.all(out.sum(dim=(1, 2, 3)) == x.sum(dim=(1, 2, 3)))  # 2x2 block fully kept
+    assert not torch.equal(out, x)
+    assert torch.equal(shift_augment(x, 0, gen), x)
+
+
+def test_lr_schedule_warms_up_then_decays():
+    values = [lr_factor("cosine", s, 100, 10) for s in range(100)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(values[10:], values[11:], strict=False))
+    assert values[-1] < 0.05
+    assert lr_factor("constant", 50, 100, 10) == 1.0
+
+
+def test_losses_and_class_weights():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    y = torch.tensor([0, 0])
+    ce = compute_loss(logits, y, "cross_entropy", None)
+    assert ce == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item())
+    mse = compute_loss(logits, y, "mse", None)
+    probs = torch.softmax(logits, 1)
+    assert mse == pytest.approx(((probs - torch.tensor([[1.0, 0], [1.0, 0]])) ** 2).mean().item())
+    w = torch.tensor([0.0, 1.0])
+    assert compute_loss(logits, y, "mse", w) == pytest.approx(0.0)
+
+
+def test_normalize_range():
+    x = torch.tensor([0, 255, 128], dtype=torch.uint8)
+    out = normalize(x)
+    assert out.dtype == torch.float32
+    assert out.tolist() == pytest.approx([-1.0, 1.0, 128 * 2 / 255 - 1], abs=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_checkpoint_round_trip_restores_model_and_optimizer(tmp_path, optimizer):
+    config = TrainConfig(model="cnn", num_classes=3, image_shape=(8, 8, 1), optimizer=optimizer)
+    model = build_model("cnn", 3, (8, 8, 1))
+    opt = make_optimizer(config, model.parameters())
+    for _ in range(2):
+        loss = model(torch.randn(4, 1, 8, 8)).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    path = ckpt.save_checkpoint(str(tmp_path), 2, model, opt, {"history": [{"epoch": 2}]})
+    assert path.endswith("epoch-0002.safetensors") and ckpt.latest_epoch(str(tmp_path)) == 2
+    state, opt_state, info = ckpt.load_checkpoint(str(tmp_path), 2)
+    fresh = build_model("cnn", 3, (8, 8, 1))
+    fresh.load_state_dict(state)
+    fresh_opt = make_optimizer(config, fresh.parameters())
+    fresh_opt.load_state_dict(opt_state)
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert info["history"] == [{"epoch": 2}] and info["epoch"] == 2
+    before = {k: v.clone() for k, v in opt.state_dict()["state"][0].items()}
+    after = fresh_opt.state_dict()["state"][0]
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
