@@ -16,6 +16,9 @@ PREPARED_DDL = (
 
 
 def prepared_schema():  # -> pyspark.sql.types.StructType
-    from pyspark.sql.types import StructType
+    """The StructType of ``PREPARED_DDL``, built without a JVM (usable on executors)."""
+    from pyspark.sql.types import BinaryType, LongType, StringType, StructField, StructType
 
-    return StructType.fromDDL(PREPARED_DDL)
+    types = {"BIGINT": LongType(), "BINARY": BinaryType(), "STRING": StringType()}
+    fields = [part.split() for part in PREPARED_DDL.split(", ")]
+    return StructType([StructField(name, types[kind]) for name, kind in fields])
