@@ -25,17 +25,10 @@ class TrainOutput:
 
 
 def available_slots(spark) -> int:
-    """Task slots the cluster offers now (cores / spark.task.cpus)."""
+    """Task slots the cluster offers now: cores (``defaultParallelism``) / spark.task.cpus."""
     sc = spark.sparkContext
     task_cpus = int(sc.getConf().get("spark.task.cpus", "1"))
-    master = sc.master
-    match = re.match(r"local\[(\d+|\*)(?:,\s*\d+)?\]", master)
-    if master == "local":
-        cores = 1
-    elif match:
-        cores = sc.defaultParallelism
-    else:
-        cores = sc.defaultParallelism
+    cores = 1 if sc.master == "local" else sc.defaultParallelism
     return max(0, cores // max(1, task_cpus))
 
 
