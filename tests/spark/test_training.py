@@ -195,3 +195,15 @@ def test_single_worker_and_checkpoint_dir_of_another_training(digits, tmp_path):
     with pytest.raises(TrainingError, match="another training"):
         ImageClassifier(epochs=2, numWorkers=1, model="lenet5",
                         checkpointDir=str(ckpt)).fit(train)
+
+
+def test_bad_labels_are_named_before_training(digits):
+    from sparkvision import DataError
+
+    train = digits[0]
+    with pytest.raises(InvalidParameterError, match="labels go up to 9 but only 3"):
+        ImageClassifier(classes=["a", "b", "c"]).fit(train)
+    with pytest.raises(DataError, match="null 'label'"):
+        ImageClassifier().fit(train.withColumn("label", F.lit(None).cast("long")))
+    with pytest.raises(DataError, match="class indexes"):
+        ImageClassifier().fit(train.withColumn("label", F.col("label") - 1))

@@ -50,6 +50,38 @@ def _image_shape(df, configured: list[int]) -> tuple[int, int, int]:
     return int(row.height), int(row.width), int(row.channels)
 
 
+def _check_labels(df, label_col: str, classes: list[str]) -> list[str]:
+    """Validate labels with one aggregate; return the class names (default '0'..'K-1')."""
+    from pyspark.sql import functions as F
+
+    if label_col not in df.columns:
+        raise InvalidParameterError(
+            "labelCol", label_col, f"the DataFrame has columns {df.columns}; name the label"
+        )
+    row = df.agg(
+        F.count(F.lit(1)).alias("n"),
+        F.count(label_col).alias("labelled"),
+        F.min(label_col).alias("lo"),
+        F.max(label_col).alias("hi"),
+    ).first()
+    if row is None or row.n == 0:
+        raise DataError("the training DataFrame is empty: give it at least one row")
+    if row.labelled != row.n:
+        raise DataError(
+            f"{row.n - row.labelled} rows have a null {label_col!r}: drop or label them"
+        )
+    if row.lo < 0 or int(row.lo) != row.lo or int(row.hi) != row.hi:
+        raise DataError(
+            f"labels in {label_col!r} must be class indexes 0, 1, ... (found {row.lo}..{row.hi})"
+        )
+    if classes and row.hi >= len(classes):
+        raise InvalidParameterError(
+            "classes", classes,
+            f"labels go up to {int(row.hi)} but only {len(classes)} class names were given",
+        )
+    return classes or [str(i) for i in range(int(row.hi) + 1)]
+
+
 class ImageClassifier(Estimator, ClassifierParams, DefaultParamsWritable, DefaultParamsReadable):
     """Trains a PyTorch CNN data-parallel inside one Spark barrier stage.
 
@@ -95,8 +127,6 @@ class ImageClassifier(Estimator, ClassifierParams, DefaultParamsWritable, Defaul
 
     # ------------------------------------------------------------------ fit
     def _fit(self, dataset) -> ImageClassificationModel:
-        from pyspark.sql import functions as F
-
         from sparkvision.training.launcher import layout, run_distributed
 
         self._validate()
@@ -108,15 +138,8 @@ class ImageClassifier(Estimator, ClassifierParams, DefaultParamsWritable, Defaul
             frac = get(self.validationFraction)
             train_df, val_df = dataset.randomSplit([1 - frac, frac], seed=get(self.seed))
         shape = _image_shape(dataset, get(self.imageShape))
-        classes = list(get(self.classes))
-        if classes:
-            num_classes = len(classes)
-        else:
-            top = dataset.agg(F.max(label_col)).first()[0]
-            if top is None:
-                raise DataError("the training DataFrame is empty: give it at least one row")
-            num_classes = int(top) + 1
-            classes = [str(i) for i in range(num_classes)]
+        classes = _check_labels(dataset, label_col, list(get(self.classes)))
+        num_classes = len(classes)
         weights = self._class_weights(train_df, label_col, num_classes)
         own_dir = not get(self.checkpointDir)
         checkpoint_dir = get(self.checkpointDir) or tempfile.mkdtemp(prefix="sparkvision-ckpt-")
