@@ -418,3 +418,42 @@ def test_write_int_and_double_columns(spark, tmp_path):
     assert {r.d for r in back} == {0.10000000149011612, 2.5, None}
     inferred = spark.read.format("tfrecords").load(path)
     assert dict(inferred.dtypes) == {"d": "float", "i": "bigint"}
+
+
+def _write_numbered(path, n: int) -> list[int]:
+    """Write n Example records {i: int64} to one uncompressed file; return record offsets."""
+    offsets = []
+    with tfrecord.open_for_write(str(path)) as fh:
+        pos = 0
+        for i in range(n):
+            offsets.append(pos)
+            pos += tfrecord.write_record(fh, tfrecord.encode_example({"i": ("int64", [i])}))
+    return offsets
+
+
+def test_split_offsets_and_ranges_cover_every_record_once(tmp_path):
+    path = tmp_path / "big.tfrecord"
+    offsets = _write_numbered(path, 1000)
+    starts = tfrecord.split_offsets(str(path), 300)
+    assert starts == [offsets[0], offsets[300], offsets[600], offsets[900]]
+    seen = []
+    for a, b in zip(starts, [*starts[1:], None], strict=True):
+        recs = list(tfrecord.read_range_records(str(path), a, b))
+        seen += [tfrecord.decode_example(r)["i"][1][0] for r in recs]
+    assert seen == list(range(1000))
+
+
+def test_large_file_split_by_record_count(spark, tmp_path):
+    path = tmp_path / "big.tfrecord"
+    offsets = _write_numbered(path, 1000)
+    whole = spark.read.format("tfrecords").load(str(path))
+    split = spark.read.format("tfrecords").option("recordsPerPartition", "300").load(str(path))
+    assert whole.rdd.getNumPartitions() == 1 and split.rdd.getNumPartitions() == 4
+    assert sorted(r.i for r in split.collect()) == list(range(1000))
+    # Corruption inside the last range is reported with its exact byte offset.
+    data = bytearray(path.read_bytes())
+    data[offsets[950] + 20] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(Exception, match=f"byte offset {offsets[950]}"):
+        spark.read.format("tfrecords").option("recordsPerPartition", "300").schema(
+            "i BIGINT").load(str(path)).collect()

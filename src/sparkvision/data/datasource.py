@@ -16,7 +16,8 @@ run only ``append`` and ``overwrite``; use ``mode("append")`` with this option, 
 :func:`save_tfrecords`); stream only: ``maxFilesPerTrigger``, ``maxBytesPerTrigger``.
 
 A path is one file or a folder read recursively; names starting with ``.`` or ``_``
-(and ``*.tmp``) are skipped. One input partition per file.
+(and ``*.tmp``) are skipped. One input partition per file; ``recordsPerPartition=N``
+splits uncompressed files every N records (only record headers are scanned to plan).
 """
 
 from __future__ import annotations

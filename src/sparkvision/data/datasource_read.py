@@ -34,8 +34,11 @@ from pyspark.sql.types import (
 from sparkvision.data.tfrecord import (
     Feature,
     decode_example,
+    is_gzip_path,
     normalize_compression,
     read_file_records,
+    read_range_records,
+    split_offsets,
 )
 from sparkvision.errors import DataError, InvalidParameterError
 
@@ -100,6 +103,7 @@ class TFRecordOptions:
     save_mode: str | None = None
     max_files_per_trigger: int | None = None
     max_bytes_per_trigger: int | None = None
+    records_per_partition: int | None = None
 
     @classmethod
     def parse(cls, options: Mapping[str, str]) -> TFRecordOptions:
@@ -125,6 +129,7 @@ class TFRecordOptions:
             save_mode=save_mode.lower() if save_mode else None,
             max_files_per_trigger=_positive(options, "maxFilesPerTrigger"),
             max_bytes_per_trigger=_positive(options, "maxBytesPerTrigger"),
+            records_per_partition=_positive(options, "recordsPerPartition"),
         )
 
 
@@ -215,11 +220,32 @@ def infer_schema(files: Sequence[str], opts: TFRecordOptions) -> StructType:
 
 
 class TFRecordPartition(InputPartition):
-    """One input partition: one TFRecord file."""
+    """One input partition: one TFRecord file, or the records starting in a byte range."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, start: int = 0, end: int | None = None) -> None:
         super().__init__(path)
         self.path = path
+        self.start = start
+        self.end = end
+
+    @property
+    def byte_range(self) -> tuple[int, int | None] | None:
+        return None if self.start == 0 and self.end is None else (self.start, self.end)
+
+
+def plan_partitions(files: Sequence[str], opts: TFRecordOptions) -> list[TFRecordPartition]:
+    """One partition per file; uncompressed files are split every ``recordsPerPartition``."""
+    if not opts.records_per_partition:
+        return [TFRecordPartition(path) for path in files]
+    parts: list[TFRecordPartition] = []
+    for path in files:
+        if opts.compression == "gzip" or is_gzip_path(path):
+            parts.append(TFRecordPartition(path))  # a gzip stream cannot be entered midway
+            continue
+        offsets = split_offsets(path, opts.records_per_partition)
+        ends: list[int | None] = [*offsets[1:], None]
+        parts += [TFRecordPartition(path, a, b) for a, b in zip(offsets, ends, strict=True)]
+    return parts
 
 
 def _kind_for(dtype: DataType) -> str | None:
@@ -278,13 +304,23 @@ def _to_arrays(
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def read_batches(path: str, opts: TFRecordOptions, schema: StructType) -> Iterator[pa.RecordBatch]:
-    """Yield the records of one file as Arrow batches matching ``schema``."""
+def read_batches(
+    path: str,
+    opts: TFRecordOptions,
+    schema: StructType,
+    byte_range: tuple[int, int | None] | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Yield the records of one file (or of one byte range of it) as Arrow batches."""
     arrow_schema = to_arrow_schema(schema, timezone="UTC")  # exactly what Spark checks
     stats: dict[str, int] = {}
-    records = read_file_records(
-        path, opts.compression, opts.verify_checksums, opts.skip_corrupt, stats
-    )
+    if byte_range is None:
+        records = read_file_records(
+            path, opts.compression, opts.verify_checksums, opts.skip_corrupt, stats
+        )
+    else:
+        records = read_range_records(
+            path, byte_range[0], byte_range[1], opts.verify_checksums, opts.skip_corrupt, stats
+        )
     if opts.record_type == "ByteArray":
         for chunk in _chunks(records):
             yield pa.record_batch([pa.array(chunk, pa.binary())], schema=arrow_schema)
@@ -368,7 +404,7 @@ def _read_partition(
     path = getattr(partition, "path", None)
     if path is None:  # Spark plans InputPartition(None) when there are no files
         return iter(())
-    return read_batches(path, opts, schema)
+    return read_batches(path, opts, schema, getattr(partition, "byte_range", None))
 
 
 class TFRecordReader(DataSourceReader):
@@ -380,7 +416,7 @@ class TFRecordReader(DataSourceReader):
         self.files = files
 
     def partitions(self) -> list[InputPartition]:
-        return [TFRecordPartition(path) for path in self.files]
+        return list(plan_partitions(self.files, self.opts))
 
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
         return _read_partition(partition, self.opts, self.schema)

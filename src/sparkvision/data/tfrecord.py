@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import struct
 import zlib
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
@@ -100,8 +101,13 @@ def iter_records(
     verify_checksums: bool = True,
     skip_corrupt: bool = False,
     stats: MutableMapping[str, int] | None = None,
+    offset: int = 0,
+    end: int | None = None,
 ) -> Iterator[bytes]:
     """Yield the data of every record in ``fileobj`` (already opened, see :func:`open_for_read`).
+
+    ``fileobj`` is positioned at byte ``offset`` (a record boundary); reading stops at the
+    first record that starts at or after ``end`` (None: end of file).
 
     ``path`` only names the file in errors. Byte offsets in errors are offsets of the
     record header in the (decompressed) stream.
@@ -112,8 +118,7 @@ def iter_records(
     ``skip_corrupt`` the record is skipped (its length is trustworthy) and
     ``stats["skipped_records"]`` is incremented. ``stats["records"]`` counts records yielded.
     """
-    offset = 0
-    while True:
+    while end is None or offset < end:
         header, reason = _read(fileobj, _HEADER_SIZE)
         if not header and reason is None:
             return  # clean end of file
@@ -198,6 +203,49 @@ def read_file_records(
     """Open ``path`` and yield its records (see :func:`iter_records`), closing it at the end."""
     with open_for_read(path, compression) as fileobj:
         yield from iter_records(fileobj, path, verify_checksums, skip_corrupt, stats)
+
+
+def read_range_records(
+    path: str,
+    start: int,
+    end: int | None,
+    verify_checksums: bool = True,
+    skip_corrupt: bool = False,
+    stats: MutableMapping[str, int] | None = None,
+) -> Iterator[bytes]:
+    """Records of an uncompressed file whose headers start in ``[start, end)``."""
+    with open(path, "rb") as fileobj:
+        fileobj.seek(start)
+        yield from iter_records(
+            fileobj, path, verify_checksums, skip_corrupt, stats, offset=start, end=end
+        )
+
+
+def split_offsets(path: str, records_per_split: int) -> list[int]:
+    """Byte offsets where every ``records_per_split``-th record of an uncompressed file starts.
+
+    Only the 12-byte headers are read (with seeks). Scanning stops quietly at anything
+    malformed; the reader of the last range then reports it with the exact offset.
+    """
+    offsets = [0]
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        offset, count = 0, 0
+        while offset + _HEADER_SIZE <= size:
+            header = fh.read(_HEADER_SIZE)
+            if len(header) < _HEADER_SIZE:
+                break
+            length, length_crc = _HEADER.unpack(header)
+            if masked_crc32c(header[:8]) != length_crc:
+                break
+            offset += _HEADER_SIZE + length + _FOOTER_SIZE
+            if offset > size:
+                break
+            fh.seek(offset)
+            count += 1
+            if count % records_per_split == 0 and offset < size:
+                offsets.append(offset)
+    return offsets
 
 
 # --------------------------------------------------------------------------- protobuf
