@@ -9,33 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from sparkvision.errors import SparkVisionError
+from sparkvision.errors import user_error_message
 
 EXIT_USER_ERROR = 2
-_WRAPPED = re.compile(
-    r"sparkvision\.errors\.(\w+Error): (.+?)(?:\n|$)|(\w+Error): ((?:invalid|corrupt) .+?)(?:\n|$)"
-)
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one clear line, exit 2
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
         raise SystemExit(EXIT_USER_ERROR)
-
-
-def _user_error_from(exc: BaseException) -> str | None:
-    """Find a sparkvision error inside ``exc`` (also when wrapped by a Spark task failure)."""
-    if isinstance(exc, SparkVisionError):
-        return str(exc)
-    match = _WRAPPED.search(str(exc))
-    if match:
-        return match.group(2) or match.group(4)
-    return None
 
 
 def _emit(args: argparse.Namespace, payload: dict[str, Any], human: str) -> None:
@@ -55,7 +39,13 @@ def _spark(args: argparse.Namespace):
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from sparkvision.data.prepare import PrepareConfig, parse_image_size, parse_split, prepare
+    from sparkvision.data.prepare import (
+        PrepareConfig,
+        check_source,
+        parse_image_size,
+        parse_split,
+        prepare,
+    )
 
     config = PrepareConfig(
         source=args.source,
@@ -67,7 +57,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         channels=args.channels,
         num_shards=args.num_shards,
     )
-    _check_source(args.source)
+    check_source(args.source)  # before Spark starts
     result = prepare(_spark(args), config)
     payload = {
         "out": result.out,
@@ -88,20 +78,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     lines += [f"    {r['path']}: {r['reason']}" for r in result.rejected]
     _emit(args, payload, "\n".join(lines))
     return 0
-
-
-def _check_source(source: str) -> None:
-    from pathlib import Path
-
-    from sparkvision.data.builtin import BUILTIN_SOURCES
-    from sparkvision.errors import DataError
-
-    if source not in BUILTIN_SOURCES and not Path(source).exists():
-        raise DataError(
-            f"unknown source {source!r}: not a built-in data set and no such path; use one "
-            f"of {', '.join(BUILTIN_SOURCES)}, an image folder (one sub-folder per class) "
-            "or a TFRecord folder"
-        )
 
 
 # ----------------------------------------------------------------------------- parser
@@ -152,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - turn user errors into one line
-        message = _user_error_from(exc)
+        message = user_error_message(exc)
         if message is None:
             raise
         sys.stderr.write(f"sparkvision {args.command}: error: {message}\n")

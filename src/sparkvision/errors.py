@@ -6,6 +6,13 @@ The CLI turns any :class:`SparkVisionError` into one line on stderr and exit cod
 
 from __future__ import annotations
 
+import re
+
+# A sparkvision error as it appears in the text of a Spark task failure or analysis error.
+_WRAPPED = re.compile(
+    r"sparkvision\.errors\.(\w+Error): (.+?)(?:\n|$)|(\w+Error): ((?:invalid|corrupt) .+?)(?:\n|$)"
+)
+
 
 class SparkVisionError(Exception):
     """Base class of every error sparkvision raises on purpose."""
@@ -44,3 +51,13 @@ class ClusterCapacityError(SparkVisionError):
 
 class TrainingError(SparkVisionError):
     """Distributed training failed."""
+
+
+def user_error_message(exc: BaseException) -> str | None:
+    """The message of a sparkvision error in ``exc``, also when Spark wrapped it as text."""
+    if isinstance(exc, SparkVisionError):
+        return str(exc)
+    match = _WRAPPED.search(str(exc))
+    if match:
+        return match.group(2) or match.group(4)
+    return None

@@ -28,10 +28,15 @@ DEFAULT_CONF: dict[str, str] = {
 }
 
 
+def _is_loopback(master: str) -> bool:
+    """True when the driver and every executor run on this machine."""
+    return master.startswith("local") or "127.0.0.1" in master or "localhost" in master
+
+
 def _prepare_environment(master: str) -> None:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    if master.startswith("local") or "127.0.0.1" in master or "localhost" in master:
+    if _is_loopback(master):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     # Python workers forked by the local daemon inherit the driver's environment.
     os.environ.setdefault("GLIBC_TUNABLES", GLIBC_TUNABLES)
@@ -52,7 +57,7 @@ def get_spark(
     _prepare_environment(master)
     builder = SparkSession.builder.master(master).appName(app_name)
     settings = dict(DEFAULT_CONF)
-    if not (master.startswith("local") or "127.0.0.1" in master or "localhost" in master):
+    if not _is_loopback(master):
         settings.pop("spark.driver.host")
         settings.pop("spark.driver.bindAddress")
     log_config = Path(__file__).with_name("log4j2.properties")

@@ -170,19 +170,52 @@ def _list_local_files(root: Path) -> dict[str, str | None]:
     return found
 
 
-def _folder_frame(spark, root: Path, spec: ImageSpec):
-    root_str = str(root.resolve())
+def literal_map(mapping: dict[Any, Any]):  # -> pyspark Column
+    """A ``map`` column literal of a small driver-side dict (class names, split bounds)."""
+    from pyspark.sql import functions as F
+
+    return F.create_map(*[F.lit(x) for pair in mapping.items() for x in pair])
+
+
+def decode_image_folder(spark, root: str, spec: ImageSpec, need_class: bool = True):
+    """Read every file under ``root`` with ``binaryFile`` and decode it on the executors.
+
+    Returns a persisted DataFrame of ``_DECODED_DDL`` rows; bad files carry ``error``.
+    """
     raw = (
         spark.read.format("binaryFile")
         .option("recursiveFileLookup", "true")
         .option("ignoreCorruptFiles", "true")
         .option("ignoreMissingFiles", "true")
-        .load(root_str)
+        .load(root)
         .select("path", "content")
     )
-    decoded = raw.mapInArrow(
-        lambda it: _decode_batches(it, root_str, spec), _DECODED_DDL
+    return raw.mapInArrow(
+        lambda it: _decode_batches(it, root, spec, need_class), _DECODED_DDL
     ).persist()
+
+
+def rejected_rows(decoded) -> list[dict[str, str]]:
+    """The (path, reason) of every decoded row that carries an error."""
+    from pyspark.sql import functions as F
+
+    bad = decoded.filter(F.col("error").isNotNull()).select("path", "error")
+    return [{"path": r.path, "reason": r.error} for r in bad.collect()]
+
+
+def label_by_class(decoded, classes: list[str]):
+    """Good rows with ``label`` = index of their class folder (null when not a class)."""
+    from pyspark.sql import functions as F
+
+    index = literal_map({name: i for i, name in enumerate(classes)})
+    return decoded.filter(F.col("error").isNull()).withColumn(
+        "label", index[F.col("class_name")].cast("bigint")
+    )
+
+
+def _folder_frame(spark, root: Path, spec: ImageSpec):
+    root_str = str(root.resolve())
+    decoded = decode_image_folder(spark, root_str, spec)
     seen = {r.path for r in decoded.select("path").collect()}
     # Files Spark could not list or read (empty, broken links, permissions) are rejected too.
     extra = [
@@ -252,8 +285,8 @@ def _assign_splits(df, class_counts: dict[int, int], fractions, seed: int):
     for label, n in class_counts.items():
         tr, va, _ = split_counts(n, fractions)
         bounds[label] = (tr, tr + va)
-    train_end = F.create_map(*[x for k, v in bounds.items() for x in (F.lit(k), F.lit(v[0]))])
-    val_end = F.create_map(*[x for k, v in bounds.items() for x in (F.lit(k), F.lit(v[1]))])
+    train_end = literal_map({label: ends[0] for label, ends in bounds.items()})
+    val_end = literal_map({label: ends[1] for label, ends in bounds.items()})
     order = F.xxhash64(F.col("path"), F.lit(seed))
     rank = F.row_number().over(Window.partitionBy("label").orderBy(order, F.col("path"))) - 1
     ranked = df.withColumn("_rank", rank)
@@ -266,6 +299,16 @@ def _assign_splits(df, class_counts: dict[int, int], fractions, seed: int):
 
 
 # ----------------------------------------------------------------------------- main entry
+
+
+def check_source(source: str) -> None:
+    """Raise a clear DataError unless ``source`` is a built-in data set or an existing path."""
+    if source not in BUILTIN_SOURCES and not Path(source).exists():
+        raise DataError(
+            f"unknown source {source!r}: not a built-in data set and no such path; use one "
+            f"of {', '.join(BUILTIN_SOURCES)}, an image folder (one sub-folder per class) "
+            "or a TFRecord folder"
+        )
 
 
 def _resolve_spec(config: PrepareConfig, default_hw: tuple[int, int], default_c: int) -> ImageSpec:
@@ -295,13 +338,8 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
         decoded, classes, image_shape = _builtin_frame(spark, source, spec)
         good = decoded
     else:
+        check_source(source)
         path = Path(source)
-        if not path.exists():
-            raise DataError(
-                f"source {source!r} is neither a built-in data set nor an existing path: "
-                f"use one of {', '.join(BUILTIN_SOURCES)}, a folder with one sub-folder per "
-                "class, or a folder/file of TFRecords"
-            )
         if _looks_like_tfrecords(path):
             from sparkvision.data.ingest_tfrecords import tfrecords_frame
 
@@ -310,8 +348,7 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
         else:
             spec = _resolve_spec(config, (DEFAULT_FOLDER_SIZE, DEFAULT_FOLDER_SIZE), 3)
             decoded, extra = _folder_frame(spark, path, spec)
-            bad_rows = decoded.filter(F.col("error").isNotNull()).select("path", "error")
-            rejected = [{"path": r.path, "reason": r.error} for r in bad_rows.collect()]
+            rejected = rejected_rows(decoded)
             rejected += [{"path": p, "reason": reason} for p, reason in extra]
             rejected.sort(key=lambda r: r["path"])
             good_names = decoded.filter(F.col("error").isNull()).select("class_name").distinct()
@@ -321,10 +358,7 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
                     f"no usable images under {source}: put images in one sub-folder per class "
                     f"(found {len(rejected)} rejected files)"
                 )
-            index = F.create_map(*[x for i, c in enumerate(classes) for x in (F.lit(c), F.lit(i))])
-            good = decoded.filter(F.col("error").isNull()).withColumn(
-                "label", index[F.col("class_name")].cast("bigint")
-            )
+            good = label_by_class(decoded, classes)
             image_shape = spec.shape
 
     counts = {

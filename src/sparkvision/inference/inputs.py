@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from sparkvision.data.images import ImageSpec
-from sparkvision.data.prepare import _DECODED_DDL, MANIFEST, _decode_batches, _looks_like_tfrecords
+from sparkvision.data.prepare import (
+    MANIFEST,
+    _looks_like_tfrecords,
+    decode_image_folder,
+    label_by_class,
+    rejected_rows,
+)
 from sparkvision.errors import DataError
 
 
@@ -58,22 +64,7 @@ def load_prediction_input(
                 )
         return df, []
     # A folder of images (optionally in class sub-folders): decode on executors.
-    root = str(path.resolve())
-    spec = ImageSpec(h, w, c)
-    raw = (
-        spark.read.format("binaryFile").option("recursiveFileLookup", "true")
-        .option("ignoreCorruptFiles", "true").load(root).select("path", "content")
-    )
-    decoded = raw.mapInArrow(
-        lambda it: _decode_batches(it, root, spec, need_class=False), _DECODED_DDL
-    )
-    decoded = decoded.persist()
-    rejected = [
-        {"path": r.path, "reason": r.error}
-        for r in decoded.filter(F.col("error").isNotNull()).select("path", "error").collect()
-    ]
-    index = F.create_map(*[x for i, name in enumerate(classes) for x in (F.lit(name), F.lit(i))])
-    good = decoded.filter(F.col("error").isNull()).withColumn(
-        "label", index[F.col("class_name")].cast("bigint")
-    ).drop("class_name", "error")
-    return good, rejected
+    decoded = decode_image_folder(spark, str(path.resolve()), ImageSpec(h, w, c),
+                                  need_class=False)
+    good = label_by_class(decoded, classes).drop("class_name", "error")
+    return good, rejected_rows(decoded)

@@ -11,7 +11,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sparkvision.config import TrainConfig
-from sparkvision.errors import ClusterCapacityError, InvalidParameterError, TrainingError
+from sparkvision.errors import (
+    ClusterCapacityError,
+    InvalidParameterError,
+    TrainingError,
+    user_error_message,
+)
 from sparkvision.training.progress import ProgressBar, ProgressServer
 from sparkvision.training.worker import FLAG_COL, RESULT_DDL, train_partition
 
@@ -118,9 +123,9 @@ def _explain(exc: BaseException, config: TrainConfig) -> BaseException:
             f"numWorkers={config.num_workers} is more than the cluster's free task slots: "
             "lower numWorkers or add executors/cores"
         )
-    match = re.search(r"sparkvision\.errors\.(\w+): (.+)", text)
-    if match:
-        return TrainingError(match.group(2).strip())
+    message = user_error_message(exc)
+    if message:
+        return TrainingError(message.strip())
     python_errors = re.findall(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", text, re.M)
     python_errors = [e for e in python_errors if not e[0].startswith(("org.", "java."))]
     detail = f"{python_errors[-1][0]}: {python_errors[-1][1]}" if python_errors else text[:300]
