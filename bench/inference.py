@@ -47,9 +47,9 @@ def main() -> None:
     from pyspark.sql.types import ArrayType, FloatType
 
     from sparkvision import ImageClassifier, PrepareConfig, get_spark, load_prepared, prepare
-    from sparkvision.inference.batch import predict_arrays
+    from sparkvision.inference.batch import predict_logits_array, softmax64
     from sparkvision.models import build_model
-    from sparkvision.training.checkpoint import load_state_dict_bytes
+    from sparkvision.models.weights import load_state_dict_bytes
 
     spark = get_spark("local[2]", app_name="bench-inference")
     data_dir = tempfile.mkdtemp(prefix="sv-bench-")
@@ -79,7 +79,7 @@ def main() -> None:
 
         def predict(x: np.ndarray) -> np.ndarray:
             imgs = x.reshape(-1, 28, 28, 1).astype(np.uint8)
-            return predict_arrays(net, imgs, 1024)
+            return softmax64(predict_logits_array(net, imgs, 1024)).astype(np.float32)
 
         return predict
 
@@ -100,7 +100,7 @@ def main() -> None:
     net.load_state_dict(load_state_dict_bytes(weights))
 
     def run_plain() -> None:
-        predict_arrays(net, images, 1024)
+        softmax64(predict_logits_array(net, images, 1024))
 
     seconds = {
         "plain_pytorch_2_threads": _time(run_plain, args.repeats),

@@ -16,15 +16,19 @@ from sparkvision.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClassBalancer",
     "ClusterCapacityError",
     "CorruptRecordError",
     "DataError",
+    "EvaluationResult",
+    "ImageClassificationEvaluator",
     "ImageClassificationModel",
     "ImageClassifier",
     "InvalidParameterError",
     "PrepareConfig",
     "SparkVisionError",
     "TrainingError",
+    "evaluate",
     "get_spark",
     "load_prepared",
     "prepare",
@@ -35,20 +39,22 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # Lazy imports keep `import sparkvision` light (no pyspark/torch until needed).
-    if name in ("ImageClassifier", "ImageClassificationModel"):
-        from sparkvision.training import estimator
+    lazy = {
+        "ImageClassifier": "sparkvision.ml.classifier",
+        "ImageClassificationModel": "sparkvision.ml.model",
+        "ImageClassificationEvaluator": "sparkvision.ml.evaluator",
+        "evaluate": "sparkvision.ml.evaluator",
+        "ClassBalancer": "sparkvision.ml.balancer",
+        "EvaluationResult": "sparkvision.evaluation.metrics",
+        "get_spark": "sparkvision.session",
+        "register_data_sources": "sparkvision.session",
+        "prepare": "sparkvision.data.prepare",
+        "PrepareConfig": "sparkvision.data.prepare",
+        "read_manifest": "sparkvision.data.manifest",
+        "load_prepared": "sparkvision.data.loading",
+    }
+    if name in lazy:
+        import importlib
 
-        return getattr(estimator, name)
-    if name in ("get_spark", "register_data_sources"):
-        from sparkvision import session
-
-        return getattr(session, name)
-    if name in ("prepare", "PrepareConfig", "read_manifest"):
-        from sparkvision.data import prepare
-
-        return getattr(prepare, name)
-    if name == "load_prepared":
-        from sparkvision.data.loading import load_prepared
-
-        return load_prepared
+        return getattr(importlib.import_module(lazy[name]), name)
     raise AttributeError(name)

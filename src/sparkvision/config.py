@@ -1,11 +1,51 @@
-"""Frozen configuration objects handed from the driver to executors.
+"""Defaults and the frozen configuration objects handed from the driver to executors.
 
-Code shipped to executors captures one of these, never an Estimator (``self``).
+Every default is written once, here: the Params, the CLI flags and the configs read it.
+Code shipped to executors captures a config, never an Estimator (``self``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+#: Default of every ``ImageClassifier`` Param (camelCase, as the Params are named).
+CLASSIFIER_DEFAULTS: dict[str, Any] = {
+    "model": "cnn",
+    "numWorkers": 2,
+    "epochs": 10,
+    "batchSize": 64,  # per worker
+    "learningRate": 0.003,
+    "optimizer": "adam",  # adam | sgd (momentum 0.9)
+    "weightDecay": 0.0,
+    "loss": "cross_entropy",  # cross_entropy | mse (on one-hot) | focal
+    "focalGamma": 2.0,
+    "lrSchedule": "cosine",  # cosine | constant
+    "augment": "shift",  # shift | none
+    "seed": 0,
+    "imageCol": "image",
+    "labelCol": "label",
+    "validationFraction": 0.0,
+    "checkpointDir": "",
+    "classWeights": [],
+    "balance": "none",  # none | oversample | undersample | weights
+    "useGpu": "auto",  # auto | true | false
+    "repartition": True,
+    "imageShape": [],
+    "classes": [],
+}
+
+#: Default of every output-column Param of ``ImageClassificationModel``.
+OUTPUT_DEFAULTS: dict[str, Any] = {
+    "predictionCol": "prediction",
+    "rawPredictionCol": "rawPrediction",
+    "probabilityCol": "probability",
+    "predictedLabelCol": "predictedLabel",
+    "confidenceCol": "confidence",
+    "inferenceBatchSize": 1024,
+}
+
+_D = CLASSIFIER_DEFAULTS
 
 
 @dataclass(frozen=True)
@@ -15,20 +55,21 @@ class TrainConfig:
     model: str
     num_classes: int
     image_shape: tuple[int, int, int]  # (height, width, channels)
-    num_workers: int = 2
-    epochs: int = 10
-    batch_size: int = 64  # per worker
-    learning_rate: float = 0.003
-    optimizer: str = "adam"  # adam | sgd (momentum 0.9)
+    num_workers: int = _D["numWorkers"]
+    epochs: int = _D["epochs"]
+    batch_size: int = _D["batchSize"]
+    learning_rate: float = _D["learningRate"]
+    optimizer: str = _D["optimizer"]
     momentum: float = 0.9
-    weight_decay: float = 0.0
-    loss: str = "cross_entropy"  # cross_entropy | mse (on one-hot)
-    lr_schedule: str = "cosine"  # cosine | constant
-    augment: str = "shift"  # shift | none
-    seed: int = 0
+    weight_decay: float = _D["weightDecay"]
+    loss: str = _D["loss"]
+    focal_gamma: float = _D["focalGamma"]
+    lr_schedule: str = _D["lrSchedule"]
+    augment: str = _D["augment"]
+    seed: int = _D["seed"]
     class_weights: tuple[float, ...] | None = None
-    checkpoint_dir: str = ""
-    use_gpu: str = "auto"  # auto | true | false
+    checkpoint_dir: str = _D["checkpointDir"]
+    use_gpu: str = _D["useGpu"]
     progress_url: str = ""
     progress_every_steps: int = 20
     # Test hook: raise inside (epoch, rank) on the first stage attempt only.
@@ -45,9 +86,4 @@ class PredictConfig:
     image_shape: tuple[int, int, int]
     weights: bytes
     classes: tuple[str, ...]
-    image_col: str = "image"
-    prediction_col: str = "prediction"
-    predicted_label_col: str = "predictedLabel"
-    probability_col: str = "probability"
-    probabilities_col: str = "probabilities"
-    batch_size: int = 1024
+    batch_size: int = OUTPUT_DEFAULTS["inferenceBatchSize"]

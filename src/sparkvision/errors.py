@@ -8,11 +8,6 @@ from __future__ import annotations
 
 import re
 
-# A sparkvision error as it appears in the text of a Spark task failure or analysis error.
-_WRAPPED = re.compile(
-    r"sparkvision\.errors\.(\w+Error): (.+?)(?:\n|$)|(\w+Error): ((?:invalid|corrupt) .+?)(?:\n|$)"
-)
-
 
 class SparkVisionError(Exception):
     """Base class of every error sparkvision raises on purpose."""
@@ -53,11 +48,22 @@ class TrainingError(SparkVisionError):
     """Distributed training failed."""
 
 
+def _our_error_names() -> list[str]:
+    names, todo = [], [SparkVisionError]
+    while todo:
+        cls = todo.pop()
+        names.append(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return sorted(names, key=len, reverse=True)
+
+
 def user_error_message(exc: BaseException) -> str | None:
-    """The message of a sparkvision error in ``exc``, also when Spark wrapped it as text."""
+    """The message of a sparkvision error in ``exc``, also when Spark wrapped it as text
+    (a Python worker's traceback names the class, with or without its module). Any other
+    exception, however its message reads, is not a user error: None."""
     if isinstance(exc, SparkVisionError):
         return str(exc)
-    match = _WRAPPED.search(str(exc))
-    if match:
-        return match.group(2) or match.group(4)
-    return None
+    names = "|".join(_our_error_names())
+    wrapped = re.compile(rf"(?:sparkvision\.errors\.|(?<![\w.]))(?:{names}): (.+?)(?:\n|$)")
+    match = wrapped.search(str(exc))
+    return match.group(1) if match else None

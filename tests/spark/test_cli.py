@@ -46,8 +46,8 @@ def test_train_then_predict_on_every_input_kind(spark, digits_dir, tmp_path, cap
     assert pred["rows"] == manifest["splits"]["test"] and pred["out"] == str(out)
     assert pred["accuracy"] >= 0.9
     df = spark.read.parquet(str(out))
-    assert df.columns == ["path", "label", "prediction", "predictedLabel", "probability",
-                          "probabilities"]
+    assert df.columns == ["path", "label", "prediction", "predictedLabel", "confidence",
+                          "probability", "rawPrediction"]
 
     # a TFRecord path
     out2 = tmp_path / "pred2.parquet"

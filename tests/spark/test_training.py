@@ -11,29 +11,7 @@ from sparkvision import (
     ImageClassificationModel,
     ImageClassifier,
     InvalidParameterError,
-    PrepareConfig,
-    load_prepared,
-    prepare,
 )
-
-
-@pytest.fixture(scope="module")
-def digits(spark, tmp_path_factory):
-    out = tmp_path_factory.mktemp("digits")
-    prepare(spark, PrepareConfig(source="digits", out=str(out), seed=1))
-    train = load_prepared(spark, str(out), "train").cache()
-    val = load_prepared(spark, str(out), "val").cache()
-    test = load_prepared(spark, str(out), "test").cache()
-    return train, val, test
-
-
-@pytest.fixture(scope="module")
-def trained(digits):
-    train, val, _ = digits
-    events = []
-    clf = ImageClassifier(epochs=5, numWorkers=2, seed=3, validationDf=val,
-                          onEpochEnd=events.append)
-    return clf.fit(train), events
 
 
 def _accuracy(df) -> float:
@@ -63,18 +41,20 @@ def test_transform_adds_columns_and_save_load_gives_identical_predictions(
     test = digits[2]
     out = model.transform(test)
     assert set(out.columns) >= set(test.columns) | {
-        "prediction", "predictedLabel", "probability", "probabilities"}
+        "prediction", "predictedLabel", "probability", "rawPrediction", "confidence"}
     rows = out.orderBy("path").collect()
     for r in rows[:20]:
-        assert r.predictedLabel == str(r.prediction)
-        assert abs(sum(r.probabilities) - 1.0) < 1e-4
-        assert r.probability == pytest.approx(max(r.probabilities), rel=1e-6)
+        assert isinstance(r.prediction, float)
+        assert r.predictedLabel == str(int(r.prediction))
+        assert len(r.probability) == 10 and abs(r.probability.toArray().sum() - 1.0) < 1e-12
+        assert r.confidence == max(r.probability)
+        assert int(r.rawPrediction.argmax()) == int(r.prediction) == r.probability.argmax()
     model.write().overwrite().save(str(tmp_path / "m"))
     loaded = ImageClassificationModel.load(str(tmp_path / "m"))
     assert loaded.history["world_size"] == 2
     again = loaded.transform(test).orderBy("path").collect()
     assert [r.prediction for r in again] == [r.prediction for r in rows]
-    assert [r.probabilities for r in again] == [r.probabilities for r in rows]
+    assert [r.probability for r in again] == [r.probability for r in rows]
 
 
 def test_pipeline_fit_transform_save_load(digits, tmp_path):

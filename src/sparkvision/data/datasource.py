@@ -41,7 +41,7 @@ from sparkvision.data.datasource_read import (
     list_input_files,
 )
 from sparkvision.data.datasource_stream import TFRecordStreamReader
-from sparkvision.data.datasource_write import TFRecordWriter, _has_data, save_tfrecords
+from sparkvision.data.datasource_write import TFRecordWriter, has_data, save_tfrecords
 from sparkvision.errors import DataError, InvalidParameterError
 
 __all__ = ["TFRecordDataSource", "save_tfrecords"]
@@ -88,7 +88,7 @@ class TFRecordDataSource(DataSource):
             )
         if os.path.isfile(opts.path):
             raise DataError(f"cannot write TFRecords to {opts.path}: it is a file, not a folder")
-        exists = _has_data(opts.path)
+        exists = has_data(opts.path)
         if exists and mode in ("error", "errorifexists"):
             raise DataError(
                 f"path {opts.path} already exists and has data; use mode('overwrite') or "

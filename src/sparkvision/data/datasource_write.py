@@ -72,7 +72,7 @@ def _entries(path: str) -> list[os.DirEntry[str]]:
         return list(it)
 
 
-def _has_data(path: str) -> bool:
+def has_data(path: str) -> bool:
     return os.path.isfile(path) or (os.path.isdir(path) and bool(_entries(path)))
 
 

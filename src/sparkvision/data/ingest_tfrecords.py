@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from sparkvision.data.decoding import DECODED_DDL, DEFAULT_FOLDER_SIZE, decoded_arrow_schema
 from sparkvision.data.images import ImageRejected, ImageSpec, encoded_to_array, prepare_array
 from sparkvision.errors import DataError
 
@@ -19,9 +20,7 @@ def _convert_batches(
     import numpy as np
     import pyarrow as pa
 
-    from sparkvision.data.prepare import _decoded_arrow_schema
-
-    schema = _decoded_arrow_schema()
+    schema = decoded_arrow_schema()
     for batch in batches:
         rows = batch.to_pylist()
         out: dict[str, list[Any]] = {name: [] for name in schema.names}
@@ -54,8 +53,6 @@ def tfrecords_frame(spark, path: Path, config) -> tuple[Any, list[str], tuple[in
     """Read TFRecords at ``path`` into the decoded frame used by ``prepare``."""
     from pyspark.sql import functions as F
 
-    from sparkvision.data.prepare import _DECODED_DDL, DEFAULT_FOLDER_SIZE
-
     df = spark.read.format("tfrecords").load(str(path))
     cols = set(df.columns)
     image_col = next((c for c in _IMAGE_COLUMNS if c in cols), None)
@@ -82,7 +79,7 @@ def tfrecords_frame(spark, path: Path, config) -> tuple[Any, list[str], tuple[in
         hh, ww = config.image_size or (DEFAULT_FOLDER_SIZE, DEFAULT_FOLDER_SIZE)
         spec = ImageSpec(hh, ww, config.channels or 3)
     decoded = df.mapInArrow(
-        lambda it: _convert_batches(it, image_col, label_col, raw, spec), _DECODED_DDL
+        lambda it: _convert_batches(it, image_col, label_col, raw, spec), DECODED_DDL
     ).filter(F.col("error").isNull())
     labels = sorted(int(r[0]) for r in decoded.select("label").distinct().collect())
     if not labels or labels[0] < 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sparkvision.data.prepare import SPLITS, read_manifest
+from sparkvision.data.manifest import SPLITS, read_manifest
 from sparkvision.data.schema import prepared_schema
 from sparkvision.errors import InvalidParameterError
 

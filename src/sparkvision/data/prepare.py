@@ -6,27 +6,32 @@ sees metadata (class names, counts, rejected file names).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
+import math
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sparkvision.data.builtin import BUILTIN_SOURCES, load_builtin
-from sparkvision.data.images import ImageRejected, ImageSpec, encoded_to_array, prepare_array
-from sparkvision.data.schema import PREPARED_DDL
+from sparkvision.data.decoding import (
+    DECODED_DDL,
+    DEFAULT_FOLDER_SIZE,
+    decode_image_folder,
+    label_by_class,
+    list_local_files,
+    looks_like_tfrecords,
+    rejected_rows,
+)
+from sparkvision.data.images import ImageSpec, prepare_array
+from sparkvision.data.ingest_tfrecords import tfrecords_frame
+from sparkvision.data.manifest import SPLITS, write_manifest
+from sparkvision.data.schema import PREPARED_DDL, literal_map
 from sparkvision.errors import DataError, InvalidParameterError
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 FORMATS = ("tfrecords", "parquet")
-MANIFEST = "dataset.json"
-DEFAULT_FOLDER_SIZE = 32
-_DECODED_DDL = PREPARED_DDL + ", class_name STRING, error STRING"
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,23 @@ class PrepareConfig:
     image_size: tuple[int, int] | None = None
     channels: int | None = None
     num_shards: int = 2
+    #: > 1: the first half of the classes keep 1/imbalance of their training images
+    #: (val/test untouched): a deliberately imbalanced training split for tests and demos.
+    imbalance: float | None = None
+
+    def __post_init__(self) -> None:
+        """Validate on construction, so a CLI fails before Spark starts."""
+        if self.fmt not in FORMATS:
+            raise InvalidParameterError("format", self.fmt, f"use one of {', '.join(FORMATS)}")
+        if self.channels not in (None, 1, 3):
+            raise InvalidParameterError("channels", self.channels,
+                                        "use 1 (grayscale) or 3 (RGB)")
+        if self.num_shards < 1:
+            raise InvalidParameterError("num-shards", self.num_shards, "use 1 or more")
+        if self.imbalance is not None and not self.imbalance > 1:
+            raise InvalidParameterError(
+                "imbalance", self.imbalance, "give a ratio > 1, e.g. 10 (the first half of "
+                "the classes keep 1/10 of their training images)")
 
 
 @dataclass
@@ -53,6 +75,7 @@ class PrepareResult:
     seed: int
     format: str
     split_fractions: list[float]
+    imbalance: dict[str, Any] | None = None
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -102,117 +125,6 @@ def parse_image_size(text: str | int | None) -> tuple[int, int] | None:
 # ----------------------------------------------------------------------------- decoding
 
 
-def _decode_batches(
-    batches: Iterator[Any], root: str, spec: ImageSpec, need_class: bool = True
-) -> Iterator[Any]:
-    """Executor side: binaryFile rows → decoded uint8 images (or a rejection reason).
-
-    The class is the first folder under ``root``; files directly in ``root`` are rejected
-    when ``need_class`` (prepare) and kept with no class otherwise (predict)."""
-    import pyarrow as pa
-
-    schema = _decoded_arrow_schema()
-    for batch in batches:
-        paths = batch.column("path").to_pylist()
-        contents = batch.column("content").to_pylist()
-        out: dict[str, list[Any]] = {name: [] for name in schema.names}
-        for path, content in zip(paths, contents, strict=True):
-            local = path[5:] if path.startswith("file:") else path
-            rel = os.path.relpath(local, root) if local.startswith(root) else local
-            class_name = rel.split("/")[0] if "/" in rel else ""
-            image, error = None, None
-            if not class_name and need_class:
-                error = "not inside a class sub-folder"
-            else:
-                try:
-                    image = encoded_to_array(content or b"", spec)
-                except ImageRejected as exc:
-                    error = str(exc)
-            out["path"].append(local)
-            out["class_name"].append(class_name)
-            out["error"].append(error)
-            out["image"].append(image.tobytes() if image is not None else None)
-            out["height"].append(spec.height)
-            out["width"].append(spec.width)
-            out["channels"].append(spec.channels)
-            out["label"].append(None)
-        yield pa.RecordBatch.from_pydict(out, schema=schema)
-
-
-def _decoded_arrow_schema():
-    """Arrow schema of ``_DECODED_DDL`` (built without the JVM: runs on executors)."""
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("channels", pa.int64()), ("height", pa.int64()), ("image", pa.binary()),
-            ("label", pa.int64()), ("path", pa.string()), ("width", pa.int64()),
-            ("class_name", pa.string()), ("error", pa.string()),
-        ]
-    )
-
-
-def _list_local_files(root: Path) -> dict[str, str | None]:
-    """Every file under ``root`` → None if readable, else the reason it is not."""
-    found: dict[str, str | None] = {}
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            if name.startswith("."):
-                continue
-            full = os.path.join(dirpath, name)
-            try:
-                size = os.path.getsize(full)
-                with open(full, "rb") as fh:
-                    fh.read(1)
-                found[full] = None if size > 0 else "empty file (0 bytes)"
-            except OSError as exc:
-                found[full] = f"unreadable: {exc.strerror or exc}"
-    return found
-
-
-def literal_map(mapping: dict[Any, Any]):  # -> pyspark Column
-    """A ``map`` column literal of a small driver-side dict (class names, split bounds)."""
-    from pyspark.sql import functions as F
-
-    return F.create_map(*[F.lit(x) for pair in mapping.items() for x in pair])
-
-
-def decode_image_folder(spark, root: str, spec: ImageSpec, need_class: bool = True):
-    """Read every file under ``root`` with ``binaryFile`` and decode it on the executors.
-
-    Returns a persisted DataFrame of ``_DECODED_DDL`` rows; bad files carry ``error``.
-    """
-    raw = (
-        spark.read.format("binaryFile")
-        .option("recursiveFileLookup", "true")
-        .option("ignoreCorruptFiles", "true")
-        .option("ignoreMissingFiles", "true")
-        .load(root)
-        .select("path", "content")
-    )
-    return raw.mapInArrow(
-        lambda it: _decode_batches(it, root, spec, need_class), _DECODED_DDL
-    ).persist()
-
-
-def rejected_rows(decoded) -> list[dict[str, str]]:
-    """The (path, reason) of every decoded row that carries an error."""
-    from pyspark.sql import functions as F
-
-    bad = decoded.filter(F.col("error").isNotNull()).select("path", "error")
-    return [{"path": r.path, "reason": r.error} for r in bad.collect()]
-
-
-def label_by_class(decoded, classes: list[str]):
-    """Good rows with ``label`` = index of their class folder (null when not a class)."""
-    from pyspark.sql import functions as F
-
-    index = literal_map({name: i for i, name in enumerate(classes)})
-    return decoded.filter(F.col("error").isNull()).withColumn(
-        "label", index[F.col("class_name")].cast("bigint")
-    )
-
-
 def _folder_frame(spark, root: Path, spec: ImageSpec):
     root_str = str(root.resolve())
     decoded = decode_image_folder(spark, root_str, spec)
@@ -220,7 +132,7 @@ def _folder_frame(spark, root: Path, spec: ImageSpec):
     # Files Spark could not list or read (empty, broken links, permissions) are rejected too.
     extra = [
         (p, reason or "unreadable")
-        for p, reason in _list_local_files(Path(root_str)).items()
+        for p, reason in list_local_files(Path(root_str)).items()
         if p not in seen
     ]
     return decoded, extra
@@ -250,7 +162,7 @@ def _builtin_frame(spark, name: str, spec: ImageSpec | None):
     )
     from pyspark.sql.types import StructType
 
-    df = spark.createDataFrame(pdf, schema=StructType.fromDDL(_DECODED_DDL))
+    df = spark.createDataFrame(pdf, schema=StructType.fromDDL(DECODED_DDL))
     return df, list(ds.classes), (int(h), int(w), int(c))
 
 
@@ -276,22 +188,35 @@ def split_counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, in
     return n - val - test, val, test
 
 
-def _assign_splits(df, class_counts: dict[int, int], fractions, seed: int):
-    """Stratified, deterministic split: rank rows in each class by a seeded hash."""
+def minority_classes(num_classes: int) -> list[int]:
+    """The classes ``--imbalance`` thins out: the first half (by class index)."""
+    return list(range(num_classes // 2))
+
+
+def _assign_splits(df, class_counts: dict[int, int], fractions, seed: int,
+                   imbalance: float | None = None):
+    """Stratified, deterministic split: rank rows in each class by a seeded hash.
+
+    With ``imbalance``, minority training rows past 1/imbalance of the class's training
+    share get the split ``dropped`` (they are not written)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    thinned = set(minority_classes(len(class_counts))) if imbalance else set()
     bounds = {}
     for label, n in class_counts.items():
         tr, va, _ = split_counts(n, fractions)
-        bounds[label] = (tr, tr + va)
-    train_end = literal_map({label: ends[0] for label, ends in bounds.items()})
-    val_end = literal_map({label: ends[1] for label, ends in bounds.items()})
+        keep = max(1, math.ceil(tr / imbalance)) if label in thinned and imbalance else tr
+        bounds[label] = (keep, tr, tr + va)
+    keep_end = literal_map({label: ends[0] for label, ends in bounds.items()})
+    train_end = literal_map({label: ends[1] for label, ends in bounds.items()})
+    val_end = literal_map({label: ends[2] for label, ends in bounds.items()})
     order = F.xxhash64(F.col("path"), F.lit(seed))
     rank = F.row_number().over(Window.partitionBy("label").orderBy(order, F.col("path"))) - 1
     ranked = df.withColumn("_rank", rank)
     split = (
-        F.when(F.col("_rank") < train_end[F.col("label")], F.lit("train"))
+        F.when(F.col("_rank") < keep_end[F.col("label")], F.lit("train"))
+        .when(F.col("_rank") < train_end[F.col("label")], F.lit("dropped"))
         .when(F.col("_rank") < val_end[F.col("label")], F.lit("val"))
         .otherwise(F.lit("test"))
     )
@@ -321,12 +246,6 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
     from pyspark.sql import functions as F
 
     started = time.monotonic()
-    if config.fmt not in FORMATS:
-        raise InvalidParameterError("format", config.fmt, f"use one of {', '.join(FORMATS)}")
-    if config.channels not in (None, 1, 3):
-        raise InvalidParameterError("channels", config.channels, "use 1 (grayscale) or 3 (RGB)")
-    if config.num_shards < 1:
-        raise InvalidParameterError("num-shards", config.num_shards, "use 1 or more")
     source = config.source
     rejected: list[dict[str, str]] = []
 
@@ -340,9 +259,7 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
     else:
         check_source(source)
         path = Path(source)
-        if _looks_like_tfrecords(path):
-            from sparkvision.data.ingest_tfrecords import tfrecords_frame
-
+        if looks_like_tfrecords(path):
             decoded, classes, image_shape = tfrecords_frame(spark, path, config)
             good = decoded
         else:
@@ -364,11 +281,13 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
     counts = {
         int(r.label): int(r["count"]) for r in good.groupBy("label").count().collect()
     }
-    split_df = _assign_splits(good, counts, config.split, config.seed).persist()
+    split_df = _assign_splits(good, counts, config.split, config.seed,
+                              config.imbalance).persist()
     per_split = split_df.groupBy("split", "label").count().collect()
     per_class: dict[str, dict[str, int]] = {s: {c: 0 for c in classes} for s in SPLITS}
     for r in per_split:
-        per_class[r.split][classes[int(r.label)]] = int(r["count"])
+        if r.split in per_class:
+            per_class[r.split][classes[int(r.label)]] = int(r["count"])
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -396,33 +315,12 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
         seed=config.seed,
         format=config.fmt,
         split_fractions=list(config.split),
+        imbalance=None if config.imbalance is None else {
+            "ratio": config.imbalance,
+            "minority_classes": [classes[i] for i in minority_classes(len(classes))],
+        },
         seconds=round(time.monotonic() - started, 3),
     )
     write_manifest(out, result.manifest())
     log.info("prepared %s: %s", out, result.splits)
     return result
-
-
-def _looks_like_tfrecords(path: Path) -> bool:
-    names = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    return bool(names) and all(
-        p.name.startswith(("_", ".")) or ".tfrecord" in p.name for p in names
-    )
-
-
-def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out / MANIFEST)
-
-
-def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read ``dataset.json`` from a prepared folder (or the file itself)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / MANIFEST
-    if not p.exists():
-        raise DataError(
-            f"no {MANIFEST} at {p}: point at a folder made by `sparkvision prepare`"
-        )
-    return json.loads(p.read_text(encoding="utf-8"))

@@ -1,6 +1,8 @@
-"""Column names and the Spark schema of prepared image data."""
+"""Column names and the Spark schema of prepared image data; small column helpers."""
 
 from __future__ import annotations
+
+from typing import Any
 
 IMAGE_COL = "image"
 LABEL_COL = "label"
@@ -22,3 +24,10 @@ def prepared_schema():  # -> pyspark.sql.types.StructType
     types = {"BIGINT": LongType(), "BINARY": BinaryType(), "STRING": StringType()}
     fields = [part.split() for part in PREPARED_DDL.split(", ")]
     return StructType([StructField(name, types[kind]) for name, kind in fields])
+
+
+def literal_map(mapping: dict[Any, Any]):  # -> pyspark Column
+    """A ``map`` column literal of a small driver-side dict (class names, split bounds)."""
+    from pyspark.sql import functions as F
+
+    return F.create_map(*[F.lit(x) for pair in mapping.items() for x in pair])

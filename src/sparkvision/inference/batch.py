@@ -1,6 +1,8 @@
 """Executor side of ``ImageClassificationModel.transform``: Arrow batches in, predictions out.
 
-The network is built and its weights loaded once per Python worker (cached by key).
+The network is built and its weights loaded once per Python worker (cached by key). Only the
+image column travels to Python; logits and probabilities come back as ``array<double>`` and
+become pyspark.ml vectors in the JVM (``array_to_vector``), where that is cheapest.
 """
 
 from __future__ import annotations
@@ -8,18 +10,26 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from sparkvision.config import PredictConfig
 
 _CACHE: dict[str, Any] = {}
 
+#: Fields of the struct the UDF returns, in order.
+RESULT_FIELDS = ("rawPrediction", "probability", "prediction", "predictedLabel", "confidence")
+RESULT_DDL = (
+    "rawPrediction ARRAY<DOUBLE>, probability ARRAY<DOUBLE>, prediction DOUBLE, "
+    "predictedLabel STRING, confidence DOUBLE"
+)
+
 
 def _model_for(config: PredictConfig, key: str):
     model = _CACHE.get(key)
     if model is None:
         from sparkvision.models import build_model
-        from sparkvision.training.checkpoint import load_state_dict_bytes
+        from sparkvision.models.weights import load_state_dict_bytes
 
         model = build_model(config.model, config.num_classes, config.image_shape)
         model.load_state_dict(load_state_dict_bytes(config.weights))
@@ -29,28 +39,52 @@ def _model_for(config: PredictConfig, key: str):
     return model
 
 
-def predict_arrays(model, images_nhwc, batch_size: int):
-    """uint8 (N, H, W, C) numpy → (probabilities float32 numpy (N, K))."""
-    import numpy as np
+def predict_logits_array(model, images_nhwc: np.ndarray, batch_size: int) -> np.ndarray:
+    """uint8 (N, H, W, C) numpy → float32 logits numpy (N, K)."""
     import torch
 
-    from sparkvision.training.loop import predict_proba
+    from sparkvision.models.preprocess import predict_logits
 
     x = torch.from_numpy(np.array(images_nhwc, copy=True)).permute(0, 3, 1, 2)
-    return predict_proba(model, x, batch_size).numpy()
+    return predict_logits(model, x, batch_size).numpy()
 
 
-RESULT_FIELDS = ("prediction", "predictedLabel", "probability", "probabilities")
-RESULT_DDL = (
-    "prediction BIGINT, predictedLabel STRING, probability DOUBLE, probabilities ARRAY<FLOAT>"
-)
+def softmax64(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64, so each row sums to 1 within 1e-15."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+def _list_array(values: np.ndarray) -> pa.ListArray:
+    n, k = values.shape
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1), pa.float64()))
+
+
+def result_struct(logits: np.ndarray, classes: pa.Array) -> pa.StructArray:
+    """The UDF's output for one batch of logits (N, K)."""
+    n = logits.shape[0]
+    probs = softmax64(logits)
+    pred = probs.argmax(axis=1)
+    return pa.StructArray.from_arrays(
+        [
+            _list_array(logits.astype(np.float64)),
+            _list_array(probs),
+            pa.array(pred.astype(np.float64), pa.float64()),
+            classes.take(pa.array(pred)),
+            pa.array(probs[np.arange(n), pred], pa.float64()),
+        ],
+        names=list(RESULT_FIELDS),
+    )
 
 
 def predict_arrays_iter(
     arrays: Iterator[pa.Array], config: PredictConfig, key: str
 ) -> Iterator[pa.Array]:
     """Arrow UDF body: image Binary arrays in, struct arrays of predictions out."""
-    import numpy as np
     import torch
 
     from sparkvision.data.feed import binary_column_to_array
@@ -63,22 +97,10 @@ def predict_arrays_iter(
         n = len(arr)
         if n:
             images = binary_column_to_array(arr, h * w * c)
-            probs = predict_arrays(model, images.reshape(n, h, w, c), config.batch_size)
+            logits = predict_logits_array(model, images.reshape(n, h, w, c), config.batch_size)
         else:
-            probs = np.zeros((0, config.num_classes), dtype=np.float32)
-        k = probs.shape[1]
-        pred = probs.argmax(axis=1).astype(np.int64)
-        flat = pa.array(probs.astype(np.float32, copy=False).reshape(-1), pa.float32())
-        offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
-        yield pa.StructArray.from_arrays(
-            [
-                pa.array(pred, pa.int64()),
-                classes.take(pa.array(pred)),
-                pa.array(probs[np.arange(n), pred].astype(np.float64), pa.float64()),
-                pa.ListArray.from_arrays(offsets, flat),
-            ],
-            names=list(RESULT_FIELDS),
-        )
+            logits = np.zeros((0, config.num_classes), dtype=np.float32)
+        yield result_struct(logits, classes)
 
 
 def make_predict_udf(config: PredictConfig, key: str):

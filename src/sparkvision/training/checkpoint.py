@@ -9,26 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save, save_file
+from safetensors.torch import load_file, save_file
+
+from sparkvision.models.weights import cpu_state
 
 _NAME = re.compile(r"^epoch-(\d{4})\.safetensors$")
 _META_KEY = "sparkvision"
-
-
-def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict as contiguous CPU tensors (what safetensors stores)."""
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-
-
-def state_dict_bytes(model: torch.nn.Module) -> bytes:
-    """Model weights as safetensors bytes."""
-    return save(_cpu_state(model))
-
-
-def load_state_dict_bytes(data: bytes) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load
-
-    return load(data)
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[Any]]:
@@ -58,7 +44,7 @@ def save_checkpoint(
 ) -> str:
     """Write ``epoch-NNNN.safetensors`` atomically; ``epoch`` = epochs completed."""
     os.makedirs(directory, exist_ok=True)
-    tensors = {f"model.{k}": v for k, v in _cpu_state(model).items()}
+    tensors = {f"model.{k}": v for k, v in cpu_state(model).items()}
     opt_tensors, groups = _flatten_optimizer(optimizer.state_dict())
     tensors.update(opt_tensors)
     info = dict(meta, epoch=epoch, param_groups=groups)

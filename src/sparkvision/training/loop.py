@@ -12,11 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparkvision.config import TrainConfig
-
-
-def normalize(x_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW → float32 in [-1, 1]; used identically for training and inference."""
-    return x_u8.to(torch.float32).mul_(2.0 / 255.0).sub_(1.0)
+from sparkvision.models.preprocess import normalize
 
 
 def steps_per_epoch(max_local_rows: int, batch_size: int) -> int:
@@ -84,15 +80,21 @@ def compute_loss(
     loss: str,
     class_weights: torch.Tensor | None,
     reduction: str = "mean",
+    gamma: float = 2.0,
 ) -> torch.Tensor:
-    """Cross-entropy, or MSE between softmax probabilities and one-hot targets."""
+    """Cross-entropy; MSE between softmax probabilities and one-hot targets; or multi-class
+    focal loss ``-w_y (1 - p_y)^gamma log p_y`` (Lin et al. 2017, class weights as alpha)."""
     if loss == "mse":
         target = F.one_hot(y, logits.shape[1]).to(logits.dtype)
         per_row = (torch.softmax(logits, dim=1) - target).pow(2).mean(dim=1)
-        if class_weights is not None:
-            per_row = per_row * class_weights[y]
-        return per_row.sum() if reduction == "sum" else per_row.mean()
-    return F.cross_entropy(logits, y, weight=class_weights, reduction=reduction)
+    elif loss == "focal":
+        log_p = torch.log_softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1)
+        per_row = -((1.0 - log_p.exp()).clamp_min(0.0).pow(gamma)) * log_p
+    else:
+        return F.cross_entropy(logits, y, weight=class_weights, reduction=reduction)
+    if class_weights is not None:
+        per_row = per_row * class_weights[y]
+    return per_row.sum() if reduction == "sum" else per_row.mean()
 
 
 @dataclass
@@ -134,7 +136,7 @@ def train_epoch(
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * factor
         logits = model(xb)
-        loss = compute_loss(logits, yb, config.loss, class_weights)
+        loss = compute_loss(logits, yb, config.loss, class_weights, gamma=config.focal_gamma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -155,6 +157,7 @@ def evaluate(
     loss: str,
     batch_size: int = 512,
     device: torch.device | None = None,
+    gamma: float = 2.0,
 ) -> EpochTotals:
     """Summed loss and correct count over all rows (unweighted loss)."""
     model.eval()
@@ -165,20 +168,7 @@ def evaluate(
         if device is not None and device.type != "cpu":
             xb, yb = xb.to(device), yb.to(device)
         logits = model(xb)
-        totals.loss_sum += float(compute_loss(logits, yb, loss, None, reduction="sum"))
+        totals.loss_sum += float(compute_loss(logits, yb, loss, None, reduction="sum", gamma=gamma))
         totals.correct += int((logits.argmax(1) == yb).sum())
         totals.count += len(yb)
     return totals
-
-
-@torch.inference_mode()
-def predict_proba(model: nn.Module, x_u8: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Softmax probabilities for uint8 NCHW images."""
-    model.eval()
-    outs = [
-        torch.softmax(model(normalize(x_u8[s : s + batch_size])), dim=1)
-        for s in range(0, len(x_u8), batch_size)
-    ]
-    if not outs:
-        return torch.empty(0, 0)
-    return torch.cat(outs)

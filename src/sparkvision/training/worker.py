@@ -234,6 +234,7 @@ def _epochs(run: _Run, x_tr, y_tr, x_val, y_val) -> tuple[bytes, dict[str, Any]]
     import torch.distributed as dist
 
     from sparkvision.errors import TrainingError
+    from sparkvision.models.weights import state_dict_bytes
     from sparkvision.training import checkpoint as ckpt
     from sparkvision.training.loop import epoch_indices, evaluate, steps_per_epoch, train_epoch
     from sparkvision.training.progress import EventSender
@@ -284,7 +285,8 @@ def _epochs(run: _Run, x_tr, y_tr, x_val, y_val) -> tuple[bytes, dict[str, Any]]
             "lr": run.optimizer.param_groups[0]["lr"],
         }
         if sum(val_rows) > 0:
-            v = evaluate(run.model, x_val, y_val, config.loss, device=device)
+            v = evaluate(run.model, x_val, y_val, config.loss, device=device,
+                         gamma=config.focal_gamma)
             vl, vc, vn = _allreduce([v.loss_sum, v.correct, v.count])
             record["val_loss"], record["val_accuracy"] = vl / vn, vc / vn
         record["seconds"] = round(time.monotonic() - t0, 3)
@@ -314,5 +316,5 @@ def _epochs(run: _Run, x_tr, y_tr, x_val, y_val) -> tuple[bytes, dict[str, Any]]
         "epochs": run.history,
         "seconds": round(time.monotonic() - run.started, 3),
     }
-    weights_bytes = ckpt.state_dict_bytes(run.model) if rank == 0 else b""
+    weights_bytes = state_dict_bytes(run.model) if rank == 0 else b""
     return weights_bytes, summary

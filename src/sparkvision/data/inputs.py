@@ -6,14 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sparkvision.data.images import ImageSpec
-from sparkvision.data.prepare import (
-    MANIFEST,
-    _looks_like_tfrecords,
+from sparkvision.data.decoding import (
     decode_image_folder,
     label_by_class,
+    looks_like_tfrecords,
     rejected_rows,
 )
+from sparkvision.data.images import ImageSpec
+from sparkvision.data.loading import load_prepared
+from sparkvision.data.manifest import MANIFEST
 from sparkvision.errors import DataError
 
 
@@ -29,8 +30,6 @@ def load_prediction_input(
     """Return (DataFrame with image/path[/label], rejected files)."""
     from pyspark.sql import functions as F
 
-    from sparkvision.data.loading import load_prepared
-
     path = Path(source)
     if not path.exists():
         raise DataError(
@@ -40,7 +39,7 @@ def load_prediction_input(
     if (path / MANIFEST).exists():
         return load_prepared(spark, str(path), split), []
     h, w, c = image_shape
-    if _is_parquet(path) or _looks_like_tfrecords(path):
+    if _is_parquet(path) or looks_like_tfrecords(path):
         if _is_parquet(path):
             df = spark.read.parquet(str(path))
         else:

@@ -1,0 +1,67 @@
+"""`sparkvision evaluate`: every metric of a model on labelled data, computed by Spark."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from sparkvision.cli.common import add_common, emit, spark_session
+from sparkvision.cli.predict import add_input_flags
+
+METRICS_FILE = "metrics.json"
+CONFUSION_PNG = "confusion_matrix.png"
+
+
+def run(args: argparse.Namespace) -> int:
+    from sparkvision.data.inputs import load_prediction_input
+    from sparkvision.errors import InvalidParameterError
+    from sparkvision.ml.evaluator import evaluate
+    from sparkvision.ml.model import ImageClassificationModel
+
+    if args.top_k < 1:
+        raise InvalidParameterError("top-k", args.top_k, "use 1 or more")
+    started = time.monotonic()
+    spark = spark_session(args)
+    model = ImageClassificationModel.load(args.model_dir)
+    df, rejected = load_prediction_input(
+        spark, args.input, tuple(model.getImageShape()), model.getClasses(), args.split
+    )
+    result = evaluate(model, df, k=args.top_k)
+    out = Path(args.out) if args.out else Path(args.model_dir) / "evaluation" / args.split
+    out.mkdir(parents=True, exist_ok=True)
+    payload = result.to_dict()
+    payload["rejected"] = rejected
+    (out / METRICS_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    plots = []
+    if not args.no_plots:
+        from sparkvision.evaluation.plots import plot_confusion
+
+        plots.append(str(plot_confusion(result.confusion, result.classes, out / CONFUSION_PNG,
+                                        title=f"{Path(args.model_dir).name} on {args.split}")))
+    payload.update(out=str(out), plots=plots, seconds=round(time.monotonic() - started, 3))
+    lines = [
+        f"evaluated {args.model_dir} on {result.n} rows → {out}",
+        f"  accuracy {result.accuracy:.4f}  macro F1 {result.macro_f1:.4f}  "
+        f"log-loss {result.log_loss:.4f}  top-{result.top_k} {result.top_k_accuracy:.4f}",
+        f"  {'class':>12s} {'precision':>9s} {'recall':>7s} {'f1':>7s} {'support':>7s} "
+        f"{'roc_auc':>7s}",
+    ]
+    for name, m in result.per_class.items():
+        auc = "-" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
+        lines.append(f"  {name[:12]:>12s} {m['precision']:9.4f} {m['recall']:7.4f} "
+                     f"{m['f1']:7.4f} {m['support']:7d} {auc:>7s}")
+    emit(args, payload, "\n".join(lines))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("evaluate", help="metrics, per-class report and confusion matrix")
+    add_input_flags(p)
+    p.add_argument("--out", default=None,
+                   help="folder for metrics.json and plots (default MODEL_DIR/evaluation/SPLIT)")
+    p.add_argument("--top-k", type=int, default=5, help="k of top_k_accuracy (default 5)")
+    p.add_argument("--no-plots", action="store_true", help="skip the confusion-matrix PNG")
+    add_common(p)
+    p.set_defaults(func=run)

@@ -1,0 +1,54 @@
+"""`sparkvision predict`: batch prediction of any input to Parquet."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from sparkvision.cli.common import accuracy, add_common, emit, spark_session
+
+OUTPUT_COLUMNS = ("prediction", "predictedLabel", "confidence", "probability", "rawPrediction")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sparkvision.data.inputs import load_prediction_input
+    from sparkvision.ml.model import ImageClassificationModel
+
+    started = time.monotonic()
+    spark = spark_session(args)
+    model = ImageClassificationModel.load(args.model_dir)
+    df, rejected = load_prediction_input(
+        spark, args.input, tuple(model.getImageShape()), model.getClasses(), args.split
+    )
+    out_df = model.transform(df)
+    keep = [c for c in ("path", "label") if c in out_df.columns] + list(OUTPUT_COLUMNS)
+    out_df.select(*keep).write.mode("overwrite").parquet(args.out)
+    written = spark.read.parquet(args.out)
+    rows = written.count()
+    payload = {
+        "rows": rows,
+        "out": args.out,
+        "accuracy": accuracy(written),
+        "rejected": rejected,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    emit(args, payload, f"predicted {rows} rows → {args.out} (accuracy: {payload['accuracy']})")
+    return 0
+
+
+def add_input_flags(p: argparse.ArgumentParser) -> None:
+    """MODEL_DIR and DATA (anything `predict` accepts), with --split."""
+    from sparkvision.data.manifest import SPLITS
+
+    p.add_argument("model_dir", help="folder written by `sparkvision train`")
+    p.add_argument("input", help="prepared folder, split folder, TFRecords, Parquet or images")
+    p.add_argument("--split", default="test", choices=SPLITS,
+                   help="split of a prepared folder (default test)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="batch prediction to Parquet")
+    add_input_flags(p)
+    p.add_argument("--out", required=True, help="output Parquet folder")
+    add_common(p)
+    p.set_defaults(func=run)

@@ -1,0 +1,68 @@
+"""`sparkvision prepare`: images / built-in data set / TFRecords → split shards + manifest."""
+
+from __future__ import annotations
+
+import argparse
+
+from sparkvision.cli.common import add_common, emit, spark_session
+
+
+def run(args: argparse.Namespace) -> int:
+    from sparkvision.data.prepare import (
+        PrepareConfig,
+        check_source,
+        parse_image_size,
+        parse_split,
+        prepare,
+    )
+
+    config = PrepareConfig(
+        source=args.source,
+        out=args.out,
+        split=parse_split(args.split),
+        seed=args.seed,
+        fmt=args.format,
+        image_size=parse_image_size(args.image_size),
+        channels=args.channels,
+        num_shards=args.num_shards,
+        imbalance=args.imbalance,
+    )
+    check_source(args.source)  # before Spark starts
+    result = prepare(spark_session(args), config)
+    payload = {
+        "out": result.out,
+        "classes": result.classes,
+        "splits": result.splits,
+        "per_class": result.per_class,
+        "rejected": result.rejected,
+        "image_shape": result.image_shape,
+        "format": result.format,
+        "imbalance": result.imbalance,
+        "seconds": result.seconds,
+    }
+    lines = [
+        f"prepared {args.source} → {result.out} ({result.format})",
+        f"  classes: {len(result.classes)}  image shape: {tuple(result.image_shape)}",
+        "  " + "  ".join(f"{k}: {v}" for k, v in result.splits.items()),
+        f"  rejected files: {len(result.rejected)}",
+    ]
+    lines += [f"    {r['path']}: {r['reason']}" for r in result.rejected]
+    emit(args, payload, "\n".join(lines))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("prepare", help="images / built-in data set → split shards + dataset.json")
+    p.add_argument("source", help="digits | mnist | faces | IMAGE_FOLDER | TFRECORD_PATH")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--format", choices=["tfrecords", "parquet"], default="tfrecords")
+    p.add_argument("--image-size", default=None, help="N or HxW (default: source size; 32)")
+    p.add_argument("--channels", type=int, choices=[1, 3], default=None)
+    p.add_argument("--num-shards", type=int, default=2, help="files per split")
+    p.add_argument("--imbalance", type=float, default=None, metavar="RATIO",
+                   help="> 1: the first half of the classes keep 1/RATIO of their training "
+                   "images (val/test untouched)")
+    add_common(p)
+    p.set_defaults(func=run)

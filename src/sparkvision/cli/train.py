@@ -1,0 +1,112 @@
+"""`sparkvision train`: fit an ImageClassifier on a prepared folder and save the model."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from sparkvision.cli.common import accuracy, add_common, emit, spark_session
+from sparkvision.config import CLASSIFIER_DEFAULTS as D
+
+HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "seconds", "steps_per_rank")
+
+
+def _class_weights(text: str | None) -> Any:
+    if not text:
+        return None
+    if text == "balanced":
+        return text
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        from sparkvision.errors import InvalidParameterError
+
+        raise InvalidParameterError(
+            "class-weights", text, "use 'balanced' or comma-separated floats, one per class"
+        ) from None
+
+
+def classifier_params(args: argparse.Namespace, manifest: dict[str, Any]) -> dict[str, Any]:
+    """ImageClassifier Params from the train flags (shared by commands that train)."""
+    return {
+        "model": args.model, "epochs": args.epochs, "batchSize": args.batch_size,
+        "learningRate": args.lr, "optimizer": args.optimizer, "loss": args.loss,
+        "focalGamma": args.focal_gamma, "numWorkers": args.workers, "seed": args.seed,
+        "checkpointDir": args.checkpoint_dir or "", "balance": args.balance,
+        "classes": list(manifest["classes"]), "imageShape": list(manifest["image_shape"]),
+        "classWeights": _class_weights(args.class_weights), "augment": args.augment,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from sparkvision.data.loading import load_prepared
+    from sparkvision.data.manifest import read_manifest
+    from sparkvision.ml.classifier import ImageClassifier
+
+    started = time.monotonic()
+    manifest = read_manifest(args.data)
+    clf = ImageClassifier(**classifier_params(args, manifest))
+    clf.validateParams()  # bad flags fail before Spark starts
+    spark = spark_session(args)
+    train_df = load_prepared(spark, args.data, "train")
+    if manifest["splits"].get("val"):
+        clf.setValidationDf(load_prepared(spark, args.data, "val"))
+    model = clf.fit(train_df)
+    model.write().overwrite().save(args.out)
+    history = [{k: e.get(k) for k in HISTORY_KEYS} for e in model.history["epochs"]]
+    test_acc = None
+    if manifest["splits"].get("test"):
+        test_acc = accuracy(model.transform(load_prepared(spark, args.data, "test")))
+    payload: dict[str, Any] = {
+        "model": str(Path(args.out)),
+        "world_size": model.history["world_size"],
+        "epochs": len(history),
+        "history": history,
+        "val_accuracy": history[-1]["val_accuracy"] if history else None,
+        "test_accuracy": test_acc,
+        "balance": model.history.get("balance"),
+        "resumed_from_epoch": model.history.get("resumed_from_epoch"),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    lines = [f"trained {args.model} on {payload['world_size']} workers → {args.out}"]
+    lines += [
+        f"  epoch {e['epoch']}: train_loss={e['train_loss']:.4f} val_accuracy={e['val_accuracy']}"
+        for e in history
+    ]
+    lines.append(f"  test accuracy: {test_acc}")
+    emit(args, payload, "\n".join(lines))
+    return 0
+
+
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that set ImageClassifier Params (defaults: config.CLASSIFIER_DEFAULTS)."""
+    from sparkvision.ml.params import AUGMENTS, BALANCES, LOSSES, OPTIMIZERS
+
+    p.add_argument("--model", default=D["model"],
+                   help="cnn | simple_cnn | lenet5 | resnet8 | pkg.mod:fn")
+    p.add_argument("--epochs", type=int, default=D["epochs"])
+    p.add_argument("--batch-size", type=int, default=D["batchSize"], help="per worker")
+    p.add_argument("--lr", type=float, default=D["learningRate"])
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=D["optimizer"])
+    p.add_argument("--loss", choices=LOSSES, default=D["loss"])
+    p.add_argument("--focal-gamma", type=float, default=D["focalGamma"],
+                   help="gamma of --loss focal")
+    p.add_argument("--augment", choices=AUGMENTS, default=D["augment"])
+    p.add_argument("--workers", type=int, default=D["numWorkers"])
+    p.add_argument("--seed", type=int, default=D["seed"])
+    p.add_argument("--checkpoint-dir", default=None, help="shared folder; resumes from it")
+    p.add_argument("--class-weights", default=None, help="'balanced' or w0,w1,...")
+    p.add_argument("--balance", choices=BALANCES, default=D["balance"],
+                   help="class imbalance: over/under-sample the training rows, or "
+                   "weights (= --class-weights balanced)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a classifier on a prepared data set")
+    p.add_argument("data", help="folder written by `sparkvision prepare`")
+    p.add_argument("--out", required=True, help="model output folder")
+    add_train_flags(p)
+    add_common(p)
+    p.set_defaults(func=run)

@@ -1,0 +1,130 @@
+"""Decode image files on Spark executors into the rows ``prepare`` and ``predict`` share.
+
+A decoded row holds the prepared columns plus ``class_name`` (the first folder under the
+root) and ``error`` (why a file was rejected, or null).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sparkvision.data.images import ImageRejected, ImageSpec, encoded_to_array
+from sparkvision.data.schema import PREPARED_DDL, literal_map
+
+#: Side of the square images an image folder is resized to when no size is given.
+DEFAULT_FOLDER_SIZE = 32
+DECODED_DDL = PREPARED_DDL + ", class_name STRING, error STRING"
+
+
+def _decode_batches(
+    batches: Iterator[Any], root: str, spec: ImageSpec, need_class: bool = True
+) -> Iterator[Any]:
+    """Executor side: binaryFile rows → decoded uint8 images (or a rejection reason).
+
+    The class is the first folder under ``root``; files directly in ``root`` are rejected
+    when ``need_class`` (prepare) and kept with no class otherwise (predict)."""
+    import pyarrow as pa
+
+    schema = decoded_arrow_schema()
+    for batch in batches:
+        paths = batch.column("path").to_pylist()
+        contents = batch.column("content").to_pylist()
+        out: dict[str, list[Any]] = {name: [] for name in schema.names}
+        for path, content in zip(paths, contents, strict=True):
+            local = path[5:] if path.startswith("file:") else path
+            rel = os.path.relpath(local, root) if local.startswith(root) else local
+            class_name = rel.split("/")[0] if "/" in rel else ""
+            image, error = None, None
+            if not class_name and need_class:
+                error = "not inside a class sub-folder"
+            else:
+                try:
+                    image = encoded_to_array(content or b"", spec)
+                except ImageRejected as exc:
+                    error = str(exc)
+            out["path"].append(local)
+            out["class_name"].append(class_name)
+            out["error"].append(error)
+            out["image"].append(image.tobytes() if image is not None else None)
+            out["height"].append(spec.height)
+            out["width"].append(spec.width)
+            out["channels"].append(spec.channels)
+            out["label"].append(None)
+        yield pa.RecordBatch.from_pydict(out, schema=schema)
+
+
+def decoded_arrow_schema():
+    """Arrow schema of ``_DECODED_DDL`` (built without the JVM: runs on executors)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("channels", pa.int64()), ("height", pa.int64()), ("image", pa.binary()),
+            ("label", pa.int64()), ("path", pa.string()), ("width", pa.int64()),
+            ("class_name", pa.string()), ("error", pa.string()),
+        ]
+    )
+
+
+def looks_like_tfrecords(path: Path) -> bool:
+    names = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return bool(names) and all(
+        p.name.startswith(("_", ".")) or ".tfrecord" in p.name for p in names
+    )
+
+
+def list_local_files(root: Path) -> dict[str, str | None]:
+    """Every file under ``root`` → None if readable, else the reason it is not."""
+    found: dict[str, str | None] = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if name.startswith("."):
+                continue
+            full = os.path.join(dirpath, name)
+            try:
+                size = os.path.getsize(full)
+                with open(full, "rb") as fh:
+                    fh.read(1)
+                found[full] = None if size > 0 else "empty file (0 bytes)"
+            except OSError as exc:
+                found[full] = f"unreadable: {exc.strerror or exc}"
+    return found
+
+
+def decode_image_folder(spark, root: str, spec: ImageSpec, need_class: bool = True):
+    """Read every file under ``root`` with ``binaryFile`` and decode it on the executors.
+
+    Returns a persisted DataFrame of ``DECODED_DDL`` rows; bad files carry ``error``.
+    """
+    raw = (
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
+        .option("ignoreCorruptFiles", "true")
+        .option("ignoreMissingFiles", "true")
+        .load(root)
+        .select("path", "content")
+    )
+    return raw.mapInArrow(
+        lambda it: _decode_batches(it, root, spec, need_class), DECODED_DDL
+    ).persist()
+
+
+def rejected_rows(decoded) -> list[dict[str, str]]:
+    """The (path, reason) of every decoded row that carries an error."""
+    from pyspark.sql import functions as F
+
+    bad = decoded.filter(F.col("error").isNotNull()).select("path", "error")
+    return [{"path": r.path, "reason": r.error} for r in bad.collect()]
+
+
+def label_by_class(decoded, classes: list[str]):
+    """Good rows with ``label`` = index of their class folder (null when not a class)."""
+    from pyspark.sql import functions as F
+
+    index = literal_map({name: i for i, name in enumerate(classes)})
+    return decoded.filter(F.col("error").isNull()).withColumn(
+        "label", index[F.col("class_name")].cast("bigint")
+    )

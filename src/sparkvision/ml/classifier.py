@@ -1,0 +1,207 @@
+"""``ImageClassifier``: a pyspark.ml Estimator that trains a PyTorch network data-parallel
+inside one Spark barrier stage and returns an ``ImageClassificationModel``."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+from pyspark import keyword_only
+from pyspark.ml import Estimator
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+
+from sparkvision.config import TrainConfig
+from sparkvision.errors import DataError, InvalidParameterError
+from sparkvision.ml.balancer import ClassBalancer, class_counts
+from sparkvision.ml.model import ImageClassificationModel
+from sparkvision.ml.params import ImageClassifierParams
+
+log = logging.getLogger(__name__)
+
+
+def _image_shape(df, configured: list[int]) -> tuple[int, int, int]:
+    if configured:
+        return tuple(configured)  # type: ignore[return-value]
+    needed = ("height", "width", "channels")
+    if not all(c in df.columns for c in needed):
+        raise InvalidParameterError(
+            "imageShape", configured,
+            "set imageShape=[height, width, channels], or give data with height/width/"
+            "channels columns (as `sparkvision prepare` writes)",
+        )
+    row = df.select(*needed).first()
+    if row is None:
+        raise DataError("the training DataFrame is empty: give it at least one row")
+    return int(row.height), int(row.width), int(row.channels)
+
+
+def _label_counts(df, label_col: str, classes: list[str]) -> tuple[dict[int, int], list[str]]:
+    """Rows per class index with one aggregate, validated; and the class names
+    (default '0'..'K-1')."""
+    from pyspark.sql import functions as F
+
+    if label_col not in df.columns:
+        raise InvalidParameterError(
+            "labelCol", label_col, f"the DataFrame has columns {df.columns}; name the label"
+        )
+    rows = df.groupBy(F.col(label_col).cast("double").alias("y")).count().collect()
+    if not rows:
+        raise DataError("the training DataFrame is empty: give it at least one row")
+    nulls = sum(int(r["count"]) for r in rows if r.y is None)
+    if nulls:
+        raise DataError(f"{nulls} rows have a null {label_col!r}: drop or label them")
+    values = sorted(r.y for r in rows)
+    if values[0] < 0 or any(int(v) != v for v in values):
+        raise DataError(
+            f"labels in {label_col!r} must be class indexes 0, 1, ... "
+            f"(found {values[0]}..{values[-1]})"
+        )
+    hi = int(values[-1])
+    if classes and hi >= len(classes):
+        raise InvalidParameterError(
+            "classes", classes,
+            f"labels go up to {hi} but only {len(classes)} class names were given",
+        )
+    names = classes or [str(i) for i in range(hi + 1)]
+    counts = {i: 0 for i in range(len(names))}
+    counts.update({int(r.y): int(r["count"]) for r in rows})
+    return counts, names
+
+
+def _balanced_weights(counts: dict[int, int]) -> tuple[float, ...]:
+    """sklearn's 'balanced' weights: n / (K * n_k); 0 for a class with no rows."""
+    total, k = sum(counts.values()), len(counts)
+    return tuple(total / (k * counts[c]) if counts[c] else 0.0 for c in sorted(counts))
+
+
+class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
+                      DefaultParamsReadable):
+    """Trains a PyTorch CNN data-parallel inside one Spark barrier stage.
+
+    Defaults: ``sparkvision.config.CLASSIFIER_DEFAULTS``. ``batchSize`` is per worker.
+    ``validationDf`` (a DataFrame) and ``onEpochEnd`` (called on the driver with each
+    epoch's metrics while training runs) are not persisted Params.
+    """
+
+    @keyword_only
+    def __init__(
+        self, *, model: str | None = None, numWorkers: int | None = None,
+        epochs: int | None = None, batchSize: int | None = None,
+        learningRate: float | None = None, optimizer: str | None = None,
+        weightDecay: float | None = None, loss: str | None = None,
+        focalGamma: float | None = None, lrSchedule: str | None = None,
+        augment: str | None = None, seed: int | None = None, imageCol: str | None = None,
+        labelCol: str | None = None, validationFraction: float | None = None,
+        checkpointDir: str | None = None, classWeights: Any = None,
+        balance: str | None = None, useGpu: str | None = None,
+        repartition: bool | None = None, imageShape: list[int] | None = None,
+        classes: list[str] | None = None, predictionCol: str | None = None,
+        rawPredictionCol: str | None = None, probabilityCol: str | None = None,
+        predictedLabelCol: str | None = None, confidenceCol: str | None = None,
+        inferenceBatchSize: int | None = None, validationDf: Any = None,
+        onEpochEnd: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self._validation_df = None
+        self._on_epoch_end = None
+        self._fault_injection: tuple[int, int] | None = None  # test hook
+        self.setParams(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(self, **kwargs: Any) -> ImageClassifier:
+        """Set any Params by keyword (None leaves a Param as it is)."""
+        kwargs = dict(self._input_kwargs)
+        if "validationDf" in kwargs:
+            self._validation_df = kwargs.pop("validationDf")
+        if "onEpochEnd" in kwargs:
+            self._on_epoch_end = kwargs.pop("onEpochEnd")
+        return self._set(**{k: v for k, v in kwargs.items() if v is not None})
+
+    def setValidationDf(self, df: Any) -> ImageClassifier:
+        self._validation_df = df
+        return self
+
+    def setOnEpochEnd(self, callback: Callable[[dict[str, Any]], None] | None) -> ImageClassifier:
+        self._on_epoch_end = callback
+        return self
+
+    def copy(self, extra: dict | None = None) -> ImageClassifier:
+        that = super().copy(extra)
+        that._validation_df = self._validation_df
+        that._on_epoch_end = self._on_epoch_end
+        that._fault_injection = self._fault_injection
+        return that
+
+    # ------------------------------------------------------------------ fit
+    def _fit(self, dataset) -> ImageClassificationModel:
+        from sparkvision.training.launcher import layout, run_distributed
+
+        self.validateParams()
+        spark = dataset.sparkSession
+        get = self.getOrDefault
+        image_col, label_col = get(self.imageCol), get(self.labelCol)
+        train_df, val_df = dataset, self._validation_df
+        if val_df is None and get(self.validationFraction) > 0:
+            frac = get(self.validationFraction)
+            train_df, val_df = dataset.randomSplit([1 - frac, frac], seed=get(self.seed))
+        shape = _image_shape(dataset, get(self.imageShape))
+        counts, classes = _label_counts(dataset, label_col, list(get(self.classes)))
+        if train_df is not dataset:
+            counts = {c: class_counts(train_df, label_col).get(c, 0) for c in counts}
+        balance = get(self.balance)
+        seen = counts
+        if balance in ("oversample", "undersample"):
+            balancer = ClassBalancer(strategy=balance, labelCol=label_col, seed=get(self.seed))
+            train_df = balancer.transform(train_df)
+            seen = {c: class_counts(train_df, label_col).get(c, 0) for c in counts}
+        weights = self._class_weights(counts)
+        own_dir = not get(self.checkpointDir)
+        checkpoint_dir = get(self.checkpointDir) or tempfile.mkdtemp(prefix="sparkvision-ckpt-")
+        config = TrainConfig(
+            model=get(self.model), num_classes=len(classes), image_shape=shape,
+            num_workers=get(self.numWorkers), epochs=get(self.epochs),
+            batch_size=get(self.batchSize), learning_rate=get(self.learningRate),
+            optimizer=get(self.optimizer), weight_decay=get(self.weightDecay),
+            loss=get(self.loss), focal_gamma=get(self.focalGamma),
+            lr_schedule=get(self.lrSchedule), augment=get(self.augment),
+            seed=get(self.seed), class_weights=weights, checkpoint_dir=checkpoint_dir,
+            use_gpu=get(self.useGpu), fault_injection=self._fault_injection,
+        )
+        data = layout(train_df, val_df, image_col, label_col, config.num_workers,
+                      get(self.repartition))
+        log.info("training %s on %d workers for %d epochs", config.model,
+                 config.num_workers, config.epochs)
+        try:
+            out = run_distributed(spark, data, config, self._on_epoch_end)
+        finally:
+            if own_dir:  # a temporary folder only serves retries within this fit
+                shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        history = dict(out.history)
+        history["checkpoint_dir"] = None if own_dir else checkpoint_dir
+        history["balance"] = {
+            "strategy": balance,
+            "class_counts": {classes[c]: n for c, n in sorted(counts.items())},
+            "class_counts_seen": {classes[c]: n for c, n in sorted(seen.items())},
+            "class_weights": list(weights) if weights else None,
+            "loss": config.loss,
+        }
+        model = ImageClassificationModel(weights=out.weights, history=history)
+        self._copyValues(model)
+        model._set(imageShape=list(shape), classes=classes)
+        model._resetUid(self.uid)  # the model keeps its estimator's uid, as in pyspark.ml
+        return model
+
+    def _class_weights(self, counts: dict[int, int]) -> tuple[float, ...] | None:
+        value = self.getOrDefault(self.classWeights)
+        if self.getOrDefault(self.balance) == "weights" or value == "balanced":
+            return _balanced_weights(counts)
+        if not value:
+            return None
+        if len(value) != len(counts):
+            raise InvalidParameterError(
+                "classWeights", value, f"give one weight per class ({len(counts)} classes)"
+            )
+        return tuple(float(v) for v in value)

@@ -1,0 +1,159 @@
+"""``ImageClassificationModel``: pyspark.ml's probabilistic-classifier output contract for a
+trained PyTorch network, and its persistence (Params JSON + safetensors weights)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+from pyspark import keyword_only
+from pyspark.ml import Model
+from pyspark.ml.util import (
+    DefaultParamsReader,
+    DefaultParamsWriter,
+    MLReadable,
+    MLReader,
+    MLWritable,
+    MLWriter,
+)
+
+from sparkvision.config import PredictConfig
+from sparkvision.errors import DataError, InvalidParameterError
+from sparkvision.ml.params import ImageClassifierParams
+
+WEIGHTS_FILE = "weights.safetensors"
+HISTORY_FILE = "history.json"
+#: Saved-model format. 2: rawPrediction/probability vectors, prediction double.
+MODEL_FORMAT = "sparkvision/2"
+
+
+class ImageClassificationModel(Model, ImageClassifierParams, MLWritable, MLReadable):
+    """Adds ``rawPrediction`` (logits vector), ``probability`` (vector of every class),
+    ``prediction`` (class index, double), ``predictedLabel`` (class name) and ``confidence``
+    (top-class probability), as pyspark.ml's probabilistic classifiers do. An output column
+    Param set to ``""`` leaves that column out. The network is loaded once per Python worker
+    and only the image column travels to Python."""
+
+    @keyword_only
+    def __init__(self, *, weights: bytes = b"", history: dict[str, Any] | None = None,
+                 **params: Any) -> None:
+        super().__init__()
+        kwargs = dict(self._input_kwargs)
+        self.weights: bytes = kwargs.pop("weights", b"")
+        self.history: dict[str, Any] = kwargs.pop("history", None) or {}
+        self._set(**{k: v for k, v in kwargs.items() if v is not None})
+
+    @property
+    def numClasses(self) -> int:
+        return len(self.getOrDefault(self.classes))
+
+    def _predict_config(self) -> tuple[PredictConfig, str]:
+        get = self.getOrDefault
+        config = PredictConfig(
+            model=get(self.model), num_classes=self.numClasses,
+            image_shape=tuple(get(self.imageShape)),  # type: ignore[arg-type]
+            weights=self.weights, classes=tuple(get(self.classes)),
+            batch_size=get(self.inferenceBatchSize),
+        )
+        return config, hashlib.sha1(self.weights).hexdigest() + self.uid
+
+    def _transform(self, dataset):
+        from pyspark.ml.functions import array_to_vector
+        from pyspark.sql import functions as F
+
+        from sparkvision.inference.batch import make_predict_udf
+
+        get = self.getOrDefault
+        image_col = get(self.imageCol)
+        if image_col not in dataset.columns:
+            raise InvalidParameterError(
+                "imageCol", image_col,
+                f"the DataFrame has columns {dataset.columns}; name the image column",
+            )
+        config, key = self._predict_config()
+        # Only the image column travels to Python; the other columns stay in the JVM, and
+        # the vectors are built there from the UDF's arrays.
+        tmp = F.col(f"`_sv_pred_{self.uid}`")
+        outputs = {
+            get(self.rawPredictionCol): array_to_vector(tmp["rawPrediction"]),
+            get(self.probabilityCol): array_to_vector(tmp["probability"]),
+            get(self.predictionCol): tmp["prediction"],
+            get(self.predictedLabelCol): tmp["predictedLabel"],
+            get(self.confidenceCol): tmp["confidence"],
+        }
+        outputs.pop("", None)
+        kept = [c for c in dataset.columns if c not in outputs]
+        with_struct = dataset.withColumn(f"_sv_pred_{self.uid}",
+                                         make_predict_udf(config, key)(image_col))
+        return with_struct.select(
+            *[F.col(f"`{c}`") for c in kept],
+            *[col.alias(name) for name, col in outputs.items()],
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def write(self) -> MLWriter:
+        return _ModelWriter(self)
+
+    @classmethod
+    def read(cls) -> MLReader:
+        return _ModelReader(cls)
+
+
+def _local(path: str) -> str:
+    return path[5:] if path.startswith("file:") else path
+
+
+class _ModelWriter(MLWriter):
+    def __init__(self, instance: ImageClassificationModel) -> None:
+        super().__init__()
+        self.instance = instance
+
+    def saveImpl(self, path: str) -> None:
+        from pyspark import SparkContext
+
+        sc = SparkContext._active_spark_context
+        DefaultParamsWriter.saveMetadata(
+            self.instance, path, sc, extraMetadata={"format": MODEL_FORMAT}
+        )
+        local = _local(path)
+        os.makedirs(local, exist_ok=True)
+        with open(os.path.join(local, WEIGHTS_FILE), "wb") as fh:
+            fh.write(self.instance.weights)
+        with open(os.path.join(local, HISTORY_FILE), "w", encoding="utf-8") as fh:
+            json.dump(self.instance.history, fh, indent=2)
+
+
+class _ModelReader(MLReader):
+    def __init__(self, cls: type[ImageClassificationModel]) -> None:
+        super().__init__()
+        self.cls = cls
+
+    def load(self, path: str) -> ImageClassificationModel:
+        from pyspark import SparkContext
+
+        sc = SparkContext._active_spark_context
+        local = _local(path)
+        weights_path = os.path.join(local, WEIGHTS_FILE)
+        if not os.path.exists(weights_path):
+            raise DataError(
+                f"no model at {path} ({WEIGHTS_FILE} missing): give a folder written by "
+                "ImageClassificationModel.save or `sparkvision train --out`"
+            )
+        metadata = DefaultParamsReader.loadMetadata(path, sc)
+        found = metadata.get("format")
+        if found != MODEL_FORMAT:
+            raise DataError(
+                f"the model at {path} has format {found!r} but this sparkvision reads "
+                f"{MODEL_FORMAT!r} (probability vectors, double prediction): retrain it with "
+                "`sparkvision train` (or ImageClassifier.fit) and save it again"
+            )
+        instance = self.cls()
+        instance._resetUid(metadata["uid"])
+        DefaultParamsReader.getAndSetParams(instance, metadata)
+        with open(weights_path, "rb") as fh:
+            instance.weights = fh.read()
+        with open(os.path.join(local, HISTORY_FILE), encoding="utf-8") as fh:
+            instance.history = json.load(fh)
+        return instance

@@ -1,0 +1,145 @@
+"""pyspark.ml Params: one class shared by ``ImageClassifier`` and ``ImageClassificationModel``
+(as pyspark.ml's own classifiers do), so ``_copyValues`` carries every Param to the model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import (
+    HasLabelCol,
+    HasPredictionCol,
+    HasProbabilityCol,
+    HasRawPredictionCol,
+    HasSeed,
+)
+
+from sparkvision.config import CLASSIFIER_DEFAULTS, OUTPUT_DEFAULTS
+from sparkvision.errors import InvalidParameterError
+
+OPTIMIZERS = ("adam", "sgd")
+LOSSES = ("cross_entropy", "mse", "focal")
+SCHEDULES = ("cosine", "constant")
+AUGMENTS = ("shift", "none")
+GPU_CHOICES = ("auto", "true", "false")
+BALANCES = ("none", "oversample", "undersample", "weights")
+
+
+def _to_class_weights(value: Any) -> Any:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        if value != "balanced":
+            raise TypeError(f"classWeights must be 'balanced' or a list of floats, got {value!r}")
+        return value
+    return TypeConverters.toListFloat(value)
+
+
+def _param(name: str, doc: str, converter: Any) -> Param:
+    return Param(Params._dummy(), name, doc, typeConverter=converter)
+
+
+_S, _I, _F, _B = (TypeConverters.toString, TypeConverters.toInt, TypeConverters.toFloat,
+                  TypeConverters.toBoolean)
+
+
+class ImageClassifierParams(
+    HasLabelCol, HasSeed, HasPredictionCol, HasRawPredictionCol, HasProbabilityCol
+):
+    """Training Params, and the output-column Params of the model."""
+
+    imageCol = _param("imageCol", "column of raw uint8 HWC image bytes", _S)
+    model = _param("model", "network: cnn, simple_cnn, lenet5, resnet8 or "
+                   "'package.module:function'", _S)
+    imageShape = _param("imageShape", "[height, width, channels]; empty = read from the "
+                        "data's columns", TypeConverters.toListInt)
+    classes = _param("classes", "class names in label-index order; empty = '0', '1', ...",
+                     TypeConverters.toListString)
+    numWorkers = _param("numWorkers", "training tasks (one barrier task each)", _I)
+    epochs = _param("epochs", "passes over the training data", _I)
+    batchSize = _param("batchSize", "mini-batch size per worker", _I)
+    learningRate = _param("learningRate", "peak learning rate", _F)
+    optimizer = _param("optimizer", "adam or sgd (momentum 0.9)", _S)
+    weightDecay = _param("weightDecay", "L2 weight decay", _F)
+    loss = _param("loss", "cross_entropy, mse (softmax vs one-hot) or focal", _S)
+    focalGamma = _param("focalGamma", "focusing parameter gamma of loss=focal (>= 0)", _F)
+    lrSchedule = _param("lrSchedule", "cosine (with warm-up) or constant", _S)
+    augment = _param("augment", "shift (random translation) or none", _S)
+    validationFraction = _param("validationFraction", "fraction of the input held out for "
+                                "validation when no validationDf is given", _F)
+    checkpointDir = _param("checkpointDir", "shared folder for per-epoch checkpoints; training "
+                           "resumes from the latest one in it; empty = a fresh temporary "
+                           "folder", _S)
+    classWeights = _param("classWeights", "per-class loss weights, or 'balanced'",
+                          _to_class_weights)
+    balance = _param("balance", "class imbalance handling: none, oversample, undersample "
+                     "(of the training rows, by Spark) or weights (classWeights='balanced')", _S)
+    useGpu = _param("useGpu", "auto, true or false", _S)
+    repartition = _param("repartition", "spread rows evenly over numWorkers (a shuffle); false "
+                         "keeps the input partitions (coalesced to numWorkers)", _B)
+    predictedLabelCol = _param("predictedLabelCol", "output column of the class name", _S)
+    confidenceCol = _param("confidenceCol", "output column of the top class's probability", _S)
+    inferenceBatchSize = _param("inferenceBatchSize", "images per forward pass in transform",
+                                _I)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._setDefault(**CLASSIFIER_DEFAULTS, **OUTPUT_DEFAULTS)
+
+    def validateParams(self) -> None:
+        """Raise InvalidParameterError for any out-of-range Param (driver side)."""
+        from sparkvision.models.registry import validate_model_name
+
+        get = self.getOrDefault
+        validate_model_name(get(self.model))
+        for name in ("numWorkers", "epochs", "batchSize", "inferenceBatchSize"):
+            value = get(getattr(self, name))
+            if value < 1:
+                raise InvalidParameterError(name, value, "use 1 or more")
+        lr = get(self.learningRate)
+        if not 0 < lr < 10:
+            raise InvalidParameterError("learningRate", lr, "use a value in (0, 10), e.g. 0.003")
+        for name in ("weightDecay", "focalGamma"):
+            if get(getattr(self, name)) < 0:
+                raise InvalidParameterError(name, get(getattr(self, name)), "use 0 or more")
+        frac = get(self.validationFraction)
+        if not 0 <= frac < 1:
+            raise InvalidParameterError("validationFraction", frac, "use a value in [0, 1)")
+        for name, choices in (("optimizer", OPTIMIZERS), ("loss", LOSSES),
+                              ("lrSchedule", SCHEDULES), ("augment", AUGMENTS),
+                              ("useGpu", GPU_CHOICES), ("balance", BALANCES)):
+            value = get(getattr(self, name))
+            if value not in choices:
+                raise InvalidParameterError(name, value, f"use one of {', '.join(choices)}")
+        if get(self.balance) == "weights" and get(self.classWeights) not in ([], "balanced"):
+            raise InvalidParameterError(
+                "balance", "weights", "balance='weights' sets classWeights='balanced'; do not "
+                "also give explicit classWeights"
+            )
+        shape = get(self.imageShape)
+        if shape and (len(shape) != 3 or min(shape) < 1 or shape[2] not in (1, 3)):
+            raise InvalidParameterError("imageShape", shape, "use [height, width, 1 or 3]")
+
+
+def _add_accessors(cls: type) -> None:
+    """``getX``/``setX`` for every Param ``x`` of ``cls``, as pyspark.ml Params have them."""
+    for name in dir(cls):
+        if not isinstance(getattr(cls, name, None), Param):
+            continue
+        cap = name[0].upper() + name[1:]
+
+        def getter(self: Params, _name: str = name) -> Any:
+            return self.getOrDefault(_name)
+
+        def setter(self: Params, value: Any, _name: str = name) -> Params:
+            return self._set(**{_name: value})
+
+        getter.__doc__ = f"Gets the value of {name} or its default value."
+        setter.__doc__ = f"Sets the value of :py:attr:`{name}`."
+        if not hasattr(cls, f"get{cap}"):
+            setattr(cls, f"get{cap}", getter)
+        if not hasattr(cls, f"set{cap}"):
+            setattr(cls, f"set{cap}", setter)
+
+
+_add_accessors(ImageClassifierParams)
