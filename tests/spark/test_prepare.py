@@ -105,6 +105,10 @@ def test_prepare_folder_keeps_good_images_and_lists_bad_ones(spark, tmp_path, ca
         (["prepare", "cifar100", "--out", "x"], "cifar100"),
         (["prepare", "digits", "--out", "x", "--split", "0.9,0.2"], "0.9,0.2"),
         (["prepare", "digits", "--out", "x", "--image-size", "big"], "big"),
+        (["prepare", "digits", "--out", "x", "--imbalance", "1"], "imbalance"),
+        (["prepare", "digits", "--out", "x", "--imbalance", "0.5"], "imbalance"),
+        (["train", "x", "--out", "y", "--balance", "smote"], "smote"),
+        (["evaluate", "m", "d", "--split", "holdout"], "holdout"),
     ],
 )
 def test_prepare_user_errors_exit_2_with_one_line(argv, fragment, capsys):

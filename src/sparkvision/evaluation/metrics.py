@@ -67,13 +67,14 @@ def _require(df, *names: str) -> None:
 
 def _probability_array(df, column: str):  # -> Column of array<double>
     from pyspark.ml.functions import vector_to_array
+    from pyspark.ml.linalg import VectorUDT
     from pyspark.sql import functions as F
     from pyspark.sql.types import ArrayType
 
     kind = df.schema[column].dataType
     if isinstance(kind, ArrayType):
         return F.col(column).cast("array<double>")
-    if kind.typeName() != "vector":
+    if not isinstance(kind, VectorUDT):
         raise InvalidParameterError(
             "probabilityCol", column, f"it holds {kind.simpleString()}, not a vector of class "
             "probabilities: use the model's probability column",
