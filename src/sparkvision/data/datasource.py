@@ -35,10 +35,10 @@ from sparkvision.data.datasource_read import (
     BYTE_ARRAY_SCHEMA,
     TFRecordOptions,
     TFRecordReader,
-    _check_read_schema,
-    _single_path,
+    check_read_schema,
     infer_schema,
     list_input_files,
+    single_path,
 )
 from sparkvision.data.datasource_stream import TFRecordStreamReader
 from sparkvision.data.datasource_write import TFRecordWriter, has_data, save_tfrecords
@@ -67,20 +67,20 @@ class TFRecordDataSource(DataSource):
 
     def reader(self, schema: StructType) -> TFRecordReader:
         opts = self._opts()
-        _check_read_schema(schema, opts)
+        check_read_schema(schema, opts)
         return TFRecordReader(opts, schema, list_input_files(opts))
 
     def streamReader(self, schema: StructType) -> TFRecordStreamReader:
         opts = self._opts()
-        _check_read_schema(schema, opts)
-        _single_path(opts, "a stream")
+        check_read_schema(schema, opts)
+        single_path(opts, "a stream")
         if not os.path.isdir(opts.path):
             raise DataError(f"stream source folder {opts.path} does not exist; create it first")
         return TFRecordStreamReader(opts, schema)
 
     def writer(self, schema: StructType, overwrite: bool) -> TFRecordWriter:
         opts = self._opts()
-        _single_path(opts, "a write")
+        single_path(opts, "a write")
         mode = opts.save_mode or ("overwrite" if overwrite else "append")
         if overwrite and mode != "overwrite":
             raise InvalidParameterError(

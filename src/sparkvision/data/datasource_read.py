@@ -159,7 +159,7 @@ def list_input_files(opts: TFRecordOptions) -> list[str]:
     return list(dict.fromkeys(files))
 
 
-def _single_path(opts: TFRecordOptions, what: str) -> None:
+def single_path(opts: TFRecordOptions, what: str) -> None:
     if len(opts.paths) > 1:
         raise InvalidParameterError("path", list(opts.paths), f"{what} takes one folder")
 
@@ -388,7 +388,7 @@ def _to_batch(
     return _to_arrays(values, columns, schema, path)
 
 
-def _check_read_schema(schema: StructType, opts: TFRecordOptions) -> None:
+def check_read_schema(schema: StructType, opts: TFRecordOptions) -> None:
     if opts.record_type == "ByteArray":
         if len(schema.fields) != 1 or not isinstance(schema.fields[0].dataType, BinaryType):
             raise InvalidParameterError(
@@ -398,7 +398,7 @@ def _check_read_schema(schema: StructType, opts: TFRecordOptions) -> None:
         plan_columns(schema)
 
 
-def _read_partition(
+def read_partition(
     partition: InputPartition, opts: TFRecordOptions, schema: StructType
 ) -> Iterator[pa.RecordBatch]:
     path = getattr(partition, "path", None)
@@ -419,4 +419,4 @@ class TFRecordReader(DataSourceReader):
         return list(plan_partitions(self.files, self.opts))
 
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
-        return _read_partition(partition, self.opts, self.schema)
+        return read_partition(partition, self.opts, self.schema)

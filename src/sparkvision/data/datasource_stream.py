@@ -25,8 +25,8 @@ from pyspark.sql.types import (
 from sparkvision.data.datasource_read import (
     TFRecordOptions,
     TFRecordPartition,
-    _read_partition,
     list_data_files,
+    read_partition,
 )
 from sparkvision.errors import DataError
 
@@ -114,7 +114,7 @@ class TFRecordStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return [TFRecordPartition(path) for path in self._files[begin:stop]]
 
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
-        return _read_partition(partition, self.opts, self.schema)
+        return read_partition(partition, self.opts, self.schema)
 
     def commit(self, end: dict) -> None:
         log.debug("stream %s committed %s", self.opts.path, end)
