@@ -42,7 +42,7 @@ def plain_pytorch(epochs: int) -> dict[str, float]:
     import torch
 
     from sparkvision.models import build_model
-    from sparkvision.training.loop import normalize
+    from sparkvision.models.preprocess import normalize
 
     torch.set_num_threads(2)
     x, y = mnist()
@@ -76,7 +76,7 @@ def _td_train(epochs: int, batch: int) -> dict[str, float]:
 
     from sparkvision.data.builtin import load_builtin
     from sparkvision.models import build_model
-    from sparkvision.training.loop import normalize
+    from sparkvision.models.preprocess import normalize
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")

@@ -8,13 +8,13 @@ import torch
 
 from sparkvision.config import TrainConfig
 from sparkvision.models import build_model
+from sparkvision.models.preprocess import normalize
 from sparkvision.training import checkpoint as ckpt
 from sparkvision.training.loop import (
     compute_loss,
     epoch_indices,
     lr_factor,
     make_optimizer,
-    normalize,
     shift_augment,
     steps_per_epoch,
 )
@@ -99,3 +99,22 @@ def test_checkpoint_round_trip_restores_model_and_optimizer(tmp_path, optimizer)
     after = fresh_opt.state_dict()["state"][0]
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_focal_loss_is_cross_entropy_at_gamma_0_and_down_weights_easy_rows():
+    import torch
+
+    from sparkvision.training.loop import compute_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(64, 5)
+    y = torch.randint(0, 5, (64,))
+    ce = compute_loss(logits, y, "cross_entropy", None)
+    assert torch.allclose(compute_loss(logits, y, "focal", None, gamma=0.0), ce)
+    focal = compute_loss(logits, y, "focal", None, gamma=2.0, reduction="none")
+    p = torch.softmax(logits, 1)[torch.arange(64), y]
+    expected = -(1 - p) ** 2 * torch.log(p)
+    assert torch.allclose(focal, expected, atol=1e-6)
+    w = torch.linspace(0.5, 2.0, 5)
+    weighted = compute_loss(logits, y, "focal", w, gamma=2.0, reduction="sum")
+    assert torch.allclose(weighted, (expected * w[y]).sum(), atol=1e-5)

@@ -94,6 +94,8 @@ def compute_loss(
         return F.cross_entropy(logits, y, weight=class_weights, reduction=reduction)
     if class_weights is not None:
         per_row = per_row * class_weights[y]
+    if reduction == "none":
+        return per_row
     return per_row.sum() if reduction == "sum" else per_row.mean()
 
 
