@@ -10,8 +10,7 @@
    - ``ddp_nocomm``: DDP with a hook that communicates nothing (DDP's own overhead);
    - ``ddp_gloo``: DDP, default gloo all-reduce (``bucket_cap_mb=1,
      gradient_as_bucket_view=True``, as the worker builds it);
-   - ``ddp_shm``: DDP + :func:`shm_allreduce_hook` (as installed: one wait per bucket);
-   - ``ddp_shm_defer``: the same with ``defer = True`` (one wait per step).
+   - ``ddp_shm``: DDP + :func:`shm_allreduce_hook` (as installed).
 
    The modes run in short interleaved runs (order rotated every round) so that drifts of
    a shared machine hit all of them; ratios are medians of same-round ratios.
@@ -40,7 +39,7 @@ from sparkvision.session import GLIBC_TUNABLES  # noqa: E402
 WORLD = 2
 BATCH = 64
 SIZES = [1_000, 100_000, 420_000]
-MODES = ["no_ddp", "ddp_nocomm", "ddp_gloo", "ddp_shm", "ddp_shm_defer"]
+MODES = ["no_ddp", "ddp_nocomm", "ddp_gloo", "ddp_shm"]
 CEILING = "no_ddp"
 
 
@@ -145,11 +144,10 @@ def _throughput(rank: int, port: int, steps: int, warmup: int, repeats: int, out
                 net = DDP(model, bucket_cap_mb=1, gradient_as_bucket_view=True)
             if mode == "ddp_nocomm":
                 net.register_comm_hook(None, _nocomm_hook)  # type: ignore[operator]
-            if mode.startswith("ddp_shm"):
+            if mode == "ddp_shm":
                 # What install_shm_allreduce() registers, wrapped to time the hook.
                 capacity = sum(p.numel() * p.element_size() for p in model.parameters())
                 shm = ShmAllReduce.create(f"sv-bench-train-{port}", capacity)
-                shm.defer = mode == "ddp_shm_defer"
                 net.register_comm_hook((shm, spent), _timed_hook)  # type: ignore[operator]
             opt = torch.optim.Adam(net.parameters(), lr=1e-3)
             started = 0.0
@@ -224,7 +222,7 @@ def main() -> None:
             "samples_per_s_runs": [round(v, 1) for v in rates[mode]],
             "ms_per_step_median": round(WORLD * BATCH / median * 1e3, 2),
         }
-        if mode.startswith("ddp_shm"):
+        if mode == "ddp_shm":
             hook_ms = [
                 max(r[mode][i]["hook_seconds"] for r in train_ranks) / args.steps * 1e3
                 for i in range(args.repeats)
@@ -241,7 +239,6 @@ def main() -> None:
 
     ratios = {f"{m}_vs_{CEILING}": paired(m, CEILING) for m in MODES if m != CEILING}
     ratios["ddp_shm_vs_ddp_gloo"] = paired("ddp_shm", "ddp_gloo")
-    ratios["ddp_shm_defer_vs_ddp_shm"] = paired("ddp_shm_defer", "ddp_shm")
     print("ratios (median over rounds of same-round ratios):")
     for k, v in ratios.items():
         print(f"  {k:26s} {v:.3f}")
