@@ -1,5 +1,6 @@
-"""The layered layout: imports point one way (cli → ml → training/inference/evaluation →
-session → models/data → errors/config), and no module imports another's private names."""
+"""The layered layout: imports point one way (cli → tuning → ml → training/inference/
+evaluation → session → models/data → errors/config), and no module imports another's
+private names."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ LAYERS = {
     "session": 2,
     "training": 3, "inference": 3, "evaluation": 3,
     "ml": 4,
-    "cli": 5,
-    "__init__": 6, "__main__": 6,
+    "tuning": 5,
+    "cli": 6,
+    "__init__": 7, "__main__": 7,
 }
 
 

@@ -14,7 +14,7 @@ from pyspark.ml import Estimator
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
 from sparkvision.config import TrainConfig
-from sparkvision.errors import DataError, InvalidParameterError
+from sparkvision.errors import DataError, InvalidParameterError, TrainingError
 from sparkvision.ml.balancer import ClassBalancer, class_counts
 from sparkvision.ml.model import ImageClassificationModel
 from sparkvision.ml.params import ImageClassifierParams
@@ -83,7 +83,9 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
 
     Defaults: ``sparkvision.config.CLASSIFIER_DEFAULTS``. ``batchSize`` is per worker.
     ``validationDf`` (a DataFrame) and ``onEpochEnd`` (called on the driver with each
-    epoch's metrics while training runs) are not persisted Params.
+    epoch's metrics while training runs; returning True stops training after that epoch,
+    on every worker, and the model records ``history["stopped_early"]``) are not persisted
+    Params; nor is ``showProgress`` (the tqdm bar).
     """
 
     @keyword_only
@@ -102,11 +104,12 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
         rawPredictionCol: str | None = None, probabilityCol: str | None = None,
         predictedLabelCol: str | None = None, confidenceCol: str | None = None,
         inferenceBatchSize: int | None = None, validationDf: Any = None,
-        onEpochEnd: Callable[[dict[str, Any]], None] | None = None,
+        onEpochEnd: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
         super().__init__()
         self._validation_df = None
         self._on_epoch_end = None
+        self._show_progress = True
         self._fault_injection: tuple[int, int] | None = None  # test hook
         self.setParams(**self._input_kwargs)
 
@@ -124,14 +127,19 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
         self._validation_df = df
         return self
 
-    def setOnEpochEnd(self, callback: Callable[[dict[str, Any]], None] | None) -> ImageClassifier:
+    def setOnEpochEnd(self, callback: Callable[[dict[str, Any]], Any] | None) -> ImageClassifier:
         self._on_epoch_end = callback
+        return self
+
+    def setShowProgress(self, show: bool) -> ImageClassifier:
+        self._show_progress = bool(show)
         return self
 
     def copy(self, extra: dict | None = None) -> ImageClassifier:
         that = super().copy(extra)
         that._validation_df = self._validation_df
         that._on_epoch_end = self._on_epoch_end
+        that._show_progress = self._show_progress
         that._fault_injection = self._fault_injection
         return that
 
@@ -175,11 +183,15 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
         log.info("training %s on %d workers for %d epochs", config.model,
                  config.num_workers, config.epochs)
         try:
-            out = run_distributed(spark, data, config, self._on_epoch_end)
+            out = run_distributed(spark, data, config, self._on_epoch_end,
+                                  self._show_progress)
         finally:
             if own_dir:  # a temporary folder only serves retries within this fit
                 shutil.rmtree(checkpoint_dir, ignore_errors=True)
         history = dict(out.history)
+        if history.get("diverged"):
+            raise TrainingError(f"training diverged: {history['diverged']}: lower "
+                                f"learningRate (now {config.learning_rate})")
         history["checkpoint_dir"] = None if own_dir else checkpoint_dir
         history["balance"] = {
             "strategy": balance,

@@ -89,11 +89,12 @@ def run_distributed(
     spark,
     data,
     config: TrainConfig,
-    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    on_epoch_end: Callable[[dict[str, Any]], Any] | None = None,
+    show_progress: bool = True,
 ) -> TrainOutput:
     """Train in one barrier stage of ``config.num_workers`` tasks and return rank 0's result."""
     check_slots(spark, config.num_workers)
-    bar = ProgressBar(config.epochs, on_epoch_end)
+    bar = ProgressBar(config.epochs, on_epoch_end, show=show_progress)
     with ProgressServer(bar, host=_driver_host(spark)) as server:
         cfg = replace(config, progress_url=server.url)
         func = functools.partial(train_partition, config=cfg)

@@ -16,9 +16,10 @@ Event = dict[str, Any]
 
 
 class ProgressServer:
-    """Receives JSON events (POST /event) and hands each to ``callback`` in order."""
+    """Receives JSON events (POST /event) and hands each to ``callback`` in order; a truthy
+    callback result is answered as ``{"stop": true}`` (stop training after this epoch)."""
 
-    def __init__(self, callback: Callable[[Event], None], host: str = "127.0.0.1") -> None:
+    def __init__(self, callback: Callable[[Event], Any], host: str = "127.0.0.1") -> None:
         self.callback = callback
         self._lock = threading.Lock()
         outer = self
@@ -26,15 +27,20 @@ class ProgressServer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server API
                 length = int(self.headers.get("Content-Length", "0"))
+                body = b""
                 try:
                     event = json.loads(self.rfile.read(length))
                     with outer._lock:
-                        outer.callback(event)
-                    self.send_response(204)
+                        stop = bool(outer.callback(event))
+                    body = json.dumps({"stop": stop}).encode()
+                    self.send_response(200)
                 except Exception:  # noqa: BLE001 - progress must never break training
                     log.exception("bad progress event")
                     self.send_response(400)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                self.wfile.write(body)
 
             def log_message(self, *args: Any) -> None:
                 return None
@@ -58,19 +64,21 @@ class ProgressServer:
         self._server.server_close()
 
 
-def post_event(url: str, event: Event, timeout: float = 2.0) -> None:
-    """Send one event; failures are logged and ignored (progress is best effort)."""
+def post_event(url: str, event: Event, timeout: float = 2.0) -> dict[str, Any]:
+    """Send one event and return the driver's reply; failures are logged and give ``{}``
+    (progress is best effort)."""
     if not url:
-        return
+        return {}
     body = json.dumps(event).encode()
     request = urllib.request.Request(
         url, data=body, headers={"Content-Type": "application/json"}, method="POST"
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout):
-            pass
-    except OSError as exc:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read() or b"{}")
+    except (OSError, ValueError) as exc:
         log.debug("progress event not delivered: %s", exc)
+        return {}
 
 
 class EventSender:
@@ -80,18 +88,35 @@ class EventSender:
         import queue
 
         self.url = url
-        self._queue: queue.Queue[Event | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Event, Any] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, daemon=True)
         if url:
             self._thread.start()
 
     def _run(self) -> None:
-        while (event := self._queue.get()) is not None:
-            post_event(self.url, event)
+        while (item := self._queue.get()) is not None:
+            event, reply = item
+            answer = post_event(self.url, event, timeout=60.0 if reply else 2.0)
+            if reply is not None:
+                reply.put(answer)
 
     def send(self, event: Event) -> None:
         if self.url:
-            self._queue.put(event)
+            self._queue.put((event, None))
+
+    def ask_stop(self, event: Event, timeout: float = 120.0) -> bool:
+        """Send ``event`` after everything queued and wait for the driver's answer: True when
+        the driver asks training to stop (e.g. a pruned tuning trial)."""
+        if not self.url:
+            return False
+        import queue
+
+        reply: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._queue.put((event, reply))
+        try:
+            return bool(reply.get(timeout=timeout).get("stop"))
+        except queue.Empty:
+            return False
 
     def close(self, timeout: float = 5.0) -> None:
         """Deliver what is queued (bounded wait), then stop the thread."""
@@ -104,17 +129,20 @@ class ProgressBar:
     """Driver-side view of the events: a tqdm bar over all steps plus log lines."""
 
     def __init__(
-        self, epochs: int, on_epoch_end: Callable[[Event], None] | None = None
+        self, epochs: int, on_epoch_end: Callable[[Event], Any] | None = None,
+        show: bool = True,
     ) -> None:
         self.epochs = epochs
         self.on_epoch_end = on_epoch_end
+        self.show = show
         self.events: list[Event] = []
         self._bar: Any = None
 
-    def __call__(self, event: Event) -> None:
+    def __call__(self, event: Event) -> bool:
+        """Handle one event; True asks training to stop after this epoch."""
         self.events.append(event)
         kind = event.get("type")
-        if kind == "start":
+        if kind == "start" and self.show:
             from tqdm.auto import tqdm
 
             total = int(event["steps_per_epoch"]) * self.epochs
@@ -134,7 +162,8 @@ class ProgressBar:
                     loss=f"{event['train_loss']:.3f}", val_acc=event.get("val_accuracy")
                 )
             if self.on_epoch_end is not None:
-                self.on_epoch_end(event)
+                return bool(self.on_epoch_end(event))
+        return False
 
     def close(self) -> None:
         if self._bar is not None:

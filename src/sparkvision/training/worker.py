@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -260,6 +261,7 @@ def _epochs(run: _Run, x_tr, y_tr, x_val, y_val) -> tuple[bytes, dict[str, Any]]
     events.send({"type": "start", "steps_per_epoch": steps, "start_epoch": run.start_epoch,
                  "world_size": world})
 
+    stopped_early, diverged, record = config.epochs, False, {}
     for epoch in range(run.start_epoch, config.epochs):
         t0 = time.monotonic()
         _maybe_inject_fault(config, epoch + 1, rank)
@@ -293,14 +295,20 @@ def _epochs(run: _Run, x_tr, y_tr, x_val, y_val) -> tuple[bytes, dict[str, Any]]
         samples = steps * config.batch_size * world
         record["samples_per_second"] = round(samples / max(record["seconds"], 1e-9), 1)
         run.history.append(record)
+        stop = 0.0
         if rank == 0:
             if config.checkpoint_dir:
                 ckpt.save_checkpoint(
                     config.checkpoint_dir, epoch + 1, run.model, run.optimizer,
                     {"history": run.history, "fingerprint": _fingerprint(config)},
                 )
-            events.send(dict(record, type="epoch"))
-        dist.barrier()
+            stop = float(events.ask_stop(dict(record, type="epoch")))
+        diverged = not math.isfinite(record["train_loss"])
+        # One collective tells every rank whether the driver asked to stop (a pruned trial):
+        # they all leave the loop after this epoch, and the barrier job ends normally.
+        if _allreduce([stop])[0] > 0 or diverged:
+            stopped_early = epoch + 1
+            break
 
     events.close()
     summary = {
@@ -313,6 +321,9 @@ def _epochs(run: _Run, x_tr, y_tr, x_val, y_val) -> tuple[bytes, dict[str, Any]]
         "val_rows_per_rank": val_rows,
         "steps_per_epoch": steps,
         "resumed_from_epoch": run.resumed_from,
+        "stopped_early": stopped_early if stopped_early < config.epochs else None,
+        "diverged": (f"the training loss is {record['train_loss']} in epoch "
+                     f"{record['epoch']}") if diverged else None,
         "epochs": run.history,
         "seconds": round(time.monotonic() - run.started, 3),
     }

@@ -1,0 +1,1 @@
+"""Hyper-parameter tuning of ImageClassifier Params with Optuna; trials are Spark jobs."""
