@@ -21,6 +21,7 @@ import math
 import shutil
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -321,7 +322,9 @@ def _plots(study, out: Path) -> list[str]:
     for name, plot in (("optimization_history.png", ovm.plot_optimization_history),
                        ("param_importances.png", ovm.plot_param_importances)):
         try:
-            ax = plot(study)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # experimental-API and importance notes
+                ax = plot(study)
             fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
             fig.tight_layout()
             fig.savefig(out / name, dpi=100)
