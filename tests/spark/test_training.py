@@ -187,3 +187,25 @@ def test_bad_labels_are_named_before_training(digits):
         ImageClassifier().fit(train.withColumn("label", F.lit(None).cast("long")))
     with pytest.raises(DataError, match="class indexes"):
         ImageClassifier().fit(train.withColumn("label", F.col("label") - 1))
+
+
+def test_on_epoch_end_returning_true_stops_every_worker_after_that_epoch(digits):
+    train, val, _ = digits
+    seen = []
+
+    def stop_after_two(event):
+        seen.append(event["epoch"])
+        return event["epoch"] >= 2
+
+    model = ImageClassifier(epochs=5, numWorkers=2, seed=1, validationDf=val,
+                            onEpochEnd=stop_after_two).fit(train)
+    assert seen == [1, 2]
+    assert model.history["stopped_early"] == 2 and len(model.history["epochs"]) == 2
+    assert model.transform(digits[2]).count() == digits[2].count()
+
+
+def test_a_diverging_training_fails_with_the_fix(digits):
+    from sparkvision import TrainingError
+
+    with pytest.raises(TrainingError, match="diverged.*lower learningRate"):
+        ImageClassifier(epochs=3, numWorkers=2, model="tests.nets:overflowing").fit(digits[0])

@@ -1,0 +1,24 @@
+"""Networks for tests, named by import path (Spark's Python workers start in the repo root,
+so ``tests.nets:...`` imports on executors as it does on the driver)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _Overflowing(nn.Module):
+    """Logits scaled past float32's range: the loss is NaN from the first step."""
+
+    def __init__(self, num_classes: int, input_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        h, w, c = input_shape
+        self.linear = nn.Linear(h * w * c, num_classes)
+        self.scale = nn.Parameter(torch.tensor(1e38))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1)) * self.scale * self.scale
+
+
+def overflowing(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    return _Overflowing(num_classes, input_shape)
