@@ -18,6 +18,7 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
 from sparkvision.data.schema import literal_map
 from sparkvision.errors import DataError, InvalidParameterError
+from sparkvision.ml.params import add_param_accessors
 
 STRATEGIES = ("oversample", "undersample")
 
@@ -44,6 +45,7 @@ def target_counts(counts: dict[int, int], strategy: str, ratio: float) -> dict[i
     return {k: min(v, ceiling) for k, v in present.items()}
 
 
+@add_param_accessors
 class ClassBalancer(Transformer, HasLabelCol, HasSeed, DefaultParamsReadable,
                     DefaultParamsWritable):
     """Resample rows so the classes are (more) balanced; deterministic for a seed.
@@ -61,34 +63,17 @@ class ClassBalancer(Transformer, HasLabelCol, HasSeed, DefaultParamsReadable,
                         typeConverter=TypeConverters.toFloat)
 
     @keyword_only
-    def __init__(self, *, strategy: str = "oversample", targetRatio: float = 1.0,
-                 labelCol: str = "label", seed: int = 0) -> None:
+    def __init__(self, *, strategy: str | None = None, targetRatio: float | None = None,
+                 labelCol: str | None = None, seed: int | None = None) -> None:
         super().__init__()
         self._setDefault(strategy="oversample", targetRatio=1.0, labelCol="label", seed=0)
-        self._set(**self._input_kwargs)
+        self.setParams(**self._input_kwargs)
 
     @keyword_only
-    def setParams(self, *, strategy: str = "oversample", targetRatio: float = 1.0,
-                  labelCol: str = "label", seed: int = 0) -> ClassBalancer:
-        return self._set(**self._input_kwargs)
-
-    def setStrategy(self, value: str) -> ClassBalancer:
-        return self._set(strategy=value)
-
-    def getStrategy(self) -> str:
-        return self.getOrDefault(self.strategy)
-
-    def setTargetRatio(self, value: float) -> ClassBalancer:
-        return self._set(targetRatio=value)
-
-    def getTargetRatio(self) -> float:
-        return self.getOrDefault(self.targetRatio)
-
-    def setLabelCol(self, value: str) -> ClassBalancer:
-        return self._set(labelCol=value)
-
-    def setSeed(self, value: int) -> ClassBalancer:
-        return self._set(seed=value)
+    def setParams(self, *, strategy: str | None = None, targetRatio: float | None = None,
+                  labelCol: str | None = None, seed: int | None = None) -> ClassBalancer:
+        """Set Params by keyword (None leaves a Param as it is)."""
+        return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
 
     def _check(self) -> None:
         if self.getStrategy() not in STRATEGIES:

@@ -19,6 +19,7 @@ from sparkvision.evaluation.metrics import (
     labelled,
     probability_metrics,
 )
+from sparkvision.ml.params import add_param_accessors
 
 #: metricName → (key in the computed metrics, larger is better)
 METRICS: dict[str, tuple[str, bool]] = {
@@ -38,6 +39,7 @@ METRICS: dict[str, tuple[str, bool]] = {
 _NEEDS_PROBABILITY = {"logLoss", "topKAccuracy", "rocAUC", "prAUC"}
 
 
+@add_param_accessors
 class ImageClassificationEvaluator(Evaluator, HasLabelCol, HasPredictionCol, HasProbabilityCol,
                                    DefaultParamsReadable, DefaultParamsWritable):
     """Multi-class metrics computed by Spark aggregates (nothing but counts reaches the
@@ -49,19 +51,20 @@ class ImageClassificationEvaluator(Evaluator, HasLabelCol, HasPredictionCol, Has
     k = Param(Params._dummy(), "k", "k of topKAccuracy", typeConverter=TypeConverters.toInt)
 
     @keyword_only
-    def __init__(self, *, metricName: str = "accuracy", k: int = 5, labelCol: str = "label",
-                 predictionCol: str = "prediction", probabilityCol: str = "probability") -> None:
+    def __init__(self, *, metricName: str | None = None, k: int | None = None,
+                 labelCol: str | None = None, predictionCol: str | None = None,
+                 probabilityCol: str | None = None) -> None:
         super().__init__()
         self._setDefault(metricName="accuracy", k=5, labelCol="label",
                          predictionCol="prediction", probabilityCol="probability")
-        self._set(**self._input_kwargs)
-        self._check_metric()
+        self.setParams(**self._input_kwargs)
 
     @keyword_only
-    def setParams(self, *, metricName: str = "accuracy", k: int = 5, labelCol: str = "label",
-                  predictionCol: str = "prediction",
-                  probabilityCol: str = "probability") -> ImageClassificationEvaluator:
-        self._set(**self._input_kwargs)
+    def setParams(self, *, metricName: str | None = None, k: int | None = None,
+                  labelCol: str | None = None, predictionCol: str | None = None,
+                  probabilityCol: str | None = None) -> ImageClassificationEvaluator:
+        """Set Params by keyword (None leaves a Param as it is)."""
+        self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
         self._check_metric()
         return self
 
@@ -69,24 +72,6 @@ class ImageClassificationEvaluator(Evaluator, HasLabelCol, HasPredictionCol, Has
         self._set(metricName=value)
         self._check_metric()
         return self
-
-    def getMetricName(self) -> str:
-        return self.getOrDefault(self.metricName)
-
-    def setK(self, value: int) -> ImageClassificationEvaluator:
-        return self._set(k=value)
-
-    def getK(self) -> int:
-        return self.getOrDefault(self.k)
-
-    def setLabelCol(self, value: str) -> ImageClassificationEvaluator:
-        return self._set(labelCol=value)
-
-    def setPredictionCol(self, value: str) -> ImageClassificationEvaluator:
-        return self._set(predictionCol=value)
-
-    def setProbabilityCol(self, value: str) -> ImageClassificationEvaluator:
-        return self._set(probabilityCol=value)
 
     def _check_metric(self) -> None:
         name = self.getMetricName()

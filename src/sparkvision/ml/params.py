@@ -121,7 +121,7 @@ class ImageClassifierParams(
             raise InvalidParameterError("imageShape", shape, "use [height, width, 1 or 3]")
 
 
-def _add_accessors(cls: type) -> None:
+def add_param_accessors(cls: type) -> type:
     """``getX``/``setX`` for every Param ``x`` of ``cls``, as pyspark.ml Params have them."""
     for name in dir(cls):
         if not isinstance(getattr(cls, name, None), Param):
@@ -140,6 +140,7 @@ def _add_accessors(cls: type) -> None:
             setattr(cls, f"get{cap}", getter)
         if not hasattr(cls, f"set{cap}"):
             setattr(cls, f"set{cap}", setter)
+    return cls
 
 
-_add_accessors(ImageClassifierParams)
+add_param_accessors(ImageClassifierParams)
