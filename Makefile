@@ -31,6 +31,8 @@ bench: $(STAMP)
 	$(PY) bench/tfrecord_read.py --rows 200000 --files 4
 	$(PY) bench/train_throughput.py --epochs 5 --repeats 3
 	$(PY) bench/inference.py
+	$(PY) bench/evaluate.py
+	$(PY) bench/tuning.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache

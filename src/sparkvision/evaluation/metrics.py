@@ -170,14 +170,18 @@ def curve_metrics(rows, num_classes: int) -> dict[int, dict[str, float | None]]:
         F.sum((F.col("y") == F.col("cls")).cast("long")).alias("pos"),
         F.sum((F.col("y") != F.col("cls")).cast("long")).alias("neg"),
     )
-    below = Window.partitionBy("cls").orderBy("score").rowsBetween(Window.unboundedPreceding, -1)
-    above = Window.partitionBy("cls").orderBy(F.desc("score")).rowsBetween(
-        Window.unboundedPreceding, Window.currentRow)
-    tp, fp = F.sum("pos").over(above), F.sum("neg").over(above)
+    # One sort per class serves both areas: the frames below share its ordering.
+    ordered = Window.partitionBy("cls").orderBy("score")
+    below = ordered.rowsBetween(Window.unboundedPreceding, -1)
+    whole = ordered.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    neg_below = F.coalesce(F.sum("neg").over(below), F.lit(0))
+    pos_below = F.coalesce(F.sum("pos").over(below), F.lit(0))
+    # at threshold "score >= s": true and false positives
+    tp = F.sum("pos").over(whole) - pos_below
+    fp = F.sum("neg").over(whole) - neg_below
     parts = grouped.select(
         "cls", "pos", "neg",
-        (F.col("pos") * (F.coalesce(F.sum("neg").over(below), F.lit(0)) + 0.5 * F.col("neg")))
-        .alias("auc_part"),
+        (F.col("pos") * (neg_below + 0.5 * F.col("neg"))).alias("auc_part"),
         (F.col("pos") * tp / (tp + fp)).alias("ap_part"),
     )
     sums = parts.groupBy("cls").agg(

@@ -123,7 +123,16 @@ def _sampler(strategy: str, space: list[Dimension], seed: int):
     import optuna
 
     if strategy == "grid":
-        return optuna.samplers.GridSampler(grid_of(space), seed=seed)
+
+        class CountedGridSampler(optuna.samplers.GridSampler):
+            """Optuna's grid sampler; the search counts trials itself, so the sampler must
+            not call ``study.stop()`` (which only works inside ``study.optimize``) when
+            the last grid point is told."""
+
+            def after_trial(self, study, trial, state, values) -> None:  # noqa: ANN001
+                return None
+
+        return CountedGridSampler(grid_of(space), seed=seed)
     if strategy == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, len(space) * 2)))
