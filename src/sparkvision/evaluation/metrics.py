@@ -1,9 +1,9 @@
 """Classification metrics computed by Spark on a predictions DataFrame.
 
 Only small aggregates reach the driver: a K×K confusion matrix, a few sums, and per-class
-curve areas. ROC-AUC and PR-AUC are exact (no binning): rows are grouped by (class, score),
-then one window per class accumulates the positives and negatives ranked below/above each
-distinct score (Mann-Whitney with ties counted half; average precision as scikit-learn's
+curve areas. ROC-AUC and PR-AUC are exact (no binning): one sort of the (class, score) pairs
+per class, whose RANGE window frames count the positives and negatives at or below and tied
+with each score (Mann-Whitney with ties counted half; average precision as scikit-learn's
 ``average_precision_score``).
 """
 
@@ -165,23 +165,25 @@ def curve_metrics(rows, num_classes: int) -> dict[int, dict[str, float | None]]:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    scored = rows.select("y", F.posexplode("p").alias("cls", "score"))
-    grouped = scored.groupBy("cls", "score").agg(
-        F.sum((F.col("y") == F.col("cls")).cast("long")).alias("pos"),
-        F.sum((F.col("y") != F.col("cls")).cast("long")).alias("neg"),
-    )
-    # One sort per class serves both areas: the frames below share its ordering.
+    scored = rows.select(F.posexplode("p").alias("cls", "score"), "y").select(
+        "cls", "score", (F.col("y") == F.col("cls")).cast("long").alias("pos"))
+    scored = scored.withColumn("neg", 1 - F.col("pos"))
+    # One sort per class serves every frame (RANGE frames include tied scores):
+    # at or below the row's score, at exactly its score, and the whole class.
     ordered = Window.partitionBy("cls").orderBy("score")
-    below = ordered.rowsBetween(Window.unboundedPreceding, -1)
+    at_or_below = ordered.rangeBetween(Window.unboundedPreceding, Window.currentRow)
+    tied = ordered.rangeBetween(Window.currentRow, Window.currentRow)
     whole = ordered.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-    neg_below = F.coalesce(F.sum("neg").over(below), F.lit(0))
-    pos_below = F.coalesce(F.sum("pos").over(below), F.lit(0))
+    neg_le, neg_eq = F.sum("neg").over(at_or_below), F.sum("neg").over(tied)
+    pos_le, pos_eq = F.sum("pos").over(at_or_below), F.sum("pos").over(tied)
     # at threshold "score >= s": true and false positives
-    tp = F.sum("pos").over(whole) - pos_below
-    fp = F.sum("neg").over(whole) - neg_below
-    parts = grouped.select(
+    tp = F.sum("pos").over(whole) - pos_le + pos_eq
+    fp = F.sum("neg").over(whole) - neg_le + neg_eq
+    parts = scored.select(
         "cls", "pos", "neg",
-        (F.col("pos") * (neg_below + 0.5 * F.col("neg"))).alias("auc_part"),
+        # each positive: the negatives ranked below it, ties counted half (Mann-Whitney)
+        (F.col("pos") * (neg_le - 0.5 * neg_eq)).alias("auc_part"),
+        # each positive: the precision at its own score (average precision)
         (F.col("pos") * tp / (tp + fp)).alias("ap_part"),
     )
     sums = parts.groupBy("cls").agg(
