@@ -126,13 +126,18 @@ def test_cli_evaluate_equals_sklearn(trained_dir, digits_dir, spark, capsys, tmp
     assert got["plots"] == [str(png)] and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_evaluate_api_defaults_to_model_folder_and_tied_scores(trained, digits, trained_dir,
-                                                               capsys):
+def test_evaluate_api_and_the_cli_default_output_folder(trained, digits, trained_dir,
+                                                        digits_dir, capsys):
     result = evaluate(trained[0], digits[2], k=3)
     data = result.to_dict()
     assert data["n"] == digits[2].count() and data["top_k"] == 3
     assert set(data["per_class"]) == set(trained[0].getClasses())
-    # The CLI's default output folder is MODEL_DIR/evaluation/SPLIT.
+    # Without --out the CLI writes to MODEL_DIR/evaluation/SPLIT.
+    assert main(["evaluate", str(trained_dir), str(digits_dir), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    folder = trained_dir / "evaluation" / "test"
+    assert got["out"] == str(folder) and got["accuracy"] == pytest.approx(result.accuracy)
+    assert (folder / "metrics.json").exists() and (folder / "confusion_matrix.png").exists()
     assert main(["evaluate", str(trained_dir), str(trained_dir.parent / "nope"),
                  "--no-plots"]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -79,6 +79,12 @@ def test_random_respects_trials_and_failed_trials_do_not_stop_the_search(digits,
     assert all("nope" in t["error"] for t in failed)
     assert result.trials["complete"] + result.trials["failed"] == 3
     assert all(1e-3 <= t["params"]["learningRate"] <= 1e-2 for t in trials)
+    # Reproducible for a seed: the same seed draws the same trials.
+    again = tmp_path / "random-again"
+    tune(train, val, space,
+         TuneConfig(out=str(again), strategy="random", trials=3, seed=1, pruner="none"),
+         params={"epochs": 1, "numWorkers": 1}, show_progress=False)
+    assert [t["params"] for t in _trials(again)] == [t["params"] for t in trials]
 
 
 @pytest.mark.parametrize(
