@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/sparkvision prepare mnist --out $(DEMO)/mnist
 	$(VENV)/bin/sparkvision train $(DEMO)/mnist --out $(DEMO)/model --epochs 10
 	$(VENV)/bin/sparkvision predict $(DEMO)/model $(DEMO)/mnist --split test --out $(DEMO)/predictions.parquet
+	$(VENV)/bin/sparkvision evaluate $(DEMO)/model $(DEMO)/mnist --split test
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -10,6 +10,7 @@ from sparkvision.errors import (
     DataError,
     InvalidParameterError,
     SparkVisionError,
+    TrainingCancelledError,
     TrainingError,
 )
 
@@ -27,6 +28,7 @@ __all__ = [
     "InvalidParameterError",
     "PrepareConfig",
     "SparkVisionError",
+    "TrainingCancelledError",
     "TrainingError",
     "evaluate",
     "get_spark",

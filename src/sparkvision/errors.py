@@ -48,6 +48,10 @@ class TrainingError(SparkVisionError):
     """Distributed training failed."""
 
 
+class TrainingCancelledError(TrainingError):
+    """The training's Spark job was cancelled (Ctrl-C, a job group cancelled, shutdown)."""
+
+
 def _our_error_names() -> list[str]:
     names, todo = [], [SparkVisionError]
     while todo:

@@ -58,3 +58,35 @@ def test_tune_survives_sigkill_and_resumes(spark, digits_dir, tmp_path, capsys):
     for t in retried:
         assert t["params"] == kept[t["retry_of"]]["params"]
     assert os.path.isdir(result["best_model"])
+
+
+@pytest.mark.slow
+def test_ctrl_c_interrupts_tune_and_the_running_trial_is_queued_again(spark, digits_dir,
+                                                                       tmp_path, capsys):
+    out = tmp_path / "study"
+    argv = ["tune", str(digits_dir), "--out", str(out), "--strategy", "random",
+            "--trials", "2", "--space", '{"learningRate": {"log": [0.002, 0.02]}}',
+            "--epochs", "4", "--workers", "1", "--pruner", "none", "--json"]
+    proc = subprocess.Popen([sys.executable, "-m", "sparkvision", *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    trials_file = out / "trials.json"
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if trials_file.exists() and json.loads(trials_file.read_text()):
+                break
+            time.sleep(0.5)
+        time.sleep(4)  # the second trial is training now
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert code == 130
+    trials = json.loads(trials_file.read_text())
+    assert [t["state"] for t in trials][:1] == ["complete"]
+    assert all(t["state"] != "failed" for t in trials)  # an interrupted trial is no result
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["trials"]["complete"] == 2

@@ -209,3 +209,13 @@ def test_a_diverging_training_fails_with_the_fix(digits):
 
     with pytest.raises(TrainingError, match="diverged.*lower learningRate"):
         ImageClassifier(epochs=3, numWorkers=2, model="tests.nets:overflowing").fit(digits[0])
+
+
+def test_a_cancelled_training_job_raises_training_cancelled(spark, digits):
+    from sparkvision import TrainingCancelledError
+
+    def cancel(event):
+        spark.sparkContext.cancelAllJobs()  # as Ctrl-C or a cancelled job group would
+
+    with pytest.raises(TrainingCancelledError, match="cancelled"):
+        ImageClassifier(epochs=5, numWorkers=2, onEpochEnd=cancel).fit(digits[0])

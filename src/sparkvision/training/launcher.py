@@ -14,6 +14,7 @@ from sparkvision.config import TrainConfig
 from sparkvision.errors import (
     ClusterCapacityError,
     InvalidParameterError,
+    TrainingCancelledError,
     TrainingError,
     user_error_message,
 )
@@ -124,6 +125,9 @@ def _explain(exc: BaseException, config: TrainConfig) -> BaseException:
             f"numWorkers={config.num_workers} is more than the cluster's free task slots: "
             "lower numWorkers or add executors/cores"
         )
+    cancelled = re.search(r"Job \d+ cancelled[^\n]*", text)
+    if cancelled:
+        return TrainingCancelledError(f"training was cancelled: {cancelled.group(0)}")
     message = user_error_message(exc)
     if message:
         return TrainingError(message.strip())

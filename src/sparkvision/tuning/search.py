@@ -29,7 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from sparkvision.config import CLASSIFIER_DEFAULTS
-from sparkvision.errors import InvalidParameterError, SparkVisionError, user_error_message
+from sparkvision.errors import (
+    InvalidParameterError,
+    SparkVisionError,
+    TrainingCancelledError,
+    user_error_message,
+)
 from sparkvision.tuning.space import Dimension, grid_of, grid_size, parse_space
 
 log = logging.getLogger(__name__)
@@ -186,6 +191,7 @@ class _Search:
         self.lock = threading.Lock()
         self.show_progress = show_progress
         self.bar: Any = None
+        self.interrupted = False
 
     def finished(self) -> list[Any]:
         return [t for t in self.study.get_trials(deepcopy=False)
@@ -205,20 +211,27 @@ class _Search:
         self.launched = 0
         self.bar = tqdm(total=total, initial=done, desc="tune", unit="trial",
                         disable=not self.show_progress)
+        pool = ThreadPoolExecutor(max_workers=self.config.parallelism,
+                                  thread_name_prefix="sparkvision-trial")
         try:
-            with ThreadPoolExecutor(max_workers=self.config.parallelism,
-                                    thread_name_prefix="sparkvision-trial") as pool:
-                futures = [pool.submit(self._worker, todo)
-                           for _ in range(min(self.config.parallelism, todo))]
-                for f in futures:
-                    f.result()
+            futures = [pool.submit(self._worker, todo)
+                       for _ in range(min(self.config.parallelism, todo))]
+            for f in futures:
+                f.result()
+        except KeyboardInterrupt:
+            # Ctrl-C: cancel the running trials' jobs; they are queued again (not counted)
+            # and the next run with the same folder continues the study.
+            self.interrupted = True
+            self.spark.sparkContext.cancelAllJobs()
+            raise
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)
             self.bar.close()
 
     def _worker(self, todo: int) -> None:
         while True:
             with self.lock:
-                if self.launched >= todo:
+                if self.launched >= todo or self.interrupted:
                     return
                 self.launched += 1
                 trial = self.study.ask()
@@ -262,6 +275,7 @@ class _Search:
         started = time.monotonic()
         sc = self.spark.sparkContext
         error: str | None = None
+        cancelled = False
         model = None
         with self.pool.hold(workers):
             sc.setJobGroup(f"sparkvision-tune-trial-{trial.number}",
@@ -269,6 +283,7 @@ class _Search:
             try:
                 model = clf.fit(self.train_df)
             except Exception as exc:  # noqa: BLE001 - a failed trial is recorded, search goes on
+                cancelled = isinstance(exc, TrainingCancelledError)
                 error = user_error_message(exc) or f"{type(exc).__name__}: {exc}"[:500]
                 if not isinstance(exc, SparkVisionError) and user_error_message(exc) is None:
                     log.warning("trial %d failed", trial.number, exc_info=True)
@@ -279,6 +294,12 @@ class _Search:
         trial.set_user_attr("curve", curve)
         if model is not None:
             trial.set_user_attr("epochs_run", len(model.history["epochs"]))
+        if error is not None and (self.interrupted or cancelled):
+            # Its job was cancelled (Ctrl-C, or by hand): not a result. Queue it again.
+            log.warning("trial %d interrupted; queued again", trial.number)
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.study.enqueue_trial(values, user_attrs={"retry_of": trial.number})
+            return
         if error is not None:
             trial.set_user_attr("outcome", "failed")
             trial.set_user_attr("error", error)
