@@ -202,7 +202,8 @@ def curve_metrics(rows, num_classes: int) -> dict[int, dict[str, float | None]]:
     return out
 
 
-def _mean_defined(values: list[float | None]) -> float | None:
+def mean_defined(values: list[float | None]) -> float | None:
+    """Mean of the values that are defined (a class without positives has no AUC)."""
     defined = [v for v in values if v is not None]
     return float(np.mean(defined)) if defined else None
 
@@ -243,6 +244,6 @@ def compute_metrics(
         macro_f1=counts["macro_f1"], weighted_precision=counts["weighted_precision"],
         weighted_recall=counts["weighted_recall"], weighted_f1=counts["weighted_f1"],
         log_loss=probs["log_loss"], top_k=k, top_k_accuracy=probs["top_k_accuracy"],
-        macro_roc_auc=_mean_defined([v["roc_auc"] for v in per_class.values()]),
-        macro_pr_auc=_mean_defined([v["pr_auc"] for v in per_class.values()]),
+        macro_roc_auc=mean_defined([v["roc_auc"] for v in per_class.values()]),
+        macro_pr_auc=mean_defined([v["pr_auc"] for v in per_class.values()]),
     )

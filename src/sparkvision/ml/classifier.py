@@ -71,6 +71,12 @@ def _label_counts(df, label_col: str, classes: list[str]) -> tuple[dict[int, int
     return counts, names
 
 
+def _counts_of(df, label_col: str, labels: dict[int, int]) -> dict[int, int]:
+    """Rows of ``df`` per label in ``labels`` (one aggregate; 0 for an absent class)."""
+    found = class_counts(df, label_col)
+    return {c: found.get(c, 0) for c in labels}
+
+
 def _balanced_weights(counts: dict[int, int]) -> tuple[float, ...]:
     """sklearn's 'balanced' weights: n / (K * n_k); 0 for a class with no rows."""
     total, k = sum(counts.values()), len(counts)
@@ -158,13 +164,13 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
         shape = _image_shape(dataset, get(self.imageShape))
         counts, classes = _label_counts(dataset, label_col, list(get(self.classes)))
         if train_df is not dataset:
-            counts = {c: class_counts(train_df, label_col).get(c, 0) for c in counts}
+            counts = _counts_of(train_df, label_col, counts)
         balance = get(self.balance)
         seen = counts
         if balance in ("oversample", "undersample"):
             balancer = ClassBalancer(strategy=balance, labelCol=label_col, seed=get(self.seed))
             train_df = balancer.transform(train_df)
-            seen = {c: class_counts(train_df, label_col).get(c, 0) for c in counts}
+            seen = _counts_of(train_df, label_col, counts)
         weights = self._class_weights(counts)
         own_dir = not get(self.checkpointDir)
         checkpoint_dir = get(self.checkpointDir) or tempfile.mkdtemp(prefix="sparkvision-ckpt-")

@@ -17,6 +17,7 @@ from sparkvision.evaluation.metrics import (
     count_metrics,
     curve_metrics,
     labelled,
+    mean_defined,
     probability_metrics,
 )
 from sparkvision.ml.params import add_param_accessors
@@ -102,9 +103,9 @@ class ImageClassificationEvaluator(Evaluator, HasLabelCol, HasPredictionCol, Has
             from pyspark.sql import functions as F
 
             k = rows.agg(F.max(F.size("p"))).first()[0] or 0
-            values = [v[key[6:]] for v in curve_metrics(rows, int(k)).values()]
-            defined = [v for v in values if v is not None]
-            return float(sum(defined) / len(defined)) if defined else float("nan")
+            per_class = curve_metrics(rows, int(k)).values()
+            mean = mean_defined([v[key.removeprefix("macro_")] for v in per_class])
+            return float("nan") if mean is None else mean
         return float(count_metrics(confusion_matrix(rows))[key])
 
 
