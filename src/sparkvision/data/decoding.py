@@ -20,15 +20,17 @@ DECODED_DDL = PREPARED_DDL + ", class_name STRING, error STRING"
 
 
 def _decode_batches(
-    batches: Iterator[Any], root: str, spec: ImageSpec, need_class: bool = True
+    batches: Iterator[Any], root: str, spec: ImageSpec, need_class: bool = True,
+    keep: tuple[str, ...] = (),
 ) -> Iterator[Any]:
     """Executor side: binaryFile rows → decoded uint8 images (or a rejection reason).
 
     The class is the first folder under ``root``; files directly in ``root`` are rejected
-    when ``need_class`` (prepare) and kept with no class otherwise (predict)."""
+    when ``need_class`` (prepare) and kept with no class otherwise (predict). ``keep`` names
+    BIGINT input columns passed through unchanged."""
     import pyarrow as pa
 
-    schema = decoded_arrow_schema()
+    schema = decoded_arrow_schema(keep)
     for batch in batches:
         paths = batch.column("path").to_pylist()
         contents = batch.column("content").to_pylist()
@@ -53,11 +55,14 @@ def _decode_batches(
             out["width"].append(spec.width)
             out["channels"].append(spec.channels)
             out["label"].append(None)
+        for name in keep:
+            out[name] = batch.column(name)
         yield pa.RecordBatch.from_pydict(out, schema=schema)
 
 
-def decoded_arrow_schema():
-    """Arrow schema of ``_DECODED_DDL`` (built without the JVM: runs on executors)."""
+def decoded_arrow_schema(keep: tuple[str, ...] = ()):
+    """Arrow schema of ``DECODED_DDL`` plus ``keep`` BIGINT columns (built without the JVM:
+    runs on executors)."""
     import pyarrow as pa
 
     return pa.schema(
@@ -66,6 +71,7 @@ def decoded_arrow_schema():
             ("label", pa.int64()), ("path", pa.string()), ("width", pa.int64()),
             ("class_name", pa.string()), ("error", pa.string()),
         ]
+        + [(name, pa.int64()) for name in keep]
     )
 
 
@@ -105,11 +111,19 @@ def decode_image_folder(spark, root: str, spec: ImageSpec, need_class: bool = Tr
         .option("ignoreCorruptFiles", "true")
         .option("ignoreMissingFiles", "true")
         .load(root)
-        .select("path", "content")
     )
-    return raw.mapInArrow(
-        lambda it: _decode_batches(it, root, spec, need_class), DECODED_DDL
-    ).persist()
+    return decode_files(raw, root, spec, need_class).persist()
+
+
+def decode_files(raw, root: str, spec: ImageSpec, need_class: bool = True,
+                 keep: tuple[str, ...] = ()):
+    """``binaryFile``-shaped rows (``path``, ``content``, and the BIGINT ``keep`` columns)
+    → ``DECODED_DDL`` rows (+ ``keep``), decoded on the executors; bad files carry
+    ``error``. Works on batch and streaming DataFrames."""
+    ddl = DECODED_DDL + "".join(f", {name} BIGINT" for name in keep)
+    return raw.select("path", "content", *keep).mapInArrow(
+        lambda it: _decode_batches(it, root, spec, need_class, keep), ddl
+    )
 
 
 def rejected_rows(decoded) -> list[dict[str, str]]:

@@ -1,0 +1,81 @@
+"""`sparkvision stream`: classify image files (or TFRecords / Parquet) as they arrive in a
+folder, appending predictions to Parquet exactly once."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from sparkvision.cli.common import add_common, emit, spark_session
+
+
+def run(args: argparse.Namespace) -> int:
+    from sparkvision.streaming import start
+    from sparkvision.streaming.monitor import batch_progress, follow, live_line, summarize
+
+    started = time.monotonic()
+    spark = spark_session(args)
+    query = start(
+        args.model_dir, args.input, args.out, args.checkpoint, format=args.format,
+        available_now=args.available_now, trigger_seconds=args.trigger_seconds,
+        max_files_per_trigger=args.max_files_per_trigger, spark=spark,
+    )
+    writer = query.sparkvision_writer
+    tty = sys.stderr.isatty()
+
+    def on_batch(b) -> None:
+        if args.quiet:
+            return
+        done = {r.batch: r for r in writer.records}
+        record = done.get(b.batch)
+        line = live_line(b, record.rejected if record else None,
+                         record.model_version if record else None)
+        sys.stderr.write(f"\r{line}\033[K" if tty else line + "\n")
+        sys.stderr.flush()
+
+    interrupted = False
+    try:
+        ended = follow(query, args.timeout, on_batch)
+    except KeyboardInterrupt:
+        ended, interrupted = False, True
+    if not ended:
+        query.stop()
+    if tty and not args.quiet:
+        sys.stderr.write("\n")
+    payload = summarize(batch_progress(query), writer.summary())
+    payload.update(out=args.out, checkpoint=args.checkpoint,
+                   stopped="interrupted" if interrupted else ("done" if ended else "timeout"),
+                   seconds=round(time.monotonic() - started, 3))
+    emit(args, payload,
+         f"streamed {payload['rows']} rows in {payload['batches']} batches "
+         f"({payload['rejected']} rejected) → {args.out}; p50 {payload['p50_ms']} ms, "
+         f"p95 {payload['p95_ms']} ms")
+    return 0
+
+
+def register(sub) -> None:
+    from sparkvision.streaming.sources import FORMATS
+
+    p = sub.add_parser("stream", help="classify files as they arrive (Structured Streaming)")
+    p.add_argument("model_dir", help="model folder; a newer model moved there is used from "
+                   "the next micro-batch on")
+    p.add_argument("--input", required=True, help="folder where files arrive")
+    p.add_argument("--out", required=True, help="output folder (Parquet; rejected rows in "
+                   "OUT/_rejected)")
+    p.add_argument("--checkpoint", required=True, help="query checkpoint folder (one per "
+                   "stream; restart with the same one to resume exactly once)")
+    p.add_argument("--format", default="image", choices=FORMATS,
+                   help="what arrives: image files, TFRecords or Parquet (default image)")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--available-now", action="store_true",
+                      help="process what is there now, then stop")
+    when.add_argument("--trigger-seconds", type=float, default=1.0,
+                      help="start a micro-batch every N seconds (default 1)")
+    p.add_argument("--max-files-per-trigger", type=int, default=None,
+                   help="at most N new files per micro-batch")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="stop after S seconds (default: run until done or Ctrl-C)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-batch lines")
+    add_common(p)
+    p.set_defaults(func=run)

@@ -1,0 +1,80 @@
+"""Follow a running prediction stream: per-micro-batch latency from the query progress, one
+live line, and the summary ``sparkvision stream --json`` prints."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """One micro-batch as the query progress reports it."""
+
+    batch: int
+    rows: int
+    ms: int  # triggerExecution: planning + reading + predicting + writing
+    rows_per_s: float
+
+
+def batch_progress(query) -> list[BatchProgress]:
+    """The micro-batches with input among the query's recent progress updates."""
+    found = []
+    for p in query.recentProgress:
+        rows = int(p.numInputRows or 0)
+        if rows:
+            ms = int(p.durationMs.get("triggerExecution", 0))
+            found.append(BatchProgress(int(p.batchId), rows, ms,
+                                       round(float(p.processedRowsPerSecond or 0.0), 1)))
+    return found
+
+
+def summarize(progress: list[BatchProgress], written: dict[str, Any]) -> dict[str, Any]:
+    """``batches``, ``rows``, ``rejected`` (from what was written) and latency p50/p95 and
+    rows/s (from the progress of the batches this run saw)."""
+    ms = np.array([b.ms for b in progress], dtype=np.float64)
+    rows = sum(b.rows for b in progress)
+    return {
+        **written,
+        "p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
+        "p95_ms": round(float(np.percentile(ms, 95)), 1) if len(ms) else None,
+        "rows_per_s": round(rows / (ms.sum() / 1000.0), 1) if ms.sum() else None,
+    }
+
+
+def live_line(b: BatchProgress, rejected: int | None, version: str | None) -> str:
+    parts = [f"batch {b.batch}", f"{b.rows} rows"]
+    if rejected:
+        parts.append(f"{rejected} rejected")
+    parts += [f"{b.ms} ms", f"{b.rows_per_s:.0f} rows/s"]
+    if version:
+        parts.append(f"model {version}")
+    return "stream: " + " · ".join(parts)
+
+
+def follow(query, timeout: float | None, on_batch: Callable[[BatchProgress], None],
+           poll_s: float = 0.25) -> bool:
+    """Wait until the query ends or ``timeout`` seconds pass, calling ``on_batch`` once per
+    new micro-batch. Returns True when the query ended by itself."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen: set[int] = set()
+
+    def report() -> None:
+        for b in batch_progress(query):
+            if b.batch not in seen:
+                seen.add(b.batch)
+                on_batch(b)
+
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            report()
+            return False
+        ended = query.awaitTermination(min(poll_s, left) if left is not None else poll_s)
+        report()
+        if ended:
+            return True

@@ -1,0 +1,110 @@
+"""Start a prediction stream: source → ``foreachBatch`` (``sink.BatchWriter``) with a
+checkpoint that belongs to this stream only."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from sparkvision.errors import DataError, InvalidParameterError
+from sparkvision.streaming.models import ModelSource
+from sparkvision.streaming.sink import BatchWriter
+from sparkvision.streaming.sources import check_format, read_stream
+
+#: The file in the checkpoint folder naming the stream it belongs to.
+MARKER = "sparkvision-stream.json"
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What a stream reads and writes; a checkpoint serves one spec only."""
+
+    input: str
+    out: str
+    format: str = "image"
+
+    def describe(self) -> dict[str, str]:
+        return {"input": os.path.abspath(self.input), "out": os.path.abspath(self.out),
+                "format": self.format}
+
+
+def claim_checkpoint(checkpoint: str, spec: StreamSpec) -> None:
+    """Create ``checkpoint`` for ``spec`` or check it already belongs to ``spec``."""
+    marker = os.path.join(checkpoint, MARKER)
+    wanted = spec.describe()
+    if os.path.exists(marker):
+        with open(marker, encoding="utf-8") as fh:
+            found = json.load(fh)
+        if found != wanted:
+            raise InvalidParameterError(
+                "checkpoint", checkpoint,
+                f"it belongs to the stream {found['input']} ({found['format']}) → "
+                f"{found['out']}; give a new --checkpoint folder for this one",
+            )
+        return
+    if os.path.isdir(checkpoint) and os.listdir(checkpoint):
+        raise InvalidParameterError(
+            "checkpoint", checkpoint,
+            "it holds another query's state (no sparkvision-stream.json); give an empty or "
+            "new --checkpoint folder",
+        )
+    os.makedirs(checkpoint, exist_ok=True)
+    tmp = marker + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(wanted, fh, indent=2)
+    os.replace(tmp, marker)
+
+
+def start(
+    model: Any,
+    input: str,  # noqa: A002 - the user-facing name
+    output: str,
+    checkpoint: str,
+    *,
+    format: str = "image",  # noqa: A002
+    available_now: bool = False,
+    trigger_seconds: float = 1.0,
+    max_files_per_trigger: int | None = None,
+    spark=None,
+    query_name: str | None = None,
+):
+    """Classify the files that appear in ``input`` and append predictions to ``output``.
+
+    ``model``: a model folder (re-loaded when a newer model is moved there) or an
+    ``ImageClassificationModel``. Returns the running ``StreamingQuery``; its
+    ``sparkvision_writer`` attribute records every micro-batch (rows, rejected, model
+    version)."""
+    from pyspark.sql import SparkSession
+
+    check_format(format)
+    if not available_now and trigger_seconds <= 0:
+        raise InvalidParameterError("trigger_seconds", trigger_seconds, "use a value > 0")
+    if max_files_per_trigger is not None and max_files_per_trigger < 1:
+        raise InvalidParameterError("max_files_per_trigger", max_files_per_trigger,
+                                    "use 1 or more")
+    if isinstance(model, str | os.PathLike) and not os.path.isdir(model):
+        raise DataError(f"no model folder at {os.fspath(model)!r}: give a folder written by "
+                        "`sparkvision train --out` or ImageClassificationModel.save")
+    spark = spark or SparkSession.getActiveSession()
+    if spark is None:
+        from sparkvision.session import get_spark
+
+        spark = get_spark()
+    source = read_stream(spark, input, format, max_files_per_trigger)
+    models = ModelSource(model)
+    spec = StreamSpec(input, output, format)
+    claim_checkpoint(checkpoint, spec)
+    os.makedirs(output, exist_ok=True)
+    writer = BatchWriter(models, format, os.path.abspath(input), os.path.abspath(output))
+    stream = source.writeStream.foreachBatch(writer).option("checkpointLocation", checkpoint)
+    if query_name:
+        stream = stream.queryName(query_name)
+    if available_now:
+        stream = stream.trigger(availableNow=True)
+    else:
+        stream = stream.trigger(processingTime=f"{trigger_seconds} seconds")
+    query = stream.start()
+    query.sparkvision_writer = writer
+    return query
