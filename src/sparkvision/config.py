@@ -43,6 +43,9 @@ OUTPUT_DEFAULTS: dict[str, Any] = {
     "predictedLabelCol": "predictedLabel",
     "confidenceCol": "confidence",
     "inferenceBatchSize": 1024,
+    # auto (onnxruntime where installed and the network exports, else torch) | torch |
+    # onnxruntime
+    "inferenceBackend": "auto",
 }
 
 _D = CLASSIFIER_DEFAULTS
@@ -87,3 +90,4 @@ class PredictConfig:
     weights: bytes
     classes: tuple[str, ...]
     batch_size: int = OUTPUT_DEFAULTS["inferenceBatchSize"]
+    backend: str = OUTPUT_DEFAULTS["inferenceBackend"]

@@ -52,6 +52,14 @@ class TrainingCancelledError(TrainingError):
     """The training's Spark job was cancelled (Ctrl-C, a job group cancelled, shutdown)."""
 
 
+class ExportError(SparkVisionError):
+    """A network cannot be exported to the requested format (ONNX, TorchScript)."""
+
+
+class MissingDependencyError(SparkVisionError):
+    """An optional package a feature needs is not installed."""
+
+
 def _our_error_names() -> list[str]:
     names, todo = [], [SparkVisionError]
     while todo:

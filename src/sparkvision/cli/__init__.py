@@ -12,12 +12,12 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from sparkvision.cli import evaluate, predict, prepare, train, tune
+from sparkvision.cli import evaluate, export, predict, prepare, stream, train, tune
 from sparkvision.cli.common import EXIT_INTERRUPTED, EXIT_USER_ERROR, Parser
 from sparkvision.errors import user_error_message
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = (prepare, train, predict, evaluate, tune)
+COMMANDS = (prepare, train, predict, evaluate, tune, stream, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from sparkvision.cli.common import add_common, emit, spark_session
-from sparkvision.cli.predict import add_input_flags
+from sparkvision.cli.predict import add_backend_flag, add_input_flags
 
 METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     spark = spark_session(args)
     model = ImageClassificationModel.load(args.model_dir)
+    model.setInferenceBackend(args.backend)
     df, rejected = load_prediction_input(
         spark, args.input, tuple(model.getImageShape()), model.getClasses(), args.split
     )
@@ -63,5 +64,6 @@ def register(sub) -> None:
                    help="folder for metrics.json and plots (default MODEL_DIR/evaluation/SPLIT)")
     p.add_argument("--top-k", type=int, default=5, help="k of top_k_accuracy (default 5)")
     p.add_argument("--no-plots", action="store_true", help="skip the confusion-matrix PNG")
+    add_backend_flag(p)
     add_common(p)
     p.set_defaults(func=run)

@@ -17,6 +17,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     spark = spark_session(args)
     model = ImageClassificationModel.load(args.model_dir)
+    model.setInferenceBackend(args.backend)
     df, rejected = load_prediction_input(
         spark, args.input, tuple(model.getImageShape()), model.getClasses(), args.split
     )
@@ -46,9 +47,21 @@ def add_input_flags(p: argparse.ArgumentParser) -> None:
                    help="split of a prepared folder (default test)")
 
 
+def add_backend_flag(p: argparse.ArgumentParser) -> None:
+    """--backend: the model's inferenceBackend Param (default: config.OUTPUT_DEFAULTS)."""
+    from sparkvision.config import OUTPUT_DEFAULTS
+    from sparkvision.ml.params import INFERENCE_BACKENDS
+
+    p.add_argument("--backend", choices=INFERENCE_BACKENDS,
+                   default=OUTPUT_DEFAULTS["inferenceBackend"],
+                   help="what runs the network: onnxruntime, torch, or auto (onnxruntime "
+                   "when installed, else torch); default %(default)s")
+
+
 def register(sub) -> None:
     p = sub.add_parser("predict", help="batch prediction to Parquet")
     add_input_flags(p)
     p.add_argument("--out", required=True, help="output Parquet folder")
+    add_backend_flag(p)
     add_common(p)
     p.set_defaults(func=run)

@@ -109,7 +109,8 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
         classes: list[str] | None = None, predictionCol: str | None = None,
         rawPredictionCol: str | None = None, probabilityCol: str | None = None,
         predictedLabelCol: str | None = None, confidenceCol: str | None = None,
-        inferenceBatchSize: int | None = None, validationDf: Any = None,
+        inferenceBatchSize: int | None = None, inferenceBackend: str | None = None,
+        validationDf: Any = None,
         onEpochEnd: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
         super().__init__()

@@ -55,7 +55,7 @@ class ImageClassificationModel(Model, ImageClassifierParams, MLWritable, MLReada
             model=get(self.model), num_classes=self.numClasses,
             image_shape=tuple(get(self.imageShape)),  # type: ignore[arg-type]
             weights=self.weights, classes=tuple(get(self.classes)),
-            batch_size=get(self.inferenceBatchSize),
+            batch_size=get(self.inferenceBatchSize), backend=get(self.inferenceBackend),
         )
         return config, hashlib.sha1(self.weights).hexdigest() + self.uid
 
@@ -72,7 +72,12 @@ class ImageClassificationModel(Model, ImageClassifierParams, MLWritable, MLReada
                 "imageCol", image_col,
                 f"the DataFrame has columns {dataset.columns}; name the image column",
             )
+        self.validateInferenceParams()
         config, key = self._predict_config()
+        if config.backend == "onnxruntime":  # fail before any job runs
+            from sparkvision.models.export import require_onnx
+
+            require_onnx("inferenceBackend='onnxruntime'")
         # Only the image column travels to Python; the other columns stay in the JVM, and
         # the vectors are built there from the UDF's arrays.
         tmp = F.col(f"`_sv_pred_{self.uid}`")
@@ -92,6 +97,61 @@ class ImageClassificationModel(Model, ImageClassifierParams, MLWritable, MLReada
             *[col.alias(name) for name, col in outputs.items()],
         )
 
+    # ------------------------------------------------------------------ export
+    def export(self, path: str, format: str = "onnx", output: str = "probability") -> str:
+        """Write the network as a self-contained serving graph to ``path`` and its
+        description to ``path + ".json"``; return ``path``.
+
+        ``format``: ``onnx`` (run it with ``onnxruntime`` alone) or ``torchscript``
+        (``torch.jit.load``). The graph takes uint8 (N, H, W, C) images exactly as
+        ``prepare`` stores them (the scaling is inside) and returns float32 (N, K)
+        ``output``: ``probability`` (softmax) or ``logits``. The JSON names the classes in
+        index order, the input shape, dtype, layout and names, the format, the network and
+        the SHA-1 of the weights."""
+        from sparkvision.models.export import (
+            FORMATS,
+            INPUT_NAME,
+            ONNX_OPSET,
+            OUTPUTS,
+            onnx_bytes,
+            torchscript_bytes,
+        )
+        from sparkvision.models.weights import trained_network
+
+        if format not in FORMATS:
+            raise InvalidParameterError("format", format, "use onnx or torchscript")
+        if output not in OUTPUTS:
+            raise InvalidParameterError("output", output, "use probability or logits")
+        if not self.weights:
+            raise DataError("this model has no weights: fit or load it before exporting")
+        config, _ = self._predict_config()
+        net = trained_network(config.model, config.num_classes, config.image_shape,
+                              config.weights)
+        build = onnx_bytes if format == "onnx" else torchscript_bytes
+        data = build(net, config.image_shape, output, name=config.model)
+        h, w, c = config.image_shape
+        sidecar = {
+            "format": format,
+            "file": os.path.basename(path),
+            "model": config.model,
+            "classes": list(config.classes),
+            "input_name": INPUT_NAME,
+            "input_shape": [h, w, c],
+            "input_dtype": "uint8",
+            "input_layout": "NHWC",
+            "output_name": output,  # probability | logits
+            "output_shape": ["N", config.num_classes],
+            "output_dtype": "float32",
+            "weights_sha1": hashlib.sha1(self.weights).hexdigest(),
+            "uid": self.uid,
+        }
+        if format == "onnx":
+            sidecar["opset"] = ONNX_OPSET
+        _write_atomic(path, data)
+        _write_atomic(path + ".json",
+                      (json.dumps(sidecar, indent=2, ensure_ascii=False) + "\n").encode())
+        return path
+
     # ------------------------------------------------------------------ persistence
     def write(self) -> MLWriter:
         return _ModelWriter(self)
@@ -99,6 +159,32 @@ class ImageClassificationModel(Model, ImageClassifierParams, MLWritable, MLReada
     @classmethod
     def read(cls) -> MLReader:
         return _ModelReader(cls)
+
+
+def check_model_folder(path: str) -> str:
+    """The weights file of the model folder ``path``; DataError when there is none (cheap,
+    no Spark: commands call it before starting a session)."""
+    weights_path = os.path.join(_local(path), WEIGHTS_FILE)
+    if not os.path.exists(weights_path):
+        raise DataError(
+            f"no model at {path} ({WEIGHTS_FILE} missing): give a folder written by "
+            "ImageClassificationModel.save or `sparkvision train --out`"
+        )
+    return weights_path
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to a temporary name beside ``path``, then rename it into place."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _local(path: str) -> str:
@@ -135,12 +221,7 @@ class _ModelReader(MLReader):
 
         sc = SparkContext._active_spark_context
         local = _local(path)
-        weights_path = os.path.join(local, WEIGHTS_FILE)
-        if not os.path.exists(weights_path):
-            raise DataError(
-                f"no model at {path} ({WEIGHTS_FILE} missing): give a folder written by "
-                "ImageClassificationModel.save or `sparkvision train --out`"
-            )
+        weights_path = check_model_folder(path)
         metadata = DefaultParamsReader.loadMetadata(path, sc)
         found = metadata.get("format")
         if found != MODEL_FORMAT:

@@ -23,6 +23,7 @@ SCHEDULES = ("cosine", "constant")
 AUGMENTS = ("shift", "none")
 GPU_CHOICES = ("auto", "true", "false")
 BALANCES = ("none", "oversample", "undersample", "weights")
+INFERENCE_BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 def _to_class_weights(value: Any) -> Any:
@@ -81,6 +82,10 @@ class ImageClassifierParams(
     confidenceCol = _param("confidenceCol", "output column of the top class's probability", _S)
     inferenceBatchSize = _param("inferenceBatchSize", "images per forward pass in transform",
                                 _I)
+    inferenceBackend = _param("inferenceBackend", "what runs the network in transform: "
+                              "torch, onnxruntime (the network exported to ONNX once per "
+                              "Python worker) or auto (onnxruntime where it is installed and "
+                              "the network exports, else torch)", _S)
 
     def __init__(self) -> None:
         super().__init__()
@@ -92,7 +97,8 @@ class ImageClassifierParams(
 
         get = self.getOrDefault
         validate_model_name(get(self.model))
-        for name in ("numWorkers", "epochs", "batchSize", "inferenceBatchSize"):
+        self.validateInferenceParams()
+        for name in ("numWorkers", "epochs", "batchSize"):
             value = get(getattr(self, name))
             if value < 1:
                 raise InvalidParameterError(name, value, "use 1 or more")
@@ -119,6 +125,18 @@ class ImageClassifierParams(
         shape = get(self.imageShape)
         if shape and (len(shape) != 3 or min(shape) < 1 or shape[2] not in (1, 3)):
             raise InvalidParameterError("imageShape", shape, "use [height, width, 1 or 3]")
+
+    def validateInferenceParams(self) -> None:
+        """Raise InvalidParameterError for a bad Param of ``transform`` (driver side)."""
+        get = self.getOrDefault
+        size = get(self.inferenceBatchSize)
+        if size < 1:
+            raise InvalidParameterError("inferenceBatchSize", size, "use 1 or more")
+        backend = get(self.inferenceBackend)
+        if backend not in INFERENCE_BACKENDS:
+            raise InvalidParameterError(
+                "inferenceBackend", backend, f"use one of {', '.join(INFERENCE_BACKENDS)}"
+            )
 
 
 def add_param_accessors(cls: type) -> type:

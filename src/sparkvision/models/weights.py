@@ -20,3 +20,14 @@ def state_dict_bytes(model: torch.nn.Module) -> bytes:
 def load_state_dict_bytes(data: bytes) -> dict[str, torch.Tensor]:
     """The state dict stored in safetensors bytes."""
     return load(data)
+
+
+def trained_network(
+    name: str, num_classes: int, input_shape: tuple[int, int, int], weights: bytes
+) -> torch.nn.Module:
+    """The network ``name`` with the safetensors ``weights`` loaded, in eval mode."""
+    from sparkvision.models.registry import build_model
+
+    net = build_model(name, num_classes, input_shape)
+    net.load_state_dict(load_state_dict_bytes(weights))
+    return net.eval()
