@@ -85,7 +85,9 @@ def test_available_now_two_waves_exactly_once_with_rejected(spark, trained, tmp_
         assert r.predictedLabel == model.getClasses()[int(r.prediction)]
         assert r.eventTime is not None and r.processedTime >= r.eventTime
     assert {r.modelVersion for r in rows} == {q.sparkvision_writer.summary()["model_versions"][0]}
-    rejected = spark.read.parquet(str(out / "_rejected")).collect()
+    rejected_df = spark.read.parquet(str(out / "_rejected"))
+    assert rejected_df.columns == ["path", "reason", "eventTime", "processedTime", "batch"]
+    rejected = rejected_df.collect()
     assert {r.path for r in rejected} == bad
     assert all("decod" in r.reason or "image" in r.reason for r in rejected), rejected
 

@@ -1,10 +1,15 @@
 """``foreachBatch`` body of ``sparkvision stream``: decode/check one micro-batch, predict it
 with the current model, and write predictions and rejected rows idempotently.
 
+One Spark job per micro-batch: predicted and rejected rows are written together into
+``OUT/_staging/batch=ID`` (partitioned by kind), then the driver moves each kind to its
+folder, ``OUT/batch=ID`` and ``OUT/_rejected/batch=ID``, counting rows from the Parquet
+footers.
+
 Exactly once: Spark writes a micro-batch's offsets before running it and re-runs the same
-batch id with the same input after a crash, so each batch is written to its own folder
-``OUT/batch=ID`` (rejected rows to ``OUT/_rejected/batch=ID``) in overwrite mode: a replay
-replaces what a killed run left, and the query's commit log records the batch as done.
+batch id with the same input after a crash; the staging folder is overwritten and each
+target folder replaced, so a replay replaces what a killed run left, and the query's commit
+log records the batch as done.
 ``spark.read.parquet(OUT)`` reads every prediction (``batch`` becomes a column) and skips
 ``_rejected``.
 """
@@ -24,6 +29,10 @@ from sparkvision.streaming.models import ModelSource
 log = logging.getLogger(__name__)
 
 REJECTED_DIR = "_rejected"
+STAGING_DIR = "_staging"
+KIND, PREDICTED, REJECTED = "kind", "predicted", "rejected"
+#: Columns of a rejected row (the prediction columns of its file are null).
+REJECTED_COLUMNS = ("path", "reason", "eventTime", "processedTime")
 #: Prediction columns written per row, after ``path`` (and ``label`` when known).
 OUTPUT_COLUMNS = ("prediction", "predictedLabel", "probability", "confidence", "modelVersion",
                   "eventTime", "processedTime")
@@ -46,6 +55,34 @@ def _local(path: str) -> str:
 
 def batch_path(root: str, batch_id: int) -> str:
     return os.path.join(root, f"batch={batch_id}")
+
+
+def publish(staged: str, target: str, columns: tuple[str, ...] | None = None) -> int:
+    """Replace ``target`` with the staged folder of one kind (absent: no such rows); return
+    its row count (from the Parquet footers, no Spark job). ``columns``: keep only these
+    (rewritten on the driver; rejected rows are few). Idempotent: a replayed batch publishes
+    again over what a killed run left."""
+    import pyarrow.parquet as pq
+
+    if os.path.exists(target):
+        shutil.rmtree(target)
+    if not os.path.isdir(staged):
+        return 0
+    files = sorted(os.path.join(staged, f) for f in os.listdir(staged)
+                   if f.endswith(".parquet"))
+    rows = sum(pq.read_metadata(f).num_rows for f in files)
+    for f in files if columns else ():
+        table = pq.read_table(f, columns=list(columns)).replace_schema_metadata(None)
+        # INT96 timestamps, as Spark wrote them (Spark cannot read pyarrow's nanoseconds)
+        pq.write_table(table, f + ".tmp", use_deprecated_int96_timestamps=True)
+        os.replace(f + ".tmp", f)
+        crc = os.path.join(staged, f".{os.path.basename(f)}.crc")  # Hadoop's checksum of
+        if os.path.exists(crc):  # the old bytes: stale now
+            os.remove(crc)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.replace(staged, target)
+    open(os.path.join(target, "_SUCCESS"), "w").close()
+    return rows
 
 
 class BatchWriter:
@@ -101,35 +138,34 @@ class BatchWriter:
 
         started = time.monotonic()
         model, version = self.models.current()
-        rows = self._with_label(self._checked(batch_df, model), model).persist()
-        try:
-            counts = rows.agg(
-                F.count(F.lit(1)).alias("rows"),
-                F.count("error").alias("rejected"),
-            ).first()
-            total, rejected = int(counts.rows), int(counts.rejected)
-            times = [
-                F.timestamp_micros("eventMicros").alias("eventTime"),
-                F.current_timestamp().alias("processedTime"),
-            ]
-            good = rows.filter(F.col("error").isNull())
-            predicted = model.transform(good).select(
-                "path", "label",
-                *[F.col(c) for c in OUTPUT_COLUMNS[:4]],
-                F.lit(version).alias("modelVersion"), *times,
-            )
-            predicted.write.mode("overwrite").parquet(batch_path(self.out, batch_id))
-            bad_path = batch_path(os.path.join(self.out, REJECTED_DIR), batch_id)
-            if rejected:
-                rows.filter(F.col("error").isNotNull()).select(
-                    "path", F.col("error").alias("reason"), *times,
-                ).write.mode("overwrite").parquet(bad_path)
-            elif os.path.exists(_local(bad_path)):  # a replay of a batch that now has none
-                shutil.rmtree(_local(bad_path))
-        finally:
-            rows.unpersist()
-        record = BatchRecord(batch_id, total, rejected, version,
-                             round(time.monotonic() - started, 3))
+        h, w, c = (int(v) for v in model.getImageShape())
+        rows = self._with_label(self._checked(batch_df, model), model)
+        ok = F.col("error").isNull()
+        # One Spark job per micro-batch: bad rows go through the network as a blank image
+        # (their outputs are dropped) and both kinds are written by one partitioned write.
+        blank = F.lit(bytes(h * w * c))
+        scored = model.transform(rows.withColumn("image", F.when(ok, F.col("image"))
+                                                 .otherwise(blank)))
+        kind = F.when(ok, F.lit(PREDICTED)).otherwise(F.lit(REJECTED))
+        out = scored.select(
+            "path", "label", *[F.when(ok, F.col(c)).alias(c) for c in OUTPUT_COLUMNS[:4]],
+            F.lit(version).alias("modelVersion"),
+            F.timestamp_micros("eventMicros").alias("eventTime"),
+            F.current_timestamp().alias("processedTime"),
+            F.col("error").alias("reason"), kind.alias(KIND),
+        )
+        staging = batch_path(os.path.join(self.out, STAGING_DIR), batch_id)
+        out.write.mode("overwrite").partitionBy(KIND).parquet(staging)
+        counts = {}
+        for name, target in ((PREDICTED, batch_path(self.out, batch_id)),
+                             (REJECTED, batch_path(os.path.join(self.out, REJECTED_DIR),
+                                                   batch_id))):
+            counts[name] = publish(os.path.join(_local(staging), f"{KIND}={name}"),
+                                   _local(target),
+                                   None if name == PREDICTED else REJECTED_COLUMNS)
+        shutil.rmtree(_local(staging), ignore_errors=True)
+        record = BatchRecord(batch_id, counts[PREDICTED] + counts[REJECTED], counts[REJECTED],
+                             version, round(time.monotonic() - started, 3))
         with self._lock:
             self.records.append(record)
         log.info("stream batch %s", asdict(record))
