@@ -48,6 +48,10 @@ OUTPUT_DEFAULTS: dict[str, Any] = {
     "inferenceBackend": "auto",
 }
 
+#: Seconds a training rank waits in a collective (gloo/nccl) for the other ranks before its
+#: task fails and Spark retries the stage (env SPARKVISION_COLLECTIVE_TIMEOUT_S overrides).
+COLLECTIVE_TIMEOUT_S = 600.0
+
 _D = CLASSIFIER_DEFAULTS
 
 

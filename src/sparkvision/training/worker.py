@@ -60,6 +60,18 @@ def _device(config: TrainConfig):
     return torch.device("cpu"), "gloo"
 
 
+def _collective_timeout():
+    """How long a rank waits in a collective for the others before failing its task (and
+    Spark retrying the stage): ``SPARKVISION_COLLECTIVE_TIMEOUT_S`` on the executors, else
+    ``config.COLLECTIVE_TIMEOUT_S``."""
+    from datetime import timedelta
+
+    from sparkvision.config import COLLECTIVE_TIMEOUT_S
+
+    value = os.environ.get("SPARKVISION_COLLECTIVE_TIMEOUT_S", "")
+    return timedelta(seconds=float(value) if value.strip() else COLLECTIVE_TIMEOUT_S)
+
+
 def train_partition(batches: Iterator[Any], config: TrainConfig) -> Iterator[Any]:
     """``mapInArrow(..., barrier=True)`` function: trains and yields rank 0's result."""
     import pyarrow as pa
@@ -81,7 +93,7 @@ def train_partition(batches: Iterator[Any], config: TrainConfig) -> Iterator[Any
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     dist.init_process_group(
         backend, init_method=f"tcp://{addr}:{port}", rank=rank, world_size=world,
-        timeout=__import__("datetime").timedelta(minutes=10),
+        timeout=_collective_timeout(),
     )
     try:
         result = _train(
