@@ -160,7 +160,7 @@ def test_cli_stream_json_summary_and_parquet_input(spark, trained_dir, digits_di
     code = main(["stream", str(trained_dir), "--input", str(inbox), "--out",
                  str(tmp_path / "out"), "--checkpoint", str(tmp_path / "ckpt"),
                  "--format", "parquet", "--available-now", "--max-files-per-trigger", "1",
-                 "--json", "--timeout", "120"])
+                 "--json", "--timeout", "120", "--backend", "torch"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["rows"] == n and summary["rejected"] == 0
@@ -187,6 +187,8 @@ def test_stream_user_errors_exit_2_with_one_line(trained_dir, tmp_path, capsys):
                                    "--checkpoint", str(tmp_path / "c1"), *common)
     assert "--format" in run(str(trained_dir), "--input", str(inbox), "--checkpoint",
                              str(tmp_path / "c2"), "--format", "jpeg", *common)
+    assert "--backend" in run(str(trained_dir), "--input", str(inbox), "--checkpoint",
+                              str(tmp_path / "c2"), "--backend", "tensorrt", *common)
     other = tmp_path / "other-ckpt"
     (other / "offsets").mkdir(parents=True)
     assert "checkpoint" in run(str(trained_dir), "--input", str(inbox), "--checkpoint",

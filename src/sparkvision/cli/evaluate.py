@@ -7,28 +7,21 @@ import json
 import time
 from pathlib import Path
 
-from sparkvision.cli.common import add_common, emit, spark_session
-from sparkvision.cli.predict import add_backend_flag, add_input_flags
+from sparkvision.cli.common import add_common, emit
+from sparkvision.cli.predict import add_backend_flag, add_input_flags, load_model_and_input
 
 METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparkvision.data.inputs import load_prediction_input
     from sparkvision.errors import InvalidParameterError
     from sparkvision.ml.evaluator import evaluate
-    from sparkvision.ml.model import ImageClassificationModel
 
     if args.top_k < 1:
         raise InvalidParameterError("top-k", args.top_k, "use 1 or more")
     started = time.monotonic()
-    spark = spark_session(args)
-    model = ImageClassificationModel.load(args.model_dir)
-    model.setInferenceBackend(args.backend)
-    df, rejected = load_prediction_input(
-        spark, args.input, tuple(model.getImageShape()), model.getClasses(), args.split
-    )
+    _spark, model, df, rejected = load_model_and_input(args)
     result = evaluate(model, df, k=args.top_k)
     out = Path(args.out) if args.out else Path(args.model_dir) / "evaluation" / args.split
     out.mkdir(parents=True, exist_ok=True)

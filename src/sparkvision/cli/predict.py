@@ -10,17 +10,24 @@ from sparkvision.cli.common import accuracy, add_common, emit, spark_session
 OUTPUT_COLUMNS = ("prediction", "predictedLabel", "confidence", "probability", "rawPrediction")
 
 
-def run(args: argparse.Namespace) -> int:
+def load_model_and_input(args: argparse.Namespace):
+    """(spark, model with ``--backend``, input DataFrame, rejected files) for the MODEL_DIR
+    and DATA of ``add_input_flags``."""
     from sparkvision.data.inputs import load_prediction_input
     from sparkvision.ml.model import ImageClassificationModel
 
-    started = time.monotonic()
     spark = spark_session(args)
     model = ImageClassificationModel.load(args.model_dir)
     model.setInferenceBackend(args.backend)
     df, rejected = load_prediction_input(
         spark, args.input, tuple(model.getImageShape()), model.getClasses(), args.split
     )
+    return spark, model, df, rejected
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    spark, model, df, rejected = load_model_and_input(args)
     out_df = model.transform(df)
     keep = [c for c in ("path", "label") if c in out_df.columns] + list(OUTPUT_COLUMNS)
     out_df.select(*keep).write.mode("overwrite").parquet(args.out)

@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     query = start(
         args.model_dir, args.input, args.out, args.checkpoint, format=args.format,
         available_now=args.available_now, trigger_seconds=args.trigger_seconds,
-        max_files_per_trigger=args.max_files_per_trigger, spark=spark,
+        max_files_per_trigger=args.max_files_per_trigger, spark=spark, backend=args.backend,
     )
     writer = query.sparkvision_writer
     tty = sys.stderr.isatty()
@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    from sparkvision.cli.predict import add_backend_flag
     from sparkvision.streaming.sources import FORMATS
 
     p = sub.add_parser("stream", help="classify files as they arrive (Structured Streaming)")
@@ -76,6 +77,7 @@ def register(sub) -> None:
                    help="at most N new files per micro-batch")
     p.add_argument("--timeout", type=float, default=None,
                    help="stop after S seconds (default: run until done or Ctrl-C)")
+    add_backend_flag(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no per-batch lines")
     add_common(p)
     p.set_defaults(func=run)

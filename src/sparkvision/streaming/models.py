@@ -21,7 +21,8 @@ class ModelSource:
     size, mtime) is checked at every call and a changed folder is loaded; a folder caught
     half-written keeps the previous model until the next call."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, backend: str | None = None) -> None:
+        self.backend = backend
         self.folder: str | None = None
         self._stamp: tuple[int, int, int] | None = None
         if isinstance(model, str | os.PathLike):
@@ -30,6 +31,10 @@ class ModelSource:
             self._stamp = self._current_stamp()
         else:
             self._model, self._version = model, weights_version(model.weights)
+        self._model = self._with_backend(self._model)
+
+    def _with_backend(self, model):
+        return model.copy().setInferenceBackend(self.backend) if self.backend else model
 
     def _weights_path(self) -> str:
         from sparkvision.ml.model import WEIGHTS_FILE
@@ -63,5 +68,6 @@ class ModelSource:
                 else:
                     if version != self._version:
                         log.warning("stream: model %s → %s", self._version, version)
-                    self._model, self._version, self._stamp = model, version, stamp
+                    self._model, self._stamp = self._with_backend(model), stamp
+                    self._version = version
         return self._model, self._version

@@ -78,6 +78,7 @@ def start(
     spark=None,
     query_name: str | None = None,
     session_conf: bool = True,
+    backend: str | None = None,
 ):
     """Classify the files that appear in ``input`` and append predictions to ``output``.
 
@@ -85,7 +86,7 @@ def start(
     ``ImageClassificationModel``. Returns the running ``StreamingQuery``; its
     ``sparkvision_writer`` attribute records every micro-batch (rows, rejected, model
     version). ``session_conf`` sets ``STREAM_CONF`` on the session (lower latency per
-    micro-batch)."""
+    micro-batch). ``backend``: the model's ``inferenceBackend`` (None keeps the model's)."""
     from pyspark.sql import SparkSession
 
     check_format(format)
@@ -94,6 +95,11 @@ def start(
     if max_files_per_trigger is not None and max_files_per_trigger < 1:
         raise InvalidParameterError("max_files_per_trigger", max_files_per_trigger,
                                     "use 1 or more")
+    from sparkvision.ml.params import INFERENCE_BACKENDS
+
+    if backend is not None and backend not in INFERENCE_BACKENDS:
+        raise InvalidParameterError("backend", backend,
+                                    f"use one of {', '.join(INFERENCE_BACKENDS)}")
     if isinstance(model, str | os.PathLike) and not os.path.isdir(model):
         raise DataError(f"no model folder at {os.fspath(model)!r}: give a folder written by "
                         "`sparkvision train --out` or ImageClassificationModel.save")
@@ -106,7 +112,7 @@ def start(
         for key, value in STREAM_CONF.items():
             spark.conf.set(key, value)
     source = read_stream(spark, input, format, max_files_per_trigger)
-    models = ModelSource(model)
+    models = ModelSource(model, backend)
     spec = StreamSpec(input, output, format)
     claim_checkpoint(checkpoint, spec)
     os.makedirs(output, exist_ok=True)
