@@ -134,11 +134,16 @@ def rejected_rows(decoded) -> list[dict[str, str]]:
     return [{"path": r.path, "reason": r.error} for r in bad.collect()]
 
 
+def with_class_label(decoded, classes: list[str]):
+    """Decoded rows with ``label`` = index of their class folder (null when not a class)."""
+    from pyspark.sql import functions as F
+
+    index = literal_map({name: i for i, name in enumerate(classes)})
+    return decoded.withColumn("label", index[F.col("class_name")].cast("bigint"))
+
+
 def label_by_class(decoded, classes: list[str]):
     """Good rows with ``label`` = index of their class folder (null when not a class)."""
     from pyspark.sql import functions as F
 
-    index = literal_map({name: i for i, name in enumerate(classes)})
-    return decoded.filter(F.col("error").isNull()).withColumn(
-        "label", index[F.col("class_name")].cast("bigint")
-    )
+    return with_class_label(decoded.filter(F.col("error").isNull()), classes)

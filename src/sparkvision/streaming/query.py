@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from sparkvision.errors import DataError, InvalidParameterError
+from sparkvision.errors import InvalidParameterError
 from sparkvision.streaming.models import ModelSource
 from sparkvision.streaming.sink import BatchWriter
 from sparkvision.streaming.sources import check_format, read_stream
@@ -100,9 +100,10 @@ def start(
     if backend is not None and backend not in INFERENCE_BACKENDS:
         raise InvalidParameterError("backend", backend,
                                     f"use one of {', '.join(INFERENCE_BACKENDS)}")
-    if isinstance(model, str | os.PathLike) and not os.path.isdir(model):
-        raise DataError(f"no model folder at {os.fspath(model)!r}: give a folder written by "
-                        "`sparkvision train --out` or ImageClassificationModel.save")
+    if isinstance(model, str | os.PathLike):
+        from sparkvision.ml.model import check_model_folder
+
+        check_model_folder(os.fspath(model))
     spark = spark or SparkSession.getActiveSession()
     if spark is None:
         from sparkvision.session import get_spark

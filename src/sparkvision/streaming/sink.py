@@ -33,9 +33,9 @@ STAGING_DIR = "_staging"
 KIND, PREDICTED, REJECTED = "kind", "predicted", "rejected"
 #: Columns of a rejected row (the prediction columns of its file are null).
 REJECTED_COLUMNS = ("path", "reason", "eventTime", "processedTime")
-#: Prediction columns written per row, after ``path`` (and ``label`` when known).
-OUTPUT_COLUMNS = ("prediction", "predictedLabel", "probability", "confidence", "modelVersion",
-                  "eventTime", "processedTime")
+#: Model output columns written per predicted row, after ``path`` and ``label`` (then come
+#: ``modelVersion``, ``eventTime``, ``processedTime``).
+PREDICTION_COLUMNS = ("prediction", "predictedLabel", "probability", "confidence")
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,6 @@ class BatchRecord:
     rejected: int
     model_version: str
     seconds: float
-
-
-def _local(path: str) -> str:
-    return path[5:] if path.startswith("file:") else path
 
 
 def batch_path(root: str, batch_id: int) -> str:
@@ -124,14 +120,9 @@ class BatchWriter:
         return batch_df.withColumn("error", error)
 
     def _with_label(self, rows, model):
-        from pyspark.sql import functions as F
+        from sparkvision.data.decoding import with_class_label
 
-        from sparkvision.data.schema import literal_map
-
-        if self.fmt != "image":
-            return rows
-        index = literal_map({name: i for i, name in enumerate(model.getClasses())})
-        return rows.withColumn("label", index[F.col("class_name")].cast("bigint"))
+        return with_class_label(rows, model.getClasses()) if self.fmt == "image" else rows
 
     def __call__(self, batch_df, batch_id: int) -> None:
         from pyspark.sql import functions as F
@@ -148,7 +139,7 @@ class BatchWriter:
                                                  .otherwise(blank)))
         kind = F.when(ok, F.lit(PREDICTED)).otherwise(F.lit(REJECTED))
         out = scored.select(
-            "path", "label", *[F.when(ok, F.col(c)).alias(c) for c in OUTPUT_COLUMNS[:4]],
+            "path", "label", *[F.when(ok, F.col(c)).alias(c) for c in PREDICTION_COLUMNS],
             F.lit(version).alias("modelVersion"),
             F.timestamp_micros("eventMicros").alias("eventTime"),
             F.current_timestamp().alias("processedTime"),
@@ -160,10 +151,9 @@ class BatchWriter:
         for name, target in ((PREDICTED, batch_path(self.out, batch_id)),
                              (REJECTED, batch_path(os.path.join(self.out, REJECTED_DIR),
                                                    batch_id))):
-            counts[name] = publish(os.path.join(_local(staging), f"{KIND}={name}"),
-                                   _local(target),
+            counts[name] = publish(os.path.join(staging, f"{KIND}={name}"), target,
                                    None if name == PREDICTED else REJECTED_COLUMNS)
-        shutil.rmtree(_local(staging), ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
         record = BatchRecord(batch_id, counts[PREDICTED] + counts[REJECTED], counts[REJECTED],
                              version, round(time.monotonic() - started, 3))
         with self._lock:
