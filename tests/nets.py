@@ -39,3 +39,13 @@ class _Spectral(nn.Module):
 
 def spectral(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     return _Spectral(num_classes, input_shape)
+
+
+def fails_in_task(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    """Builds on the driver, raises inside a Spark task (an executor without some resource)."""
+    from pyspark import TaskContext
+
+    if TaskContext.get() is not None:
+        raise RuntimeError("CUDA driver not found on this executor")
+    h, w, c = input_shape
+    return nn.Sequential(nn.Flatten(), nn.Linear(h * w * c, num_classes))

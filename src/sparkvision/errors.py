@@ -52,6 +52,11 @@ class TrainingCancelledError(TrainingError):
     """The training's Spark job was cancelled (Ctrl-C, a job group cancelled, shutdown)."""
 
 
+class ModelBuildError(SparkVisionError):
+    """A network builder (``model="package.module:function"``) failed or returned something
+    that is not an ``nn.Module`` — on the driver or inside a Spark task."""
+
+
 class ExportError(SparkVisionError):
     """A network cannot be exported to the requested format (ONNX, TorchScript)."""
 

@@ -46,10 +46,14 @@ def get_spark(
     master: str | None = None,
     app_name: str = "sparkvision",
     conf: Mapping[str, str] | None = None,
+    jvm_log: str | None = None,
 ):  # -> pyspark.sql.SparkSession
     """Return a SparkSession (creating one if needed) with sparkvision's data sources.
 
     ``master`` defaults to the ``SPARK_MASTER`` environment variable, then ``local[*]``.
+    ``jvm_log``: a file that receives the JVM's own stderr (its start-up banner, log4j
+    output, executor stack traces in local mode) instead of the terminal; only used when
+    this call starts the JVM.
     """
     from pyspark.sql import SparkSession
 
@@ -66,10 +70,31 @@ def get_spark(
     settings.update(conf or {})
     for key, value in settings.items():
         builder = builder.config(key, value)
+    if jvm_log:
+        _start_jvm_logging_to(jvm_log, master, app_name, settings)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     register_data_sources(spark)
     return spark
+
+
+def _start_jvm_logging_to(path: str, master: str, app_name: str,
+                          settings: Mapping[str, str]) -> None:
+    """Start the driver JVM (py4j gateway) with its stderr going to ``path``, unless a JVM
+    already runs. pyspark's ``launch_gateway`` takes ``popen_kwargs`` for this; the
+    SparkContext made here is the one ``getOrCreate`` then returns."""
+    from pyspark import SparkConf, SparkContext
+    from pyspark.java_gateway import launch_gateway
+
+    if SparkContext._active_spark_context is not None or SparkContext._gateway is not None:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conf = SparkConf(loadDefaults=False).setMaster(master).setAppName(app_name)
+    for key, value in settings.items():
+        conf.set(key, value)
+    with open(path, "ab") as sink:  # the child keeps its own descriptor
+        gateway = launch_gateway(conf, popen_kwargs={"stderr": sink})
+    SparkContext(conf=conf, gateway=gateway)
 
 
 def register_data_sources(spark) -> None:

@@ -123,7 +123,10 @@ def test_cli_evaluate_equals_sklearn(trained_dir, digits_dir, spark, capsys, tmp
             skm.average_precision_score(y == k, proba[:, k]), abs=TOL)
     assert json.loads((out / "metrics.json").read_text())["accuracy"] == got["accuracy"]
     png = out / "confusion_matrix.png"
-    assert got["plots"] == [str(png)] and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert got["plots"] == [str(out / name) for name in (
+        "confusion_matrix.png", "confusion_matrix_normalized.png", "per_class.png",
+        "samples.png")]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_evaluate_api_and_the_cli_default_output_folder(trained, digits, trained_dir,

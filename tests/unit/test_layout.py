@@ -14,12 +14,12 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "sparkvision"
 #: Layer of each top-level module or package of sparkvision (the README's map). An import
 #: may point to a lower layer or stay inside its own unit; same-layer units stay apart.
 LAYERS = {
-    "errors": 0, "config": 0,
+    "errors": 0, "config": 0, "display": 0,
     "models": 1, "data": 1,
     "session": 2,
-    "training": 3, "inference": 3, "evaluation": 3,
+    "training": 3, "inference": 3, "evaluation": 3, "tracking": 3,
     "ml": 4,
-    "tuning": 5, "streaming": 5,
+    "tuning": 5, "streaming": 5, "reporting": 5,
     "cli": 6,
     "__init__": 7, "__main__": 7,
 }

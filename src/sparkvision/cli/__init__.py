@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from sparkvision.cli import evaluate, export, predict, prepare, stream, train, tune
-from sparkvision.cli.common import EXIT_INTERRUPTED, EXIT_USER_ERROR, Parser
+from sparkvision import display
+from sparkvision.cli import demo, evaluate, export, predict, prepare, report, stream, train, tune
+from sparkvision.cli.common import (
+    EXIT_INTERNAL_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_USER_ERROR,
+    Parser,
+    log_file,
+)
 from sparkvision.errors import user_error_message
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = (prepare, train, predict, evaluate, tune, stream, export)
+COMMANDS = (prepare, train, predict, evaluate, tune, stream, export, report, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:
+        # py4j and pyspark's own Python loggers only repeat what the exception says.
+        for name in ("py4j", "pyspark"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    display.set_mode("off" if args.quiet else os.environ.get("SPARKVISION_PROGRESS", "auto"))
+    args.log_file = log_file(args.command)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
@@ -49,10 +65,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - turn user errors into one line
         message = user_error_message(exc)
-        if message is None:
+        if message is not None:
+            sys.stderr.write(f"sparkvision {args.command}: error: {message}\n")
+            return EXIT_USER_ERROR
+        if args.verbose:
             raise
-        sys.stderr.write(f"sparkvision {args.command}: error: {message}\n")
-        return EXIT_USER_ERROR
+        return _internal_error(args, exc)
+
+
+def _internal_error(args: argparse.Namespace, exc: BaseException) -> int:
+    """Not a user error (a bug, a crashed executor): one line naming the log file that
+    holds the full traceback, exit 1."""
+    path = Path(args.log_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("".join(traceback.format_exception(exc)))
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    sys.stderr.write(f"sparkvision {args.command}: internal error: {type(exc).__name__}: "
+                     f"{first} (full traceback in {path}; -v shows it here)\n")
+    return EXIT_INTERNAL_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

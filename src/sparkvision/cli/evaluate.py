@@ -9,12 +9,17 @@ from pathlib import Path
 
 from sparkvision.cli.common import add_common, emit
 from sparkvision.cli.predict import add_backend_flag, add_input_flags, load_model_and_input
+from sparkvision.cli.tracking import Tracking, add_mlflow_flags, tracked
 
 METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
+CONFUSION_NORMALIZED_PNG = "confusion_matrix_normalized.png"
+PER_CLASS_PNG = "per_class.png"
+SAMPLES_PNG = "samples.png"
 
 
-def run(args: argparse.Namespace) -> int:
+@tracked
+def run(args: argparse.Namespace, tracking: Tracking) -> int:
     from sparkvision.errors import InvalidParameterError
     from sparkvision.ml.evaluator import evaluate
 
@@ -30,11 +35,9 @@ def run(args: argparse.Namespace) -> int:
     (out / METRICS_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     plots = []
     if not args.no_plots:
-        from sparkvision.evaluation.plots import plot_confusion
-
-        plots.append(str(plot_confusion(result.confusion, result.classes, out / CONFUSION_PNG,
-                                        title=f"{Path(args.model_dir).name} on {args.split}")))
+        plots = _plots(model, df, result, out, f"{Path(args.model_dir).name} on {args.split}")
     payload.update(out=str(out), plots=plots, seconds=round(time.monotonic() - started, 3))
+    payload.update(tracking.evaluated(out, plots))  # --mlflow: a run, + mlflow_run_id
     lines = [
         f"evaluated {args.model_dir} on {result.n} rows → {out}",
         f"  accuracy {result.accuracy:.4f}  macro F1 {result.macro_f1:.4f}  "
@@ -50,13 +53,40 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plots(model, df, result, out: Path, title: str) -> list[str]:
+    """The PNGs of an evaluation: confusion matrix (counts, row-normalised), per-class bars
+    and a grid of sample images (from at most ``SAMPLE_ROWS`` rows of ``df``)."""
+    from sparkvision.evaluation.plots import (
+        plot_confusion,
+        plot_per_class,
+        plot_samples,
+        sample_predictions,
+    )
+
+    written = [
+        plot_confusion(result.confusion, result.classes, out / CONFUSION_PNG, title=title),
+        plot_confusion(result.confusion, result.classes, out / CONFUSION_NORMALIZED_PNG,
+                       title=f"{title} (row-normalised)", normalize=True),
+        plot_per_class(result.per_class, out / PER_CLASS_PNG, title=title),
+    ]
+    samples = sample_predictions(model, df, tuple(model.getImageShape()))
+    if samples:
+        written.append(plot_samples(samples, result.classes, out / SAMPLES_PNG,
+                                    title=f"{title}: true → predicted"))
+    else:  # no labelled rows: no grid, and none left from an earlier run
+        (out / SAMPLES_PNG).unlink(missing_ok=True)
+    return [str(p) for p in written]
+
+
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="metrics, per-class report and confusion matrix")
     add_input_flags(p)
     p.add_argument("--out", default=None,
                    help="folder for metrics.json and plots (default MODEL_DIR/evaluation/SPLIT)")
     p.add_argument("--top-k", type=int, default=5, help="k of top_k_accuracy (default 5)")
-    p.add_argument("--no-plots", action="store_true", help="skip the confusion-matrix PNG")
+    p.add_argument("--no-plots", action="store_true",
+                   help="skip the PNGs (confusion matrices, per-class bars, sample images)")
     add_backend_flag(p)
+    add_mlflow_flags(p)
     add_common(p)
     p.set_defaults(func=run)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sparkvision.cli.common import add_common, emit, spark_session
+from sparkvision.cli.common import add_common, emit, spark_progress, spark_session
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,7 +28,9 @@ def run(args: argparse.Namespace) -> int:
         imbalance=args.imbalance,
     )
     check_source(args.source)  # before Spark starts
-    result = prepare(spark_session(args), config)
+    spark = spark_session(args)
+    with spark_progress(spark, "prepare"):
+        result = prepare(spark, config)
     payload = {
         "out": result.out,
         "classes": result.classes,

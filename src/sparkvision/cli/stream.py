@@ -4,15 +4,21 @@ folder, appending predictions to Parquet exactly once."""
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 from sparkvision.cli.common import add_common, emit, spark_session
 
 
 def run(args: argparse.Namespace) -> int:
+    from sparkvision.display import end_status, status_line
     from sparkvision.streaming import start
-    from sparkvision.streaming.monitor import batch_progress, follow, live_line, summarize
+    from sparkvision.streaming.monitor import (
+        batch_progress,
+        follow,
+        live_line,
+        summarize,
+        write_stats,
+    )
 
     started = time.monotonic()
     spark = spark_session(args)
@@ -22,17 +28,12 @@ def run(args: argparse.Namespace) -> int:
         max_files_per_trigger=args.max_files_per_trigger, spark=spark, backend=args.backend,
     )
     writer = query.sparkvision_writer
-    tty = sys.stderr.isatty()
 
     def on_batch(b) -> None:
-        if args.quiet:
-            return
         done = {r.batch: r for r in writer.records}
         record = done.get(b.batch)
-        line = live_line(b, record.rejected if record else None,
-                         record.model_version if record else None)
-        sys.stderr.write(f"\r{line}\033[K" if tty else line + "\n")
-        sys.stderr.flush()
+        status_line(live_line(b, record.rejected if record else None,
+                              record.model_version if record else None))
 
     interrupted = False
     try:
@@ -41,12 +42,14 @@ def run(args: argparse.Namespace) -> int:
         ended, interrupted = False, True
     if not ended:
         query.stop()
-    if tty and not args.quiet:
-        sys.stderr.write("\n")
-    payload = summarize(batch_progress(query), writer.summary())
-    payload.update(out=args.out, checkpoint=args.checkpoint,
-                   stopped="interrupted" if interrupted else ("done" if ended else "timeout"),
+    end_status()
+    progress = batch_progress(query)
+    payload = summarize(progress, writer.summary())
+    payload.update(stopped="interrupted" if interrupted else ("done" if ended else "timeout"),
                    seconds=round(time.monotonic() - started, 3))
+    write_stats(args.out, dict(payload), progress, writer.records, model=args.model_dir,
+                input=args.input, format=args.format, checkpoint=args.checkpoint)
+    payload.update(out=args.out, checkpoint=args.checkpoint)
     emit(args, payload,
          f"streamed {payload['rows']} rows in {payload['batches']} batches "
          f"({payload['rejected']} rejected) → {args.out}; p50 {payload['p50_ms']} ms, "
@@ -78,6 +81,5 @@ def register(sub) -> None:
     p.add_argument("--timeout", type=float, default=None,
                    help="stop after S seconds (default: run until done or Ctrl-C)")
     add_backend_flag(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="no per-batch lines")
     add_common(p)
     p.set_defaults(func=run)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sparkvision.cli.common import accuracy, add_common, emit, spark_session
+from sparkvision.cli.tracking import Tracking, add_mlflow_flags, tracked
 from sparkvision.config import CLASSIFIER_DEFAULTS as D
 
 HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "seconds", "steps_per_rank")
@@ -40,21 +41,24 @@ def classifier_params(args: argparse.Namespace, manifest: dict[str, Any]) -> dic
     }
 
 
-def run(args: argparse.Namespace) -> int:
+@tracked
+def run(args: argparse.Namespace, tracking: Tracking) -> int:
     from sparkvision.data.loading import load_prepared
-    from sparkvision.data.manifest import read_manifest
+    from sparkvision.data.manifest import copy_manifest, read_manifest
     from sparkvision.ml.classifier import ImageClassifier
 
     started = time.monotonic()
     manifest = read_manifest(args.data)
     clf = ImageClassifier(**classifier_params(args, manifest))
     clf.validateParams()  # bad flags fail before Spark starts
+    tracking.train_started(clf)  # --mlflow: the run, its Params, an epoch logger
     spark = spark_session(args)
     train_df = load_prepared(spark, args.data, "train")
     if manifest["splits"].get("val"):
         clf.setValidationDf(load_prepared(spark, args.data, "val"))
     model = clf.fit(train_df)
     model.write().overwrite().save(args.out)
+    copy_manifest(args.data, args.out)  # `report MODEL_DIR` shows the data set
     history = [{k: e.get(k) for k in HISTORY_KEYS} for e in model.history["epochs"]]
     test_acc = None
     if manifest["splits"].get("test"):
@@ -70,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         "resumed_from_epoch": model.history.get("resumed_from_epoch"),
         "seconds": round(time.monotonic() - started, 3),
     }
+    payload.update(tracking.train_finished(model, payload))  # + mlflow_run_id
     lines = [f"trained {args.model} on {payload['world_size']} workers → {args.out}"]
     lines += [
         f"  epoch {e['epoch']}: train_loss={e['train_loss']:.4f} val_accuracy={e['val_accuracy']}"
@@ -108,5 +113,6 @@ def register(sub) -> None:
     p.add_argument("data", help="folder written by `sparkvision prepare`")
     p.add_argument("--out", required=True, help="model output folder")
     add_train_flags(p)
+    add_mlflow_flags(p)
     add_common(p)
     p.set_defaults(func=run)

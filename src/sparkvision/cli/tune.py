@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 
 from sparkvision.cli.common import add_common, emit, spark_session
+from sparkvision.cli.tracking import Tracking, add_mlflow_flags, tracked
 from sparkvision.cli.train import add_train_flags, classifier_params
 
 
-def run(args: argparse.Namespace) -> int:
+@tracked
+def run(args: argparse.Namespace, tracking: Tracking) -> int:
     from sparkvision.data.loading import load_prepared
     from sparkvision.data.manifest import read_manifest
     from sparkvision.ml.classifier import ImageClassifier
@@ -33,8 +35,11 @@ def run(args: argparse.Namespace) -> int:
     spark = spark_session(args)
     train_df = load_prepared(spark, args.data, "train")
     val_df = load_prepared(spark, args.data, "val") if has_val else None
-    result = tune(train_df, val_df, space, config, params, show_progress=not args.json)
+    callbacks = tracking.tune_started(config, space, params)  # --mlflow: parent run
+    result = tune(train_df, val_df, space, config, params, show_progress=not args.json,
+                  callbacks=callbacks)
     payload = result.to_dict()
+    payload.update(tracking.tune_finished(result))  # + mlflow_run_id
     counts = ", ".join(f"{n} {s}" for s, n in result.trials.items() if n)
     lines = [f"tuned {len(space)} Params on {args.data} → {args.out} ({counts})",
              f"  best {result.metric}: {result.best_value}  params: {result.best_params}",
@@ -62,5 +67,6 @@ def register(sub) -> None:
     p.add_argument("--storage", default=None, help="SQLAlchemy URL (default sqlite in --out)")
     p.add_argument("--search-seed", type=int, default=0, help="seed of the sampler")
     add_train_flags(p)
+    add_mlflow_flags(p)
     add_common(p)
     p.set_defaults(func=run)

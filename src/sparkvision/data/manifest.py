@@ -29,3 +29,13 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"no {MANIFEST} at {p}: point at a folder made by `sparkvision prepare`"
         )
     return json.loads(p.read_text(encoding="utf-8"))
+
+
+def copy_manifest(data: str | os.PathLike[str], model_dir: str | os.PathLike[str]) -> Path:
+    """Copy a prepared folder's ``dataset.json`` into a model folder (what the model was
+    trained on: classes, counts, rejected files), adding ``data`` = the folder's path."""
+    manifest = read_manifest(data)
+    manifest["data"] = str(Path(data).resolve())
+    out = Path(model_dir)
+    write_manifest(out, manifest)
+    return out / MANIFEST

@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from sparkvision.errors import InvalidParameterError
+from sparkvision.errors import InvalidParameterError, ModelBuildError, SparkVisionError
 
 MODEL_NAMES = ("cnn", "simple_cnn", "lenet5", "resnet8")
 
@@ -60,7 +60,18 @@ def build_model(name: str, num_classes: int, input_shape: tuple[int, int, int]):
     """
     validate_model_name(name)
     builder = _builders().get(name) or resolve_user_builder(name)
-    model = builder(num_classes=num_classes, input_shape=tuple(input_shape))
+    try:
+        model = builder(num_classes=num_classes, input_shape=tuple(input_shape))
+    except SparkVisionError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a user's builder: say whose, keep the cause
+        where = " inside a Spark task" if _in_spark_task() else ""
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ModelBuildError(
+            f"the network builder model={name!r} raised{where}: {type(exc).__name__}: "
+            f"{first}; fix the function (it gets num_classes={num_classes}, "
+            f"input_shape={tuple(input_shape)}) or use one of {', '.join(MODEL_NAMES)}"
+        ) from exc
     import torch.nn as nn
 
     if not isinstance(model, nn.Module):
@@ -68,3 +79,11 @@ def build_model(name: str, num_classes: int, input_shape: tuple[int, int, int]):
             "model", name, f"the builder returned {type(model).__name__}, not an nn.Module"
         )
     return model
+
+
+def _in_spark_task() -> bool:
+    try:
+        from pyspark import TaskContext
+    except ImportError:  # pragma: no cover - pyspark is a dependency
+        return False
+    return TaskContext.get() is not None

@@ -3,8 +3,10 @@ live line, and the summary ``sparkvision stream --json`` prints."""
 
 from __future__ import annotations
 
+import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,3 +80,31 @@ def follow(query, timeout: float | None, on_batch: Callable[[BatchProgress], Non
         report()
         if ended:
             return True
+
+
+#: The stats file ``sparkvision stream`` leaves in its output folder for ``report`` (Spark's
+#: readers skip names starting with ``_``).
+STATS_FILE = "_stream.json"
+
+
+def write_stats(out: str, summary: dict[str, Any], progress: list[BatchProgress],
+                records: Iterable[Any], **about: Any) -> str:
+    """Write ``OUT/_stream.json`` (this run: ``about`` — model, input, format, checkpoint —,
+    the summary and one entry per micro-batch) under a temporary name, then rename it."""
+    done = {r.batch: r for r in records}
+    batches = []
+    for b in progress:
+        record = done.get(b.batch)
+        batches.append({
+            "batch": b.batch, "rows": b.rows, "ms": b.ms, "rows_per_s": b.rows_per_s,
+            "rejected": record.rejected if record else None,
+            "model_version": record.model_version if record else None,
+        })
+    path = os.path.join(out, STATS_FILE)
+    os.makedirs(out, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump({**about, "summary": summary, "batches": batches}, fh, indent=2, default=str)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return path

@@ -126,7 +126,8 @@ class EventSender:
 
 
 class ProgressBar:
-    """Driver-side view of the events: a tqdm bar over all steps plus log lines."""
+    """Driver-side view of the events: a bar over all steps (a live bar on a TTY, plain
+    periodic lines otherwise, nothing when quiet — ``sparkvision.display``) plus log lines."""
 
     def __init__(
         self, epochs: int, on_epoch_end: Callable[[Event], Any] | None = None,
@@ -143,11 +144,14 @@ class ProgressBar:
         self.events.append(event)
         kind = event.get("type")
         if kind == "start" and self.show:
-            from tqdm.auto import tqdm
+            from sparkvision.display import progress
 
+            if self._bar is not None:  # a retried stage starts again
+                self._bar.close()
             total = int(event["steps_per_epoch"]) * self.epochs
-            self._bar = tqdm(total=total, desc="train", unit="step", leave=False)
-            self._bar.update(int(event["steps_per_epoch"]) * int(event.get("start_epoch", 0)))
+            self._bar = progress(total, "train", unit="step",
+                                 initial=int(event["steps_per_epoch"])
+                                 * int(event.get("start_epoch", 0)))
         elif kind == "step" and self._bar is not None:
             target = int(event["global_step"])
             self._bar.update(max(0, target - self._bar.n))
@@ -158,8 +162,10 @@ class ProgressBar:
                 event.get("val_accuracy"), event["seconds"],
             )
             if self._bar is not None:
+                val_acc = event.get("val_accuracy")
                 self._bar.set_postfix(
-                    loss=f"{event['train_loss']:.3f}", val_acc=event.get("val_accuracy")
+                    epoch=f"{event['epoch']}/{self.epochs}", loss=f"{event['train_loss']:.3f}",
+                    val_acc=None if val_acc is None else f"{val_acc:.4f}",
                 )
             if self.on_epoch_end is not None:
                 return bool(self.on_epoch_end(event))

@@ -9,6 +9,8 @@
 - The study lives in Optuna's RDB storage (SQLite in ``out`` by default): run again with the
   same ``out`` after a crash and it continues, keeping every finished trial; trials a crash
   interrupted are marked failed and queued again with their parameters.
+- ``callbacks`` (:class:`TrialCallback`) see each trial start, each of its epochs and its end
+  (e.g. experiment tracking); they run in the trial threads.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import shutil
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -101,6 +103,25 @@ class TuneResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class TrialCallback:
+    """Hooks a search calls for every trial it runs; override any of them.
+
+    They are called from the trial threads (up to ``parallelism`` at once), so they must be
+    thread-safe. One that raises is logged and ignored: it never stops a trial or the search.
+    """
+
+    def on_trial_start(self, number: int, params: dict[str, Any]) -> None:
+        """Trial ``number`` starts training with the searched ``params``."""
+
+    def on_epoch(self, number: int, event: dict[str, Any]) -> None:
+        """An epoch of trial ``number`` ended (the training progress event: ``epoch``,
+        ``train_loss``, ``val_accuracy``, …), before the pruner decides."""
+
+    def on_trial_end(self, number: int, record: dict[str, Any]) -> None:
+        """Trial ``number`` ended; ``record`` is its ``trials.json`` entry (``state``:
+        complete, pruned, failed or interrupted; ``value``; ``metric_per_epoch``; …)."""
 
 
 class SlotPool:
@@ -183,7 +204,8 @@ class _Search:
     """One run of a study: the driver threads, the slot pool, the records."""
 
     def __init__(self, spark, train_df, val_df, space: list[Dimension], config: TuneConfig,
-                 params: dict[str, Any], study, pool: SlotPool, show_progress: bool) -> None:
+                 params: dict[str, Any], study, pool: SlotPool, show_progress: bool,
+                 callbacks: Sequence[TrialCallback] = ()) -> None:
         self.spark, self.train_df, self.val_df = spark, train_df, val_df
         self.space, self.config, self.params = space, config, params
         self.study, self.pool = study, pool
@@ -192,6 +214,16 @@ class _Search:
         self.show_progress = show_progress
         self.bar: Any = None
         self.interrupted = False
+        self.callbacks = tuple(callbacks)
+
+    def notify(self, hook: str, *args: Any) -> None:
+        """Call ``hook`` on every callback; one that raises is logged, not fatal."""
+        for callback in self.callbacks:
+            try:
+                getattr(callback, hook)(*args)
+            except Exception:  # noqa: BLE001 - a callback never stops a trial
+                log.warning("tuning callback %s.%s failed", type(callback).__name__, hook,
+                            exc_info=True)
 
     def finished(self) -> list[Any]:
         return [t for t in self.study.get_trials(deepcopy=False)
@@ -204,13 +236,13 @@ class _Search:
         tmp.replace(self.out / TRIALS_FILE)
 
     def run(self, total: int) -> None:
-        from tqdm.auto import tqdm
+        from sparkvision.display import progress
 
         done = len(self.finished())
         todo = max(0, total - done)
         self.launched = 0
-        self.bar = tqdm(total=total, initial=done, desc="tune", unit="trial",
-                        disable=not self.show_progress)
+        self.bar = progress(total, "tune", unit="trial", initial=done,
+                            enabled=self.show_progress)
         pool = ThreadPoolExecutor(max_workers=self.config.parallelism,
                                   thread_name_prefix="sparkvision-trial")
         try:
@@ -235,12 +267,20 @@ class _Search:
                     return
                 self.launched += 1
                 trial = self.study.ask()
-            self._run_trial(trial)
+            try:
+                self._run_trial(trial)
+            finally:
+                if self.callbacks:
+                    self.notify("on_trial_end", trial.number, self._record(trial.number))
             with self.lock:
                 self.write_trials()
                 self.bar.update(1)
                 with contextlib.suppress(ValueError):
                     self.bar.set_postfix(best=f"{self.study.best_value:.4f}")
+
+    def _record(self, number: int) -> dict[str, Any]:
+        found = [t for t in self.study.get_trials(deepcopy=False) if t.number == number]
+        return _trial_record(found[0]) if found else {"number": number, "state": "interrupted"}
 
     def _run_trial(self, trial: Any) -> None:
         from optuna.trial import TrialState
@@ -256,6 +296,7 @@ class _Search:
         pruned_at: list[float] = []
 
         def on_epoch(event: dict[str, Any]) -> bool:
+            self.notify("on_epoch", trial.number, event)
             value = event.get(metric)
             if value is None or not math.isfinite(value):
                 return False
@@ -268,6 +309,7 @@ class _Search:
                 return True
             return False
 
+        self.notify("on_trial_start", trial.number, dict(values))
         clf = ImageClassifier(**params).setValidationDf(self.val_df)
         clf.setOnEpochEnd(on_epoch).setShowProgress(False)
         trial.set_user_attr("workers", workers)
@@ -368,8 +410,10 @@ def _plots(study, out: Path) -> list[str]:
 def tune(
     train_df, val_df, space: str | dict[str, Any] | list[Dimension], config: TuneConfig,
     params: dict[str, Any] | None = None, show_progress: bool = True,
+    callbacks: Sequence[TrialCallback] = (),
 ) -> TuneResult:
-    """Search ``space`` over ImageClassifier Params; ``params`` fixes the others."""
+    """Search ``space`` over ImageClassifier Params; ``params`` fixes the others;
+    ``callbacks`` see every trial start, epoch and end."""
     import optuna
 
     from sparkvision.training.launcher import available_slots
@@ -414,7 +458,7 @@ def tune(
             log.warning("continuing the study in %s: %d interrupted trial(s) queued again",
                         out, requeued)
         search = _Search(spark, train_df, val_df, dims, config, params, study,
-                         SlotPool(slots), show_progress)
+                         SlotPool(slots), show_progress, callbacks)
         search.run(total)
         search.write_trials()
         best_model, best_params, best_value = _keep_best(study, out)

@@ -1,0 +1,350 @@
+"""The report's sections, each built from found artefacts: ``summary``, ``dataset``,
+``training``, ``evaluation``, ``tuning`` and ``streaming`` (a second model, data set, … gets
+``training-2``, ``dataset-2``, …). A section exists only when its artefacts do."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from sparkvision.reporting import plots
+from sparkvision.reporting.artefacts import Artefacts, Dataset, Evaluation, Model, Stream, Study
+from sparkvision.reporting.html import (
+    Markup,
+    Section,
+    cards,
+    heading,
+    image,
+    kv_table,
+    paragraph,
+    span,
+    table,
+)
+from sparkvision.reporting.reading import read_png
+
+#: Rejected files listed at most (the total is always given).
+MAX_REJECTED = 50
+#: Per-micro-batch rows listed at most (the latency plot shows all).
+MAX_BATCH_ROWS = 100
+EPOCH_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
+                 "seconds", "samples_per_second", "steps_per_rank")
+DISTRIBUTION_KEYS = ("world_size", "ranks", "train_rows_per_rank", "val_rows_per_rank",
+                     "steps_per_epoch", "backend", "allreduce", "device", "attempts",
+                     "resumed_from_epoch", "stopped_early", "diverged", "progress_events",
+                     "checkpoint_dir", "seconds")
+METRIC_KEYS = ("n", "accuracy", "macro_precision", "macro_recall", "macro_f1",
+               "weighted_precision", "weighted_recall", "weighted_f1", "log_loss",
+               "top_k_accuracy", "macro_roc_auc", "macro_pr_auc")
+PER_CLASS_KEYS = ("precision", "recall", "f1", "support", "roc_auc", "pr_auc")
+STREAM_KEYS = ("batches", "rows", "rejected", "model_versions", "p50_ms", "p95_ms",
+               "rows_per_s", "stopped", "seconds")
+
+
+def section_id(base: str, index: int) -> str:
+    """``base`` for the first of a kind, ``base-2``, ``base-3``, … after it."""
+    return base if index == 0 else f"{base}-{index + 1}"
+
+
+def where(path: Path, root: Path) -> str:
+    """``path`` relative to the report's folder (``.`` for the folder itself)."""
+    try:
+        rel = path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return str(path)
+    return str(rel) if str(rel) != "." else f". ({root.resolve().name})"
+
+
+def _figure(path: Path, root: Path) -> str:
+    png = read_png(path)
+    return image(png, path.stem.replace("_", " "), where(path, root)) if png else ""
+
+
+def _last_epoch(model: Model) -> dict[str, Any]:
+    epochs = model.history.get("epochs") or []
+    return epochs[-1] if epochs and isinstance(epochs[-1], dict) else {}
+
+
+# --- summary ---------------------------------------------------------------------------------
+
+def summary(found: Artefacts) -> Section:
+    """What was found, and the headline numbers."""
+    root = found.root
+    parts: list[str] = []
+    numbers: list[tuple[str, Any]] = []
+    models = found.all_models()
+    for model in models:
+        evaluation = model.headline()
+        if evaluation is not None:
+            prefix = f"{where(model.path, root)} · {evaluation.name}"
+            numbers.append((f"{prefix} accuracy", evaluation.metrics.get("accuracy")))
+            numbers.append((f"{prefix} macro F1", evaluation.metrics.get("macro_f1")))
+        elif _last_epoch(model).get("val_accuracy") is not None:
+            numbers.append((f"{where(model.path, root)} · val accuracy",
+                            _last_epoch(model)["val_accuracy"]))
+    for evaluation in found.evaluations:
+        numbers.append((f"{where(evaluation.path, root)} accuracy",
+                        evaluation.metrics.get("accuracy")))
+        numbers.append((f"{where(evaluation.path, root)} macro F1",
+                        evaluation.metrics.get("macro_f1")))
+    for study in found.studies:
+        best = study.best_trial()
+        if best is not None:
+            numbers.append((f"{where(study.path, root)} best {study.metric or 'value'}",
+                            best.get("value")))
+    for stream in found.streams:
+        s = stream.stats.get("summary") or {}
+        numbers.append((f"{where(stream.path, root)} rows streamed", s.get("rows")))
+        numbers.append((f"{where(stream.path, root)} p50 ms", s.get("p50_ms")))
+    if numbers:
+        parts.append(cards(numbers[:12]))
+    rows: list[tuple[Any, ...]] = []
+    for data in found.datasets:
+        m = data.manifest
+        rows.append(("data set", ", ".join(where(p, root) for p in data.paths),
+                     f"{len(m.get('classes') or [])} classes, "
+                     f"{sum((m.get('splits') or {}).values())} images, "
+                     f"source {m.get('source')}"))
+    for model in models:
+        last = _last_epoch(model)
+        evals = ", ".join(e.name for e in model.evaluations) or "none"
+        rows.append((model.role, where(model.path, root),
+                     f"{model.params.get('model', '?')}, {len(model.history.get('epochs') or [])}"
+                     f" epochs on {model.history.get('world_size', '?')} workers, val accuracy "
+                     f"{_num(last.get('val_accuracy'))}; evaluations: {evals}"))
+    for evaluation in found.evaluations:
+        rows.append(("evaluation", where(evaluation.path, root),
+                     f"{evaluation.metrics.get('n')} rows, accuracy "
+                     f"{_num(evaluation.metrics.get('accuracy'))}"))
+    for study in found.studies:
+        states = Counter(str(t.get("state")) for t in study.trials)
+        rows.append(("tuning study", where(study.path, root),
+                     f"{len(study.trials)} trials ("
+                     + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ")"))
+    for stream in found.streams:
+        s = stream.stats.get("summary") or {}
+        rows.append(("stream output", where(stream.path, root),
+                     f"{s.get('batches')} micro-batches, {s.get('rows')} rows, stopped: "
+                     f"{s.get('stopped')}"))
+    parts.append(table(("what", "where", "details"), rows))
+    return Section("summary", "Summary", "\n".join(parts))
+
+
+def _num(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+# --- dataset ---------------------------------------------------------------------------------
+
+def dataset(data: Dataset, index: int, root: Path) -> Section:
+    """Classes, per-split per-class counts, rejected files, source, seed, shape, format."""
+    m = data.manifest
+    classes = [str(c) for c in m.get("classes") or []]
+    splits = m.get("splits") or {}
+    parts = [kv_table([
+        ("found at", [where(p, root) for p in data.paths]),
+        ("classes", f"{len(classes)}: {', '.join(classes)}"),
+        ("image shape (H, W, C)", m.get("image_shape")),
+        ("format", m.get("format")),
+        ("source", m.get("source")),
+        ("seed", m.get("seed")),
+        ("split fractions", m.get("split_fractions", ...)),
+        ("images per split", ", ".join(f"{k} {v}" for k, v in splits.items()) or None),
+        ("imbalance", m.get("imbalance", ...)),
+        ("seconds", m.get("seconds", ...)),
+    ])]
+    per_class = m.get("per_class") or {}
+    if per_class:
+        names = list(per_class)
+        rows = []
+        for c in classes or sorted({k for v in per_class.values() for k in v}):
+            counts = [int((per_class.get(s) or {}).get(c, 0)) for s in names]
+            rows.append([c, *counts, sum(counts)])
+        totals = [sum(int(v) for v in (per_class.get(s) or {}).values()) for s in names]
+        rows.append([Markup("<strong>total</strong>"), *totals, sum(totals)])
+        parts += [heading(3, "Images per split and class"),
+                  table(("class", *names, "all"), rows)]
+    rejected = m.get("rejected") or []
+    parts.append(heading(3, "Rejected files", f"{len(rejected)} in all"))
+    if rejected:
+        shown = rejected[:MAX_REJECTED]
+        rows = [(r.get("path"), r.get("reason")) if isinstance(r, dict) else (r, "")
+                for r in shown]
+        parts.append(table(("file", "reason"), rows))
+        if len(rejected) > len(shown):
+            parts.append(paragraph(f"… and {len(rejected) - len(shown)} more (see "
+                                   f"{where(data.paths[0], root)}/dataset.json)", "muted"))
+    else:
+        parts.append(paragraph("none", "muted"))
+    return Section(section_id("dataset", index), "Data set" + _suffix(index, data.paths[0],
+                                                                      root), "\n".join(parts))
+
+
+def _suffix(index: int, path: Path, root: Path) -> str:
+    return f" — {where(path, root)}" if index or path.resolve() != root.resolve() else ""
+
+
+# --- training --------------------------------------------------------------------------------
+
+def training(model: Model, index: int, root: Path) -> Section:
+    """Params, the distribution record, balancing, per-epoch table and plots."""
+    h = model.history
+    epochs = [e for e in h.get("epochs") or [] if isinstance(e, dict)]
+    parts = [paragraph(f"{model.role} at {where(model.path, root)}", "muted")]
+    curves = plots.training_curves(epochs, title=model.path.name)
+    if curves:
+        parts.append(image(curves, "training curves", "loss and accuracy per epoch"))
+    if epochs:
+        extra = sorted({k for e in epochs for k in e} - set(EPOCH_COLUMNS))
+        columns = [c for c in EPOCH_COLUMNS if any(c in e for e in epochs)] + extra
+        parts += [heading(3, "Per epoch"),
+                  table(columns, [[e.get(c) for c in columns] for e in epochs])]
+    parts += [heading(3, "Distributed run"),
+              kv_table((k, h.get(k)) for k in DISTRIBUTION_KEYS if k in h)]
+    balance = h.get("balance")
+    if isinstance(balance, dict):
+        parts.append(heading(3, "Class balance", f"strategy {balance.get('strategy')}"))
+        parts.append(kv_table([("strategy", balance.get("strategy")),
+                               ("loss", balance.get("loss")),
+                               ("class weights", balance.get("class_weights"))]))
+        before = balance.get("class_counts") or {}
+        seen = balance.get("class_counts_seen") or {}
+        if before:
+            weights = balance.get("class_weights")
+            names = list(before)
+            rows = []
+            for i, name in enumerate(names):
+                w = weights.get(name) if isinstance(weights, dict) else (
+                    weights[i] if isinstance(weights, list) and i < len(weights) else None)
+                rows.append((name, before.get(name), seen.get(name), w))
+            parts.append(table(("class", "rows before", "rows seen", "loss weight"), rows))
+            parts.append(image(plots.class_distribution(before, seen or None),
+                               "class distribution", "training rows per class, before "
+                               "balancing and as the training saw them"))
+    parts.append(heading(3, "Params"))
+    parts.append(table(
+        ("Param", "value", "set"),
+        [(name, model.params[name], "set" if name in model.explicit else "default")
+         for name in sorted(model.params)]))
+    return Section(section_id("training", index), "Training — " + where(model.path, root),
+                   "\n".join(parts))
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+def _evaluation_block(evaluation: Evaluation, root: Path) -> str:
+    m = evaluation.metrics
+    top_k = m.get("top_k")
+    labels = {"top_k_accuracy": f"top-{top_k} accuracy" if top_k else "top-k accuracy"}
+    rows = [(labels.get(k, k.replace("_", " ")), m.get(k)) for k in METRIC_KEYS if k in m]
+    rejected = m.get("rejected")
+    if isinstance(rejected, list):
+        rows.append(("rejected input files", len(rejected)))
+    parts = [heading(3, f"split {evaluation.name}", where(evaluation.path, root)),
+             kv_table(rows)]
+    per_class = m.get("per_class") or {}
+    if per_class:
+        body = []
+        for name, values in per_class.items():
+            recall = values.get("recall")
+            label = span(name, "bad") if isinstance(recall, float) and recall < 0.5 else name
+            body.append([label, *(values.get(k) for k in PER_CLASS_KEYS)])
+        parts += [heading(4, "Per class"), table(("class", *PER_CLASS_KEYS), body)]
+    parts += [_figure(p, root) for p in evaluation.pngs]
+    return "\n".join(p for p in parts if p)
+
+
+def evaluation(evaluations: list[Evaluation], index: int, root: Path,
+               owner: Path | None) -> Section:
+    """Metrics, per-class table and PNGs of each evaluation folder (of one model, or found
+    on their own when ``owner`` is None)."""
+    title = "Evaluation — " + (where(owner, root) if owner else "other folders")
+    parts = [_evaluation_block(e, root) for e in evaluations]
+    return Section(section_id("evaluation", index), title, "\n".join(parts))
+
+
+# --- tuning ----------------------------------------------------------------------------------
+
+def tuning(study: Study, index: int, root: Path) -> Section:
+    """Best trial, every trial, Optuna's PNGs and the metric per epoch of each trial."""
+    best = study.best_trial()
+    states = Counter(str(t.get("state")) for t in study.trials)
+    parts = [kv_table([
+        ("study", where(study.path, root)),
+        ("metric", study.metric or "unknown (no study.db)"),
+        ("direction", study.direction or "unknown (larger taken as better)"),
+        ("trials", ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none"),
+        ("best trial", best.get("number") if best else None),
+        ("best value", best.get("value") if best else None),
+        ("best model", where(study.best.path, root) if study.best else None),
+    ])]
+    if best and best.get("params"):
+        parts += [heading(3, "Best params"),
+                  table(("Param", "value"), sorted(best["params"].items()))]
+    rows = []
+    for t in sorted(study.trials, key=lambda t: t.get("number", 0)):
+        state = str(t.get("state"))
+        cls = {"failed": "bad", "complete": "good"}.get(state, "muted")
+        params = "; ".join(f"{k}={v}" for k, v in (t.get("params") or {}).items())
+        error = t.get("error")
+        rows.append([t.get("number"), span(state, cls), t.get("value"),
+                     f"{t.get('epochs_run')}/{t.get('epochs')}" if t.get("epochs") else
+                     t.get("epochs_run"), t.get("workers"), t.get("seconds"), params,
+                     (str(error)[:300] if error else None)])
+    parts += [heading(3, "Trials"),
+              table(("#", "state", "value", "epochs run", "workers", "seconds", "params",
+                     "error"), rows)]
+    parts += [_figure(p, root) for p in study.pngs]
+    curves = plots.trial_curves(study.trials, study.metric)
+    if curves:
+        parts.append(image(curves, "trial curves", "metric per epoch of every trial"))
+    return Section(section_id("tuning", index), "Tuning — " + where(study.path, root),
+                   "\n".join(p for p in parts if p))
+
+
+# --- streaming -------------------------------------------------------------------------------
+
+def streaming(stream: Stream, index: int, root: Path) -> Section:
+    """The stream's setup, summary numbers, latency plot and per-micro-batch table."""
+    stats = stream.stats
+    summary_ = stats.get("summary") or {}
+    batches = [b for b in stats.get("batches") or [] if isinstance(b, dict)]
+    parts = [
+        cards([(k.replace("_", " "), summary_.get(k)) for k in
+               ("rows", "batches", "p50_ms", "p95_ms", "rows_per_s") if k in summary_]),
+        kv_table([("output", where(stream.path, root)), ("model", stats.get("model")),
+                  ("input", stats.get("input")), ("format", stats.get("format")),
+                  ("checkpoint", stats.get("checkpoint"))]
+                 + [(k.replace("_", " "), summary_.get(k)) for k in STREAM_KEYS
+                    if k in summary_]),
+    ]
+    latency = plots.stream_latency(batches, title=f"{stream.path.name}: micro-batch latency")
+    if latency:
+        parts.append(image(latency, "stream latency", "latency (line) and rows (bars) per "
+                           "micro-batch"))
+    if batches:
+        shown = batches[:MAX_BATCH_ROWS]
+        columns = ("batch", "rows", "ms", "rows_per_s", "rejected", "model_version")
+        parts += [heading(3, "Micro-batches", f"{len(batches)} in all"),
+                  table(columns, [[b.get(c) for c in columns] for b in shown])]
+        if len(batches) > len(shown):
+            parts.append(paragraph(f"… and {len(batches) - len(shown)} more", "muted"))
+    return Section(section_id("streaming", index), "Streaming — " + where(stream.path, root),
+                   "\n".join(parts))
+
+
+def build_sections(found: Artefacts) -> list[Section]:
+    """Every section for ``found``, in report order."""
+    root = found.root
+    sections = [summary(found)]
+    sections += [dataset(d, i, root) for i, d in enumerate(found.datasets)]
+    models = found.all_models()
+    sections += [training(m, i, root) for i, m in enumerate(models)]
+    evaluated = [(m.evaluations, m.path) for m in models if m.evaluations]
+    if found.evaluations:
+        evaluated.append((found.evaluations, None))
+    sections += [evaluation(evals, i, root, owner) for i, (evals, owner) in enumerate(evaluated)]
+    sections += [tuning(s, i, root) for i, s in enumerate(found.studies)]
+    sections += [streaming(s, i, root) for i, s in enumerate(found.streams)]
+    return sections
+
