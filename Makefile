@@ -17,10 +17,7 @@ $(STAMP): pyproject.toml requirements.lock
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/sparkvision prepare mnist --out $(DEMO)/mnist
-	$(VENV)/bin/sparkvision train $(DEMO)/mnist --out $(DEMO)/model --epochs 10
-	$(VENV)/bin/sparkvision predict $(DEMO)/model $(DEMO)/mnist --split test --out $(DEMO)/predictions.parquet
-	$(VENV)/bin/sparkvision evaluate $(DEMO)/model $(DEMO)/mnist --split test
+	$(VENV)/bin/sparkvision demo --out $(DEMO)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
