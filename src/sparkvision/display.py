@@ -83,7 +83,7 @@ class _Lines:
         self.postfix: dict[str, Any] = {}
         self._started = time.monotonic()
         self._last = self._started
-        self._written_n: int | None = None
+        self._written: tuple[Any, ...] | None = None
         self._closed = False
 
     def _line(self) -> str:
@@ -93,11 +93,14 @@ class _Lines:
         elapsed = time.monotonic() - self._started
         return f"{self.desc}: {done} {self.unit}{pct}{extra} · {elapsed:.0f}s"
 
+    def _state(self) -> tuple[Any, ...]:
+        return (self.n, self.total, tuple(self.postfix.items()))
+
     def _write(self) -> None:
         sys.stderr.write(self._line() + "\n")
         sys.stderr.flush()
         self._last = time.monotonic()
-        self._written_n = self.n
+        self._written = self._state()
 
     def update(self, k: int = 1) -> None:
         self.n += k
@@ -110,7 +113,7 @@ class _Lines:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            if self._written_n != self.n:
+            if self._written != self._state():  # the final state, once
                 self._write()
 
 

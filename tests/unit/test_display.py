@@ -88,3 +88,13 @@ def test_status_line_redraws_on_a_tty_only(stderr):
 def test_bad_mode_is_refused():
     with pytest.raises(ValueError, match="progress mode 'loud'"):
         display.set_mode("loud")
+
+
+def test_the_last_line_has_the_final_postfix(stderr):
+    """Steps finish before the last epoch's numbers arrive: close() still shows them."""
+    err = stderr(tty=False)
+    bar = display.progress(10, "train", unit="step", interval_s=0.0)
+    bar.update(10)
+    bar.set_postfix(epoch="2/2")
+    bar.close()
+    assert err.getvalue().splitlines()[-1].startswith("train: 10/10 step (100%) · epoch=2/2")

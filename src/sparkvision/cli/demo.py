@@ -118,8 +118,8 @@ def run(args: argparse.Namespace) -> int:
     steps.run("stream", [str(model), "--input", str(out / "landing"), "--out",
                          str(out / "stream"), "--checkpoint", str(out / "stream-checkpoint"),
                          "--available-now"], lambda p: (
-        f"{landed} image files → {p['rows']} predictions in {p['batches']} micro-batch(es), "
-        f"p50 {p['p50_ms']} ms → {p['out']}"))
+        f"{landed} image files → {p['rows']} predictions in {p['batches']} micro-batch"
+        f"{'es' if p['batches'] != 1 else ''}, p50 latency {p['p50_ms']:.0f} ms → {p['out']}"))
     steps.run("report", [str(out), "--out", str(out / "report.html")],
               lambda p: f"{p['out']} ({', '.join(p['sections'])})")
     evaluation = steps.payloads["evaluate"]
