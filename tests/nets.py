@@ -49,3 +49,35 @@ def fails_in_task(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Mod
         raise RuntimeError("CUDA driver not found on this executor")
     h, w, c = input_shape
     return nn.Sequential(nn.Flatten(), nn.Linear(h * w * c, num_classes))
+
+
+class _StallsOnRank1(nn.Module):
+    """Rank 1 (the second barrier task) hangs in its 5th training forward pass: an executor
+    stuck in user code, for the hang watchdog."""
+
+    def __init__(self, num_classes: int, input_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        h, w, c = input_shape
+        self.linear = nn.Linear(h * w * c, num_classes)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        if self.training and ctx is not None and ctx.partitionId() == 1:
+            self.calls += 1
+            if self.calls == 5:
+                import time
+
+                time.sleep(3600)
+        return self.linear(x.flatten(1))
+
+
+def stalls_on_rank1(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    return _StallsOnRank1(num_classes, input_shape)
+
+
+def returns_a_string(num_classes: int, input_shape: tuple[int, int, int]) -> str:
+    """Not a network: the driver-side check refuses it before any job."""
+    return "cnn"

@@ -30,6 +30,8 @@ CLASSIFIER_DEFAULTS: dict[str, Any] = {
     "classWeights": [],
     "balance": "none",  # none | oversample | undersample | weights
     "useGpu": "auto",  # auto | true | false
+    # seconds a training rank may go without progress before the driver fails the training
+    "stallTimeout": 600.0,
     "repartition": True,
     "imageShape": [],
     "classes": [],
@@ -78,6 +80,8 @@ class TrainConfig:
     checkpoint_dir: str = _D["checkpointDir"]
     use_gpu: str = _D["useGpu"]
     progress_url: str = ""
+    progress_token: str = ""  # the progress endpoint's per-fit secret
+    stall_timeout_s: float = _D["stallTimeout"]
     progress_every_steps: int = 20
     # Test hook: raise inside (epoch, rank) on the first stage attempt only.
     fault_injection: tuple[int, int] | None = None

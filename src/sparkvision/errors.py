@@ -40,8 +40,22 @@ class CorruptRecordError(DataError):
         )
 
 
+class ModelLoadError(DataError):
+    """A saved model folder is damaged or does not fit its network (truncated, tampered or
+    wrong-shape weights); found on the driver before any job runs."""
+
+
+class UntrustedCodeError(SparkVisionError):
+    """Loading the model would import and run code named by the model folder (a network
+    given as ``package.module:function``) without ``trust_code``."""
+
+
 class ClusterCapacityError(SparkVisionError):
     """The cluster has fewer task slots than a barrier stage needs."""
+
+
+class ClusterUnreachableError(SparkVisionError):
+    """The Spark Connect server (``--remote`` / ``SPARK_REMOTE``) does not answer."""
 
 
 class TrainingError(SparkVisionError):
@@ -55,6 +69,11 @@ class TrainingCancelledError(TrainingError):
 class ModelBuildError(SparkVisionError):
     """A network builder (``model="package.module:function"``) failed or returned something
     that is not an ``nn.Module`` — on the driver or inside a Spark task."""
+
+
+class TrainingStalledError(TrainingError):
+    """A training rank made no progress (or never started) for ``stallTimeout`` seconds; the
+    job was cancelled."""
 
 
 class ExportError(SparkVisionError):

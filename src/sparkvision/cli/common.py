@@ -29,8 +29,14 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    """``--master``, ``--json``, ``-q`` and ``-v``: on every subcommand."""
-    p.add_argument("--master", default=None, help="Spark master URL (default: local[*])")
+    """``--master`` or ``--remote``, ``--json``, ``-q`` and ``-v``: on every subcommand."""
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--master", default=None,
+                       help="Spark master URL for a driver in this process (default: "
+                       "$SPARK_MASTER, then local[*])")
+    where.add_argument("--remote", default=None, metavar="sc://HOST:PORT",
+                       help="Spark Connect server URL: run on that server's cluster instead "
+                       "of a driver in this process (default: $SPARK_REMOTE unless --master)")
     p.add_argument("--json", action="store_true", help="print one JSON object as last line")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bars or progress lines")
@@ -57,12 +63,14 @@ def emit(args: argparse.Namespace, payload: dict[str, Any], human: str) -> None:
 
 
 def spark_session(args: argparse.Namespace):
-    """The SparkSession for ``--master`` (started on first use). Unless ``-v``, the JVM's
-    own output goes to the run's log file (``args.log_file``), not the terminal."""
+    """The SparkSession for ``--master`` (started on first use) or ``--remote`` (a Spark
+    Connect client). Unless ``-v``, the JVM's own output goes to the run's log file
+    (``args.log_file``), not the terminal."""
     from sparkvision.session import get_spark
 
     log = getattr(args, "log_file", None)
-    return get_spark(args.master, jvm_log=None if args.verbose or log is None else str(log))
+    return get_spark(args.master, jvm_log=None if args.verbose or log is None else str(log),
+                     remote=getattr(args, "remote", None))
 
 
 @contextlib.contextmanager

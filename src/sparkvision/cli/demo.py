@@ -77,6 +77,7 @@ class _Steps:
 
     def run(self, name: str, argv: list[str], line: Callable[[dict[str, Any]], str]) -> None:
         flags = ["--json"] + (["--master", self.args.master] if self.args.master else [])
+        flags += ["--remote", self.args.remote] if getattr(self.args, "remote", None) else []
         flags += ["-q"] if self.args.quiet else []
         flags += ["-v"] if self.args.verbose else []
         sub = self.parser.parse_args([name, *argv, *flags])

@@ -8,7 +8,12 @@ import time
 from pathlib import Path
 
 from sparkvision.cli.common import add_common, emit
-from sparkvision.cli.predict import add_backend_flag, add_input_flags, load_model_and_input
+from sparkvision.cli.predict import (
+    add_backend_flag,
+    add_input_flags,
+    add_trust_flag,
+    load_model_and_input,
+)
 from sparkvision.cli.tracking import Tracking, add_mlflow_flags, tracked
 
 METRICS_FILE = "metrics.json"
@@ -87,6 +92,7 @@ def register(sub) -> None:
     p.add_argument("--no-plots", action="store_true",
                    help="skip the PNGs (confusion matrices, per-class bars, sample images)")
     add_backend_flag(p)
+    add_trust_flag(p)
     add_mlflow_flags(p)
     add_common(p)
     p.set_defaults(func=run)

@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     check_model_folder(args.model_dir)  # a wrong folder fails before Spark starts
     spark_session(args)  # the model's Params are read with Spark, as `predict` does
-    model = ImageClassificationModel.load(args.model_dir)
+    model = ImageClassificationModel.load(args.model_dir, trust_code=args.trust_code)
     path = model.export(args.out, format=args.format, output=args.output)
     with open(path + ".json", encoding="utf-8") as fh:
         sidecar = json.load(fh)
@@ -50,5 +50,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output file; FILE.json describes it")
     p.add_argument("--output", choices=OUTPUTS, default="probability",
                    help="what the graph returns: softmax probabilities (default) or logits")
+    from sparkvision.cli.predict import add_trust_flag
+
+    add_trust_flag(p)
     add_common(p)
     p.set_defaults(func=run)

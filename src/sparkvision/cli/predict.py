@@ -17,7 +17,7 @@ def load_model_and_input(args: argparse.Namespace):
     from sparkvision.ml.model import ImageClassificationModel
 
     spark = spark_session(args)
-    model = ImageClassificationModel.load(args.model_dir)
+    model = ImageClassificationModel.load(args.model_dir, trust_code=args.trust_code)
     model.setInferenceBackend(args.backend)
     df, rejected = load_prediction_input(
         spark, args.input, tuple(model.getImageShape()), model.getClasses(), args.split
@@ -54,6 +54,13 @@ def add_input_flags(p: argparse.ArgumentParser) -> None:
                    help="split of a prepared folder (default test)")
 
 
+def add_trust_flag(p: argparse.ArgumentParser) -> None:
+    """--trust-code: allow loading a model whose network is an import path (runs its code)."""
+    p.add_argument("--trust-code", action="store_true",
+                   help="load a model whose network is a 'package.module:function' import "
+                   "path (that code runs here and on the executors)")
+
+
 def add_backend_flag(p: argparse.ArgumentParser) -> None:
     """--backend: the model's inferenceBackend Param (default: config.OUTPUT_DEFAULTS)."""
     from sparkvision.config import OUTPUT_DEFAULTS
@@ -70,5 +77,6 @@ def register(sub) -> None:
     add_input_flags(p)
     p.add_argument("--out", required=True, help="output Parquet folder")
     add_backend_flag(p)
+    add_trust_flag(p)
     add_common(p)
     p.set_defaults(func=run)

@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
         args.model_dir, args.input, args.out, args.checkpoint, format=args.format,
         available_now=args.available_now, trigger_seconds=args.trigger_seconds,
         max_files_per_trigger=args.max_files_per_trigger, spark=spark, backend=args.backend,
+        trust_code=args.trust_code,
     )
     writer = query.sparkvision_writer
 
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from sparkvision.cli.predict import add_backend_flag
+    from sparkvision.cli.predict import add_backend_flag, add_trust_flag
     from sparkvision.streaming.sources import FORMATS
 
     p = sub.add_parser("stream", help="classify files as they arrive (Structured Streaming)")
@@ -81,5 +82,6 @@ def register(sub) -> None:
     p.add_argument("--timeout", type=float, default=None,
                    help="stop after S seconds (default: run until done or Ctrl-C)")
     add_backend_flag(p)
+    add_trust_flag(p)
     add_common(p)
     p.set_defaults(func=run)

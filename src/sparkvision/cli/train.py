@@ -38,6 +38,7 @@ def classifier_params(args: argparse.Namespace, manifest: dict[str, Any]) -> dic
         "checkpointDir": args.checkpoint_dir or "", "balance": args.balance,
         "classes": list(manifest["classes"]), "imageShape": list(manifest["image_shape"]),
         "classWeights": _class_weights(args.class_weights), "augment": args.augment,
+        "stallTimeout": args.timeout,
     }
 
 
@@ -103,6 +104,9 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=D["seed"])
     p.add_argument("--checkpoint-dir", default=None, help="shared folder; resumes from it")
     p.add_argument("--class-weights", default=None, help="'balanced' or w0,w1,...")
+    p.add_argument("--timeout", type=float, default=D["stallTimeout"], metavar="S",
+                   help="fail the training when a worker makes no progress (or does not "
+                   "start) for S seconds, naming it (default %(default)g)")
     p.add_argument("--balance", choices=BALANCES, default=D["balance"],
                    help="class imbalance: over/under-sample the training rows, or "
                    "weights (= --class-weights balanced)")

@@ -20,7 +20,12 @@ from pyspark.ml.util import (
 )
 
 from sparkvision.config import PredictConfig
-from sparkvision.errors import DataError, InvalidParameterError
+from sparkvision.errors import (
+    DataError,
+    InvalidParameterError,
+    ModelLoadError,
+    UntrustedCodeError,
+)
 from sparkvision.ml.params import ImageClassifierParams
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -153,6 +158,16 @@ class ImageClassificationModel(Model, ImageClassifierParams, MLWritable, MLReada
         return path
 
     # ------------------------------------------------------------------ persistence
+    @classmethod
+    def load(cls, path: str, trust_code: bool = False) -> ImageClassificationModel:
+        """Load a model folder, checked on the driver before any job: the weights' size and
+        SHA-256 against the saved metadata, the safetensors header, every tensor's shape
+        against the network. A network named by an import path (``pkg.mod:fn``) runs that
+        code, so it needs ``trust_code=True`` (or ``SPARKVISION_TRUST_CODE=1``)."""
+        reader = cls.read()
+        reader.trust_code = trust_code  # type: ignore[attr-defined]
+        return reader.load(path)
+
     def write(self) -> MLWriter:
         return _ModelWriter(self)
 
@@ -196,12 +211,30 @@ class _ModelWriter(MLWriter):
         super().__init__()
         self.instance = instance
 
+    def _handleOverwrite(self, path: str) -> None:
+        """pyspark asks the driver JVM to delete ``path``; a Spark Connect client has none,
+        so it deletes the folder itself (the weights are written by this process, the
+        Params metadata by the server: over Connect a model folder needs a path both see)."""
+        from sparkvision.session import is_connect
+
+        if not is_connect(self.sparkSession):
+            super()._handleOverwrite(path)
+            return
+        import shutil
+
+        shutil.rmtree(_local(path), ignore_errors=True)
+
     def saveImpl(self, path: str) -> None:
         from pyspark import SparkContext
 
         sc = SparkContext._active_spark_context
+        weights = self.instance.weights
         DefaultParamsWriter.saveMetadata(
-            self.instance, path, sc, extraMetadata={"format": MODEL_FORMAT}
+            self.instance, path, sc, extraMetadata={
+                "format": MODEL_FORMAT,
+                "weights": {"file": WEIGHTS_FILE, "bytes": len(weights),
+                            "sha256": hashlib.sha256(weights).hexdigest()},
+            },
         )
         local = _local(path)
         os.makedirs(local, exist_ok=True)
@@ -215,6 +248,7 @@ class _ModelReader(MLReader):
     def __init__(self, cls: type[ImageClassificationModel]) -> None:
         super().__init__()
         self.cls = cls
+        self.trust_code = False
 
     def load(self, path: str) -> ImageClassificationModel:
         from pyspark import SparkContext
@@ -235,6 +269,37 @@ class _ModelReader(MLReader):
         DefaultParamsReader.getAndSetParams(instance, metadata)
         with open(weights_path, "rb") as fh:
             instance.weights = fh.read()
+        _check_saved_weights(path, weights_path, instance, metadata.get("weights"),
+                             self.trust_code)
         with open(os.path.join(local, HISTORY_FILE), encoding="utf-8") as fh:
             instance.history = json.load(fh)
         return instance
+
+
+def _check_saved_weights(path: str, weights_path: str, model: ImageClassificationModel,
+                         recorded: dict[str, Any] | None, trust_code: bool) -> None:
+    """Refuse damaged, tampered or mismatched weights, and untrusted code (driver side)."""
+    from sparkvision.models.registry import MODEL_NAMES
+    from sparkvision.models.weights import check_weights
+
+    data = model.weights
+    if recorded:
+        if len(data) != recorded.get("bytes"):
+            raise ModelLoadError(
+                f"{weights_path} has {len(data)} bytes but the model was saved with "
+                f"{recorded.get('bytes')}: the file is truncated or was replaced; copy the "
+                "model folder again or re-train it")
+        if hashlib.sha256(data).hexdigest() != recorded.get("sha256"):
+            raise ModelLoadError(
+                f"{weights_path} does not match the SHA-256 recorded when the model was saved "
+                "(the file was modified): restore the original or re-train the model")
+    name = model.getOrDefault(model.model)
+    trusted = trust_code or os.environ.get("SPARKVISION_TRUST_CODE", "") in ("1", "true")
+    if name not in MODEL_NAMES and not trusted:
+        raise UntrustedCodeError(
+            f"the model at {path} uses the network {name!r}, code that loading would import "
+            "and run: pass --trust-code (trust_code=True, or SPARKVISION_TRUST_CODE=1) if "
+            "you trust that module")
+    check_weights(data, name, model.numClasses,
+                  tuple(model.getOrDefault(model.imageShape)),  # type: ignore[arg-type]
+                  weights_path)

@@ -76,6 +76,9 @@ class ImageClassifierParams(
     balance = _param("balance", "class imbalance handling: none, oversample, undersample "
                      "(of the training rows, by Spark) or weights (classWeights='balanced')", _S)
     useGpu = _param("useGpu", "auto, true or false", _S)
+    stallTimeout = _param("stallTimeout", "seconds a training rank may make no progress (or "
+                          "not start) before the driver cancels the training with an error "
+                          "naming the rank, its host and its last step", _F)
     repartition = _param("repartition", "spread rows evenly over numWorkers (a shuffle); false "
                          "keeps the input partitions (coalesced to numWorkers)", _B)
     predictedLabelCol = _param("predictedLabelCol", "output column of the class name", _S)
@@ -108,6 +111,9 @@ class ImageClassifierParams(
         for name in ("weightDecay", "focalGamma"):
             if get(getattr(self, name)) < 0:
                 raise InvalidParameterError(name, get(getattr(self, name)), "use 0 or more")
+        if not get(self.stallTimeout) > 0:
+            raise InvalidParameterError("stallTimeout", get(self.stallTimeout),
+                                        "give seconds > 0, e.g. 600")
         frac = get(self.validationFraction)
         if not 0 <= frac < 1:
             raise InvalidParameterError("validationFraction", frac, "use a value in [0, 1)")

@@ -21,8 +21,9 @@ class ModelSource:
     size, mtime) is checked at every call and a changed folder is loaded; a folder caught
     half-written keeps the previous model until the next call."""
 
-    def __init__(self, model: Any, backend: str | None = None) -> None:
+    def __init__(self, model: Any, backend: str | None = None, trust_code: bool = False) -> None:
         self.backend = backend
+        self.trust_code = trust_code
         self.folder: str | None = None
         self._stamp: tuple[int, int, int] | None = None
         if isinstance(model, str | os.PathLike):
@@ -53,7 +54,7 @@ class ModelSource:
         from sparkvision.ml.model import ImageClassificationModel
 
         assert self.folder is not None
-        model = ImageClassificationModel.load(self.folder)
+        model = ImageClassificationModel.load(self.folder, trust_code=self.trust_code)
         return model, weights_version(model.weights)
 
     def current(self):

@@ -79,6 +79,7 @@ def start(
     query_name: str | None = None,
     session_conf: bool = True,
     backend: str | None = None,
+    trust_code: bool = False,
 ):
     """Classify the files that appear in ``input`` and append predictions to ``output``.
 
@@ -86,7 +87,8 @@ def start(
     ``ImageClassificationModel``. Returns the running ``StreamingQuery``; its
     ``sparkvision_writer`` attribute records every micro-batch (rows, rejected, model
     version). ``session_conf`` sets ``STREAM_CONF`` on the session (lower latency per
-    micro-batch). ``backend``: the model's ``inferenceBackend`` (None keeps the model's)."""
+    micro-batch). ``backend``: the model's ``inferenceBackend`` (None keeps the model's).
+    ``trust_code``: allow a model folder whose network is an import path (its code runs)."""
     from pyspark.sql import SparkSession
 
     check_format(format)
@@ -104,16 +106,21 @@ def start(
         from sparkvision.ml.model import check_model_folder
 
         check_model_folder(os.fspath(model))
+    from sparkvision.session import get_spark, is_connect
+
     spark = spark or SparkSession.getActiveSession()
     if spark is None:
-        from sparkvision.session import get_spark
-
         spark = get_spark()
+    if is_connect(spark):
+        raise InvalidParameterError(
+            "remote", "Spark Connect", "stream runs its foreachBatch writer (model hot swap, "
+            "exactly-once folders, the batch records) in this process, which Spark Connect "
+            "does not allow: run `sparkvision stream` with --master instead")
     if session_conf:
         for key, value in STREAM_CONF.items():
             spark.conf.set(key, value)
     source = read_stream(spark, input, format, max_files_per_trigger)
-    models = ModelSource(model, backend)
+    models = ModelSource(model, backend, trust_code=trust_code)
     spec = StreamSpec(input, output, format)
     claim_checkpoint(checkpoint, spec)
     os.makedirs(output, exist_ok=True)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import re
-from collections.abc import Callable
+import threading
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -16,9 +19,12 @@ from sparkvision.errors import (
     InvalidParameterError,
     TrainingCancelledError,
     TrainingError,
+    TrainingStalledError,
     user_error_message,
 )
+from sparkvision.session import add_job_tag, cancel_job_tag, remove_job_tag
 from sparkvision.training.progress import ProgressBar, ProgressServer
+from sparkvision.training.watchdog import Watchdog
 from sparkvision.training.worker import FLAG_COL, RESULT_DDL, train_partition
 
 log = logging.getLogger(__name__)
@@ -31,19 +37,21 @@ class TrainOutput:
 
 
 def available_slots(spark) -> int:
-    """Task slots the cluster offers now: cores (``defaultParallelism``) / spark.task.cpus."""
-    sc = spark.sparkContext
-    task_cpus = int(sc.getConf().get("spark.task.cpus", "1"))
-    cores = 1 if sc.master == "local" else sc.defaultParallelism
-    return max(0, cores // max(1, task_cpus))
+    """Task slots the cluster offers now: cores / spark.task.cpus, on a classic or Spark
+    Connect session (``session.default_parallelism`` says how each is counted)."""
+    from sparkvision.session import default_parallelism, task_cpus
+
+    return max(0, default_parallelism(spark) // task_cpus(spark))
 
 
 def check_slots(spark, num_workers: int) -> None:
+    from sparkvision.session import master_url
+
     slots = available_slots(spark)
     if num_workers > slots:
         raise ClusterCapacityError(
             f"numWorkers={num_workers} needs {num_workers} concurrent task slots but the "
-            f"cluster has {slots} ({spark.sparkContext.master}): lower numWorkers to at most "
+            f"cluster has {slots} ({master_url(spark)}): lower numWorkers to at most "
             f"{slots}, or add executors/cores"
         )
 
@@ -70,7 +78,9 @@ def layout(train_df, val_df, image_col: str, label_col: str, num_workers: int, r
         data = data.unionByName(pick(val_df, True))
     if repartition:
         return data.repartition(num_workers)
-    parts = data.rdd.getNumPartitions()
+    from sparkvision.session import num_partitions
+
+    parts = num_partitions(data)
     if parts > num_workers:
         return data.coalesce(num_workers)
     if parts < num_workers:
@@ -83,7 +93,10 @@ def layout(train_df, val_df, image_col: str, label_col: str, num_workers: int, r
 
 
 def _driver_host(spark) -> str:
-    return spark.sparkContext.getConf().get("spark.driver.host", "127.0.0.1")
+    """Where executors send progress events: this process (``session.client_host``)."""
+    from sparkvision.session import client_host
+
+    return client_host(spark)
 
 
 def run_distributed(
@@ -93,11 +106,23 @@ def run_distributed(
     on_epoch_end: Callable[[dict[str, Any]], Any] | None = None,
     show_progress: bool = True,
 ) -> TrainOutput:
-    """Train in one barrier stage of ``config.num_workers`` tasks and return rank 0's result."""
+    """Train in one barrier stage of ``config.num_workers`` tasks and return rank 0's result.
+
+    A watchdog thread cancels the stage (its job tag) when a rank makes no progress for
+    ``config.stall_timeout_s``; the error then names that rank, its host and last step."""
+    check_network(config)
     check_slots(spark, config.num_workers)
     bar = ProgressBar(config.epochs, on_epoch_end, show=show_progress)
-    with ProgressServer(bar, host=_driver_host(spark)) as server:
-        cfg = replace(config, progress_url=server.url)
+    watchdog = Watchdog(config.num_workers, config.stall_timeout_s)
+
+    def on_event(event: dict[str, Any]) -> Any:
+        watchdog.observe(event)
+        return None if event.get("type") == "heartbeat" else bar(event)
+
+    tag = f"sparkvision-train-{uuid.uuid4().hex[:12]}"
+    with ProgressServer(on_event, host=_driver_host(spark)) as server, \
+            _watching(spark, watchdog, tag) as stalled:
+        cfg = replace(config, progress_url=server.url, progress_token=server.token)
         func = functools.partial(train_partition, config=cfg)
         # The trailing repartition(1) makes the barrier stage a shuffle-map stage, which
         # Spark can retry as a whole after a task failure (a barrier result stage cannot).
@@ -105,6 +130,12 @@ def run_distributed(
         try:
             rows = result.collect()
         except Exception as exc:
+            if stalled:
+                raise TrainingStalledError(
+                    f"training stopped: {stalled[0]}; the job was cancelled after "
+                    f"stallTimeout={config.stall_timeout_s:g} s (raise it with --timeout if "
+                    "steps are legitimately that slow, or look at that executor's log)"
+                ) from exc
             raise _explain(exc, config) from exc
         finally:
             bar.close()
@@ -116,6 +147,45 @@ def run_distributed(
     history["progress_events"] = sum(1 for e in bar.events if e.get("type") == "epoch")
     history["attempts"] = max(1, sum(1 for e in bar.events if e.get("type") == "start"))
     return TrainOutput(b"".join(c for _, c in chunks), history)
+
+
+def check_network(config: TrainConfig) -> None:
+    """Build the network once on the driver before any job: a builder that does not import,
+    raises or returns no ``nn.Module`` fails in a second with a clear error, not inside the
+    barrier stage (which Spark would retry)."""
+    from sparkvision.models.registry import MODEL_NAMES, build_model
+
+    if config.model not in MODEL_NAMES:
+        build_model(config.model, config.num_classes, config.image_shape)
+
+
+@contextlib.contextmanager
+def _watching(spark, watchdog: Watchdog, tag: str) -> Iterator[list[str]]:
+    """Run the calling thread's jobs under ``tag`` while a thread checks ``watchdog`` every
+    second (or faster for short timeouts); on a stall it records the message in the yielded
+    list and interrupts the tagged jobs."""
+    stalled: list[str] = []
+    stop = threading.Event()
+    period = min(1.0, watchdog.timeout_s / 10)
+
+    def watch() -> None:
+        while not stop.wait(period):
+            message = watchdog.check()
+            if message:
+                stalled.append(message)
+                log.error("training stalled: %s", message)
+                cancel_job_tag(spark, tag)
+                return
+
+    add_job_tag(spark, tag)
+    thread = threading.Thread(target=watch, name="sparkvision-watchdog", daemon=True)
+    thread.start()
+    try:
+        yield stalled
+    finally:
+        stop.set()
+        thread.join(2 * period + 1)
+        remove_job_tag(spark, tag)
 
 
 def _explain(exc: BaseException, config: TrainConfig) -> BaseException:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+import secrets
 import threading
 import urllib.request
 from collections.abc import Callable
@@ -15,21 +17,55 @@ log = logging.getLogger(__name__)
 Event = dict[str, Any]
 
 
+#: Header carrying the per-fit secret that every event must present.
+TOKEN_HEADER = "X-Sparkvision-Token"
+#: Largest event body accepted (events are a few hundred bytes).
+MAX_EVENT_BYTES = 64 * 1024
+
+
 class ProgressServer:
     """Receives JSON events (POST /event) and hands each to ``callback`` in order; a truthy
-    callback result is answered as ``{"stop": true}`` (stop training after this epoch)."""
+    callback result is answered as ``{"stop": true}`` (stop training after this epoch).
+
+    It binds to ``host`` only (the driver's address) and is no open door: an event counts
+    only with this server's secret ``token`` (a fresh ``secrets.token_urlsafe`` per fit,
+    shipped to the tasks in their config) in the ``X-Sparkvision-Token`` header (else 403);
+    oversized (413) or malformed (400) bodies are refused. ``rejected`` counts refusals."""
 
     def __init__(self, callback: Callable[[Event], Any], host: str = "127.0.0.1") -> None:
         self.callback = callback
+        self.token = secrets.token_urlsafe(32)
+        self.rejected = 0
         self._lock = threading.Lock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            def _refuse(self, code: int, why: str) -> None:
+                with outer._lock:
+                    outer.rejected += 1
+                log.warning("progress event refused (%s) from %s", why, self.client_address[0])
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def do_POST(self) -> None:  # noqa: N802 - http.server API
-                length = int(self.headers.get("Content-Length", "0"))
-                body = b""
+                given = self.headers.get(TOKEN_HEADER, "")
+                if not hmac.compare_digest(given.encode(), outer.token.encode()):
+                    return self._refuse(403, "no or wrong token")
+                try:
+                    length = int(self.headers.get("Content-Length", "0"))
+                except ValueError:
+                    return self._refuse(400, "bad Content-Length")
+                if not 0 < length <= MAX_EVENT_BYTES:
+                    return self._refuse(413, f"body of {length} bytes")
                 try:
                     event = json.loads(self.rfile.read(length))
+                    if not isinstance(event, dict):
+                        raise ValueError("not a JSON object")
+                except ValueError:
+                    return self._refuse(400, "malformed body")
+                body = b""
+                try:
                     with outer._lock:
                         stop = bool(outer.callback(event))
                     body = json.dumps({"stop": stop}).encode()
@@ -64,14 +100,15 @@ class ProgressServer:
         self._server.server_close()
 
 
-def post_event(url: str, event: Event, timeout: float = 2.0) -> dict[str, Any]:
+def post_event(url: str, event: Event, timeout: float = 2.0, token: str = "") -> dict[str, Any]:
     """Send one event and return the driver's reply; failures are logged and give ``{}``
     (progress is best effort)."""
     if not url:
         return {}
     body = json.dumps(event).encode()
     request = urllib.request.Request(
-        url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+        url, data=body, headers={"Content-Type": "application/json", TOKEN_HEADER: token},
+        method="POST",
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -84,10 +121,11 @@ def post_event(url: str, event: Event, timeout: float = 2.0) -> dict[str, Any]:
 class EventSender:
     """Posts events from a background thread so the training loop never waits on HTTP."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str = "") -> None:
         import queue
 
         self.url = url
+        self.token = token
         self._queue: queue.Queue[tuple[Event, Any] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, daemon=True)
         if url:
@@ -96,7 +134,8 @@ class EventSender:
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             event, reply = item
-            answer = post_event(self.url, event, timeout=60.0 if reply else 2.0)
+            answer = post_event(self.url, event, timeout=60.0 if reply else 2.0,
+                                token=self.token)
             if reply is not None:
                 reply.put(answer)
 

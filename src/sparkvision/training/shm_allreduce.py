@@ -358,6 +358,14 @@ class ShmAllReduce:
                 self._spin(ctrl, q, word, target, gen)
 
     def _spin(self, ctrl: np.ndarray, q: int, word: int, target: int, gen: int) -> None:
+        global _waiting_for
+        try:
+            self._spin_loop(ctrl, q, word, target, gen)
+        finally:
+            _waiting_for = None
+
+    def _spin_loop(self, ctrl: np.ndarray, q: int, word: int, target: int, gen: int) -> None:
+        global _waiting_for
         spins = 0
         started = 0.0
         while ctrl[q, word] < target:
@@ -372,6 +380,7 @@ class ShmAllReduce:
             if waited < _YIELD_SECONDS:
                 os.sched_yield()
             elif waited < self.timeout_s:
+                _waiting_for = q  # a long wait: the watchdog's heartbeat names the peer
                 time.sleep(_SLEEP_SECONDS)
             else:
                 what = "publish" if word == _ARRIVE else "finish reading"
@@ -380,6 +389,16 @@ class ShmAllReduce:
                     f"generation {gen} for rank {q} to {what} generation {target} (is rank "
                     f"{q} alive and making the same calls?)"
                 )
+
+
+#: The peer this process's all-reduce is waiting for after a long wait (None otherwise).
+_waiting_for: int | None = None
+
+
+def waiting_for() -> int | None:
+    """The rank the shared-memory all-reduce is waiting for right now (after the first
+    short phase of a wait), else None."""
+    return _waiting_for
 
 
 def shm_allreduce_hook(

@@ -7,6 +7,7 @@ gloo (nccl on GPUs), checkpoint from rank 0, and return the weights from rank 0.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -19,12 +20,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from sparkvision.config import TrainConfig
+from sparkvision.training.progress import EventSender
+from sparkvision.training.watchdog import Heartbeat
 
 log = logging.getLogger(__name__)
 
 RESULT_DDL = "kind STRING, seq INT, payload BINARY"
 FLAG_COL = "_sv_is_val"
 CHUNK = 8 * 1024 * 1024
+#: This Python worker's running training task's heartbeat (one task at a time per worker).
+_BEAT: Heartbeat | None = None
 
 
 def _free_port() -> int:
@@ -74,19 +79,56 @@ def _collective_timeout():
 
 def train_partition(batches: Iterator[Any], config: TrainConfig) -> Iterator[Any]:
     """``mapInArrow(..., barrier=True)`` function: trains and yields rank 0's result."""
-    import pyarrow as pa
     import torch
-    import torch.distributed as dist
     from pyspark import BarrierTaskContext
-
-    from sparkvision.data.feed import batches_to_arrays
 
     torch.set_num_threads(1)
     ctx = BarrierTaskContext.get()
     rank = ctx.partitionId()
     world = config.num_workers
+    with _heartbeat(ctx, rank, config) as beat:
+        yield from _train_task(batches, config, ctx, rank, world, beat)
+
+
+@contextlib.contextmanager
+def _heartbeat(ctx: Any, rank: int, config: TrainConfig) -> Iterator[Heartbeat]:
+    """This rank's heartbeat to the driver's watchdog, for the whole task."""
+    global _BEAT
+    from sparkvision.training.shm_allreduce import waiting_for
+
+    sender = EventSender(config.progress_url, config.progress_token)
+    host = ctx.getTaskInfos()[rank].address.split(":")[0]
+    interval = min(5.0, max(0.5, config.stall_timeout_s / 5))
+    beat = Heartbeat(sender.send, rank, host, ctx.taskAttemptId(), interval,
+                     waiting=waiting_for).start()
+    _BEAT = beat
+    try:
+        yield beat
+    finally:
+        _BEAT = None
+        beat.stop()
+        sender.close(timeout=1.0)
+
+
+def _progress(**state: Any) -> None:
+    """Update this rank's heartbeat (phase, epoch, global_step)."""
+    if _BEAT is not None:
+        for key, value in state.items():
+            setattr(_BEAT, key, value)
+
+
+def _train_task(batches: Iterator[Any], config: TrainConfig, ctx: Any, rank: int, world: int,
+                beat: Heartbeat) -> Iterator[Any]:
+    import pyarrow as pa
+    import torch
+    import torch.distributed as dist
+
+    from sparkvision.data.feed import batches_to_arrays
+
+    beat.phase = "reading its data"
     x, y, is_val = batches_to_arrays(batches, "image", "label", config.image_shape, FLAG_COL)
     assert y is not None and is_val is not None
+    beat.phase = "forming the process group"
     addr, port = _rendezvous(ctx, rank)
     device, backend = _device(config)
     if addr in ("127.0.0.1", "localhost"):
@@ -95,6 +137,7 @@ def train_partition(batches: Iterator[Any], config: TrainConfig) -> Iterator[Any
         backend, init_method=f"tcp://{addr}:{port}", rank=rank, world_size=world,
         timeout=_collective_timeout(),
     )
+    beat.phase = "building the network"
     try:
         result = _train(
             torch.from_numpy(x[~is_val]), torch.from_numpy(y[~is_val]),
@@ -202,6 +245,7 @@ def _train(x_tr, y_tr, x_val, y_val, config: TrainConfig, rank: int, world: int,
     model = build_model(config.model, config.num_classes, config.image_shape).to(device)
     optimizer = make_optimizer(config, model.parameters())
 
+    _progress(phase="looking for a checkpoint")
     # Resume: rank 0 picks the checkpoint so every rank loads the same one.
     resume = _allreduce([ckpt.latest_epoch(config.checkpoint_dir) if rank == 0 else 0])[0]
     start_epoch, history, resumed_from = int(resume), [], None
@@ -222,13 +266,16 @@ def _train(x_tr, y_tr, x_val, y_val, config: TrainConfig, rank: int, world: int,
             log.warning("resuming from checkpoint after epoch %d", start_epoch)
     # Small buckets let the all-reduce of the last layers overlap the backward pass of the
     # first ones (one 25 MB bucket would serialise communication after the whole backward).
+    _progress(phase="wrapping the network in DDP")
     ddp = DDP(
         model, device_ids=[device.index] if device.type == "cuda" else None,
         bucket_cap_mb=1, gradient_as_bucket_view=True,
     )
     # Same-host CPU ranks average gradients through shared memory (~3x cheaper than
     # gloo's TCP loopback); collective, every rank takes the same decision.
+    _progress(phase="setting up the gradient all-reduce")
     shm = install_shm_allreduce(ddp) if dist.get_backend() == "gloo" else None
+    _progress(phase="exchanging row counts")
     run = _Run(
         config, rank, world, device, model, ddp, optimizer, start_epoch, history,
         resumed_from, started, "shm" if shm is not None else dist.get_backend(),
@@ -250,8 +297,6 @@ def _epochs(run: _Run, x_tr, y_tr, x_val, y_val) -> tuple[bytes, dict[str, Any]]
     from sparkvision.models.weights import state_dict_bytes
     from sparkvision.training import checkpoint as ckpt
     from sparkvision.training.loop import epoch_indices, evaluate, steps_per_epoch, train_epoch
-    from sparkvision.training.progress import EventSender
-
     config, rank, world, device = run.config, run.rank, run.world, run.device
     train_rows = _allgather_int(len(x_tr))
     val_rows = _allgather_int(len(x_val))
@@ -269,7 +314,7 @@ def _epochs(run: _Run, x_tr, y_tr, x_val, y_val) -> tuple[bytes, dict[str, Any]]
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     url = config.progress_url if rank == 0 else ""
-    events = EventSender(url)
+    events = EventSender(url, config.progress_token)
     events.send({"type": "start", "steps_per_epoch": steps, "start_epoch": run.start_epoch,
                  "world_size": world})
 
@@ -280,7 +325,11 @@ def _epochs(run: _Run, x_tr, y_tr, x_val, y_val) -> tuple[bytes, dict[str, Any]]
         order = epoch_indices(len(x_tr), steps, config.batch_size, config.seed, epoch, rank)
         base = epoch * steps
 
+        _progress(phase="training", epoch=epoch + 1)
+
         def on_step(step: int, base: int = base) -> None:
+            if _BEAT is not None:
+                _BEAT.global_step = base + step
             if url and (step % config.progress_every_steps == 0 or step == steps):
                 events.send({"type": "step", "global_step": base + step})
 
@@ -298,6 +347,7 @@ def _epochs(run: _Run, x_tr, y_tr, x_val, y_val) -> tuple[bytes, dict[str, Any]]
             "steps_per_rank": [steps] * world,
             "lr": run.optimizer.param_groups[0]["lr"],
         }
+        _progress(phase="validating")
         if sum(val_rows) > 0:
             v = evaluate(run.model, x_val, y_val, config.loss, device=device,
                          gamma=config.focal_gamma)
@@ -308,6 +358,7 @@ def _epochs(run: _Run, x_tr, y_tr, x_val, y_val) -> tuple[bytes, dict[str, Any]]
         record["samples_per_second"] = round(samples / max(record["seconds"], 1e-9), 1)
         run.history.append(record)
         stop = 0.0
+        _progress(phase="checkpointing and reporting the epoch")
         if rank == 0:
             if config.checkpoint_dir:
                 ckpt.save_checkpoint(

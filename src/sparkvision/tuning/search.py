@@ -254,7 +254,9 @@ class _Search:
             # Ctrl-C: cancel the running trials' jobs; they are queued again (not counted)
             # and the next run with the same folder continues the study.
             self.interrupted = True
-            self.spark.sparkContext.cancelAllJobs()
+            from sparkvision.session import cancel_jobs
+
+            cancel_jobs(self.spark)  # classic: cancelAllJobs; Spark Connect: interruptAll
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -315,13 +317,14 @@ class _Search:
         trial.set_user_attr("workers", workers)
         trial.set_user_attr("epochs", epochs)
         started = time.monotonic()
-        sc = self.spark.sparkContext
         error: str | None = None
         cancelled = False
         model = None
-        with self.pool.hold(workers):
-            sc.setJobGroup(f"sparkvision-tune-trial-{trial.number}",
-                           f"sparkvision tune trial {trial.number}: {values}", True)
+        from sparkvision.session import job_group
+
+        with self.pool.hold(workers), job_group(
+                self.spark, f"sparkvision-tune-trial-{trial.number}",
+                f"sparkvision tune trial {trial.number}: {values}"):
             try:
                 model = clf.fit(self.train_df)
             except Exception as exc:  # noqa: BLE001 - a failed trial is recorded, search goes on
@@ -329,8 +332,6 @@ class _Search:
                 error = user_error_message(exc) or f"{type(exc).__name__}: {exc}"[:500]
                 if not isinstance(exc, SparkVisionError) and user_error_message(exc) is None:
                     log.warning("trial %d failed", trial.number, exc_info=True)
-            finally:
-                sc.setLocalProperty("spark.jobGroup.id", None)
         freed = time.monotonic()
         trial.set_user_attr("seconds", round(freed - started, 3))
         trial.set_user_attr("curve", curve)

@@ -1,0 +1,115 @@
+"""Never an endless hang, no open door: a stalled rank fails the training within
+``stallTimeout`` naming the rank, its host and its last step; the progress endpoint ignores
+events without the fit's secret token."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from sparkvision import ImageClassifier
+from sparkvision.errors import TrainingStalledError
+from sparkvision.training.progress import MAX_EVENT_BYTES, TOKEN_HEADER, ProgressServer
+from sparkvision.training.watchdog import Watchdog
+
+
+def test_a_stalled_rank_fails_the_training_within_the_timeout(digits):
+    train, val, _ = digits
+    clf = ImageClassifier(model="tests.nets:stalls_on_rank1", epochs=3, numWorkers=2, seed=1,
+                          validationDf=val, stallTimeout=10)
+    started = time.monotonic()
+    with pytest.raises(TrainingStalledError) as info:
+        clf.fit(train)
+    elapsed = time.monotonic() - started
+    message = str(info.value)
+    assert elapsed < 60, elapsed
+    assert "rank 1 on host 127.0.0.1 made no progress" in message
+    assert "last reached: step 4, epoch 1, training" in message
+    assert "rank(s) 0 waited for it in the gradient all-reduce" in message
+    assert "stallTimeout=10 s" in message
+
+
+def test_a_normal_training_is_not_stopped_by_a_short_timeout(digits):
+    """Heartbeats keep coming while a rank makes progress (validation, checkpoints too)."""
+    train, val, _ = digits
+    model = ImageClassifier(epochs=2, numWorkers=2, seed=2, validationDf=val,
+                            stallTimeout=8).fit(train)
+    assert len(model.history["epochs"]) == 2
+
+
+def _post(url: str, body: bytes, token: str | None) -> int:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers[TOKEN_HEADER] = token
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_forged_progress_events_are_ignored():
+    seen: list[dict] = []
+    with ProgressServer(seen.append) as server:
+        event = json.dumps({"type": "epoch", "epoch": 1, "train_loss": 0.1}).encode()
+        assert _post(server.url, event, None) == 403
+        assert _post(server.url, event, "guessed-" + server.token[8:]) == 403
+        assert _post(server.url, b"[1, 2]", server.token) == 400
+        assert _post(server.url, b"{not json", server.token) == 400
+        assert _post(server.url, b"{" + b" " * MAX_EVENT_BYTES + b"}", server.token) == 413
+        assert seen == [] and server.rejected == 5
+        assert _post(server.url, event, server.token) == 200
+        assert seen == [json.loads(event)]
+    assert server.host == "127.0.0.1"
+
+
+def test_watchdog_names_the_rank_others_wait_for():
+    now = [0.0]
+    dog = Watchdog(world=3, timeout_s=10, clock=lambda: now[0])
+
+    def beat(rank: int, step: int, waiting: int | None = None, attempt: int = 0) -> None:
+        dog.observe({"type": "heartbeat", "rank": rank, "host": f"h{rank}",
+                     "task": 10 * attempt + rank,
+                     "phase": "training", "epoch": 2, "global_step": step,
+                     "waiting_for": waiting})
+
+    for r in range(3):
+        beat(r, 40)
+    now[0] = 5.0
+    beat(0, 41, waiting=2)
+    beat(1, 41, waiting=2)
+    assert dog.check() is None
+    now[0] = 16.0
+    for r in (0, 1):
+        beat(r, 41, waiting=2)
+    message = dog.check()
+    assert message is not None and message.startswith("rank 2 on host h2 made no progress")
+    assert "step 40, epoch 2" in message and "rank(s) 0, 1 waited for it" in message
+    # a retried stage starts over: nobody is late yet, late beats of the old attempt ignored
+    beat(0, 0, attempt=1)
+    beat(0, 40, attempt=0)  # late: rank 0's old task was replaced
+    assert dog.check() is None
+    now[0] = 30.0
+    assert dog.check() == ("rank 1 did not start within 10 s (ranks that reported: [0]): "
+                           "the barrier tasks or their process group could not form")
+
+
+def test_watchdog_waits_while_no_rank_is_alive():
+    """Between a failed stage attempt and its retry no task beats: that is no stall (a
+    replacement executor may take a while to start)."""
+    now = [0.0]
+    dog = Watchdog(world=2, timeout_s=10, clock=lambda: now[0])
+    for rank in (0, 1):
+        dog.observe({"type": "heartbeat", "rank": rank, "host": "h", "task": rank,
+                     "interval": 1.0, "phase": "training", "epoch": 1, "global_step": 7,
+                     "waiting_for": None})
+    now[0] = 120.0  # both tasks were killed; nothing reported since
+    assert dog.check() is None
+    dog.observe({"type": "heartbeat", "rank": 1, "host": "h2", "task": 3, "interval": 1.0,
+                 "phase": "starting", "epoch": 0, "global_step": 0, "waiting_for": None})
+    assert dog.check() is None  # the retry's first rank just arrived
