@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) bench/inference.py
 	$(PY) bench/evaluate.py
 	$(PY) bench/tuning.py
+	$(PY) bench/cluster_scaling.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache
