@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) bench/evaluate.py
 	$(PY) bench/tuning.py
 	$(PY) bench/cluster_scaling.py
+	$(PY) bench/connect_overhead.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache
