@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.standalone import StandaloneCluster  # noqa: E402
 
-from common import ensure_glibc_tunables, write_result  # noqa: E402
+from common import cli_env, ensure_glibc_tunables, run_cli, write_result  # noqa: E402
 
 TRAIN_FLAGS = ["--model", "cnn", "--batch-size", "64", "--seed", "0", "--augment", "none"]
 
@@ -47,24 +44,12 @@ def ram_gib() -> float:
     return round(kib / 1024**2, 1)
 
 
-def sparkvision(argv: list[str], env: dict[str, str], timeout_s: float = 900) -> float:
-    """Run ``sparkvision ARGV -q``; return its wall seconds (exit code 0 asserted)."""
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "sparkvision", *argv, "-q"], env=env,
-                          capture_output=True, timeout=timeout_s, check=False)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"sparkvision {argv[0]} exited {done.returncode}:\n"
-                         f"{done.stderr.decode()[-3000:]}")
-    return seconds
-
-
 def train(cluster: StandaloneCluster, data: Path, out: Path, workers: int, epochs: int,
           env: dict[str, str]) -> dict[str, Any]:
     """One ``sparkvision train`` on the cluster with ``workers`` executors of 1 core."""
     run_env = dict(env, PYSPARK_SUBMIT_ARGS=f"--conf spark.cores.max={workers} pyspark-shell")
     apps_before = len((cluster.state() or {}).get("completedapps", []))
-    wall = sparkvision(["train", str(data), "--out", str(out), "--workers", str(workers),
+    wall = run_cli(["train", str(data), "--out", str(out), "--workers", str(workers),
                         "--epochs", str(epochs), "--master", cluster.master_url, *TRAIN_FLAGS],
                        run_env)
     history = json.loads((out / "history.json").read_text())
@@ -93,11 +78,9 @@ def main() -> None:
     args = parser.parse_args()
     ensure_glibc_tunables()
     work = Path(tempfile.mkdtemp(prefix="sv-bench-cluster-"))
-    env = dict(os.environ, SPARKVISION_LOG_DIR=str(work / "logs"))
-    for key in ("SPARK_MASTER", "SPARK_REMOTE", "PYSPARK_SUBMIT_ARGS"):
-        env.pop(key, None)
+    env = cli_env(work / "logs")
     data = work / "mnist"
-    sparkvision(["prepare", "mnist", "--out", str(data), "--master", "local[2]"], env)
+    run_cli(["prepare", "mnist", "--out", str(data), "--master", "local[2]"], env)
 
     runs: dict[str, list[dict[str, Any]]] = {"1x1": [], "2x1": []}
     with StandaloneCluster(work / "cluster", workers=2, cores=1, memory="2g") as cluster:

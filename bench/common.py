@@ -6,13 +6,38 @@ import datetime as dt
 import json
 import os
 import platform
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from sparkvision.session import GLIBC_TUNABLES
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_env(log_dir: Path) -> dict[str, str]:
+    """This environment for `sparkvision` subprocesses: logs in ``log_dir``, and no
+    SPARK_MASTER / SPARK_REMOTE / PYSPARK_SUBMIT_ARGS leaking in from the shell."""
+    env = dict(os.environ, SPARKVISION_LOG_DIR=str(log_dir))
+    for key in ("SPARK_MASTER", "SPARK_REMOTE", "PYSPARK_SUBMIT_ARGS"):
+        env.pop(key, None)
+    return env
+
+
+def run_cli(argv: list[str], env: dict[str, str], timeout_s: float = 900) -> float:
+    """Run ``sparkvision ARGV -q`` in a new process from the repository root; return its
+    wall seconds (a non-zero exit stops the benchmark with the command's stderr)."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "sparkvision", *argv, "-q"], env=env,
+                          cwd=REPO, capture_output=True, timeout=timeout_s, check=False)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"sparkvision {argv[0]} exited {done.returncode}:\n"
+                         f"{done.stderr.decode()[-3000:]}")
+    return seconds
 
 
 def ensure_glibc_tunables() -> None:

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,27 +22,15 @@ sys.path.insert(0, str(ROOT))
 
 from tests.cluster import connect_server  # noqa: E402
 
-from common import ensure_glibc_tunables, write_result  # noqa: E402
+from common import cli_env, ensure_glibc_tunables, run_cli, write_result  # noqa: E402
 
 TRAIN_FLAGS = ["--model", "cnn", "--batch-size", "64", "--seed", "0", "--augment", "none",
                "--workers", "2"]
 
 
-def sparkvision(argv: list[str], env: dict[str, str], timeout_s: float = 900) -> float:
-    """Run ``sparkvision ARGV -q`` in a new process; return its wall seconds."""
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "sparkvision", *argv, "-q"], env=env,
-                          cwd=ROOT, capture_output=True, timeout=timeout_s, check=False)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"sparkvision {argv[0]} exited {done.returncode}:\n"
-                         f"{done.stderr.decode()[-3000:]}")
-    return seconds
-
-
 def train(data: Path, out: Path, where: list[str], epochs: int,
           env: dict[str, str]) -> dict[str, Any]:
-    wall = sparkvision(["train", str(data), "--out", str(out), "--epochs", str(epochs),
+    wall = run_cli(["train", str(data), "--out", str(out), "--epochs", str(epochs),
                         *where, *TRAIN_FLAGS], env)
     history = json.loads((out / "history.json").read_text())
     epochs_h = history["epochs"]
@@ -66,11 +51,9 @@ def main() -> None:
     args = parser.parse_args()
     ensure_glibc_tunables()
     work = Path(tempfile.mkdtemp(prefix="sv-bench-connect-"))
-    env = dict(os.environ, SPARKVISION_LOG_DIR=str(work / "logs"))
-    for key in ("SPARK_MASTER", "SPARK_REMOTE", "PYSPARK_SUBMIT_ARGS"):
-        env.pop(key, None)
+    env = cli_env(work / "logs")
     data = work / "mnist"
-    sparkvision(["prepare", "mnist", "--out", str(data), "--master", "local[2]"], env)
+    run_cli(["prepare", "mnist", "--out", str(data), "--master", "local[2]"], env)
     runs: dict[str, list[dict[str, Any]]] = {"classic": [], "connect": []}
     with connect_server(work / "connect-server.log") as url:
         for i in range(args.repeats):  # interleaved: load drifts hit both
