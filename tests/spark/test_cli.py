@@ -81,6 +81,14 @@ def test_predict_and_train_user_errors_exit_2(tmp_path, capsys):
     assert len(err) == 1 and "dataset.json" in err[0]
 
 
+
+def test_url_of_a_filesystem_that_is_not_installed_exits_2(tmp_path, capsys):
+    for argv in (["train", "gs://bucket/data", "--out", str(tmp_path / "m")],
+                 ["report", "gs://bucket/model"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "needs gcsfs (pip install gcsfs" in err[0], err
+
 def test_console_entry_points_have_help():
     for argv in (["-m", "sparkvision", "--help"], ["-m", "sparkvision", "train", "--help"],
                  ["-m", "sparkvision", "predict", "--help"]):

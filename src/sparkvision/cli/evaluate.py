@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
+from sparkvision import storage
 from sparkvision.cli.common import add_common, emit
 from sparkvision.cli.predict import (
     add_backend_flag,
@@ -33,16 +35,20 @@ def run(args: argparse.Namespace, tracking: Tracking) -> int:
     started = time.monotonic()
     _spark, model, df, rejected = load_model_and_input(args)
     result = evaluate(model, df, k=args.top_k)
-    out = Path(args.out) if args.out else Path(args.model_dir) / "evaluation" / args.split
-    out.mkdir(parents=True, exist_ok=True)
+    out = args.out or storage.join(args.model_dir, "evaluation", args.split)
     payload = result.to_dict()
     payload["rejected"] = rejected
-    (out / METRICS_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    plots = []
-    if not args.no_plots:
-        plots = _plots(model, df, result, out, f"{Path(args.model_dir).name} on {args.split}")
+    with storage.staged_folder(out) as local:  # uploaded at the end when OUT is a URL
+        with open(os.path.join(local, METRICS_FILE), "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(payload, indent=2) + "\n")
+        plots = []
+        if not args.no_plots:
+            plots = _plots(model, df, result, Path(local),
+                           f"{storage.basename(args.model_dir)} on {args.split}")
+        payload.update(tracking.evaluated(Path(local), plots))  # --mlflow: a run + its id
+    if not storage.is_local(out):
+        plots = [storage.join(out, os.path.relpath(p, local)) for p in plots]
     payload.update(out=str(out), plots=plots, seconds=round(time.monotonic() - started, 3))
-    payload.update(tracking.evaluated(out, plots))  # --mlflow: a run, + mlflow_run_id
     lines = [
         f"evaluated {args.model_dir} on {result.n} rows → {out}",
         f"  accuracy {result.accuracy:.4f}  macro F1 {result.macro_f1:.4f}  "

@@ -4,8 +4,8 @@ output or a run folder holding them (no Spark session is started)."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from sparkvision import storage
 from sparkvision.cli.common import add_common, emit
 
 DEFAULT_NAME = "report.html"
@@ -14,7 +14,7 @@ DEFAULT_NAME = "report.html"
 def run(args: argparse.Namespace) -> int:
     from sparkvision.reporting import build_report
 
-    out = args.out or str(Path(args.path) / DEFAULT_NAME)
+    out = args.out or storage.join(args.path, DEFAULT_NAME)
     result = build_report(args.path, out)
     payload = result.to_dict()
     emit(args, payload, f"report on {args.path} → {result.out} ({', '.join(result.sections)}; "

@@ -22,8 +22,6 @@ splits uncompressed files every N records (only record headers are scanned to pl
 
 from __future__ import annotations
 
-import os
-
 from pyspark.sql.datasource import (
     DataSource,
 )
@@ -31,6 +29,7 @@ from pyspark.sql.types import (
     StructType,
 )
 
+from sparkvision import storage
 from sparkvision.data.datasource_read import (
     BYTE_ARRAY_SCHEMA,
     TFRecordOptions,
@@ -74,7 +73,7 @@ class TFRecordDataSource(DataSource):
         opts = self._opts()
         check_read_schema(schema, opts)
         single_path(opts, "a stream")
-        if not os.path.isdir(opts.path):
+        if not storage.isdir(opts.path):
             raise DataError(f"stream source folder {opts.path} does not exist; create it first")
         return TFRecordStreamReader(opts, schema)
 
@@ -86,7 +85,7 @@ class TFRecordDataSource(DataSource):
             raise InvalidParameterError(
                 "saveMode", mode, "conflicts with mode('overwrite'); drop one of them"
             )
-        if os.path.isfile(opts.path):
+        if storage.isfile(opts.path):
             raise DataError(f"cannot write TFRecords to {opts.path}: it is a file, not a folder")
         exists = has_data(opts.path)
         if exists and mode in ("error", "errorifexists"):
@@ -94,5 +93,5 @@ class TFRecordDataSource(DataSource):
                 f"path {opts.path} already exists and has data; use mode('overwrite') or "
                 "mode('append'), or write somewhere else"
             )
-        os.makedirs(opts.path, exist_ok=True)
+        storage.makedirs(opts.path)
         return TFRecordWriter(opts, schema, mode == "overwrite", skip=exists and mode == "ignore")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,7 @@ from pyspark.sql.types import (
     StructType,
 )
 
+from sparkvision import storage
 from sparkvision.data.tfrecord import (
     Feature,
     decode_example,
@@ -141,16 +141,13 @@ def _hidden(name: str) -> bool:
 
 
 def list_data_files(path: str) -> list[str]:
-    """Return the TFRecord files at ``path`` (a file, or a folder walked recursively), sorted."""
-    if os.path.isfile(path):
+    """Return the TFRecord files at ``path`` (a file, or a folder walked recursively), sorted;
+    a local path or any fsspec URL."""
+    if storage.isfile(path):
         return [path]
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
         raise DataError(f"TFRecord path {path} does not exist; check the path (local or shared)")
-    found = []
-    for root, dirs, files in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if not _hidden(d))
-        found.extend(os.path.join(root, f) for f in files if not _hidden(f))
-    return sorted(found)
+    return storage.walk_files(path, keep=lambda name: not _hidden(name))
 
 
 def list_input_files(opts: TFRecordOptions) -> list[str]:

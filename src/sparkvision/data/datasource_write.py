@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import logging
-import os
-import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,10 +20,11 @@ from pyspark.sql.types import (
     StructType,
 )
 
+from sparkvision import storage
 from sparkvision.data.datasource_read import SAVE_MODES, TFRecordOptions, plan_columns
 from sparkvision.data.tfrecord import (
+    WRITE_BUFFER,
     encode_example,
-    open_for_write,
     write_record,
 )
 from sparkvision.errors import DataError, InvalidParameterError
@@ -67,13 +68,8 @@ def _record_encoder(batch: pa.RecordBatch) -> Iterator[bytes]:
         yield value
 
 
-def _entries(path: str) -> list[os.DirEntry[str]]:
-    with os.scandir(path) as it:
-        return list(it)
-
-
 def has_data(path: str) -> bool:
-    return os.path.isfile(path) or (os.path.isdir(path) and bool(_entries(path)))
+    return storage.isfile(path) or bool(storage.listdir(path))
 
 
 class TFRecordWriter(DataSourceArrowWriter):
@@ -106,37 +102,38 @@ class TFRecordWriter(DataSourceArrowWriter):
         if self.skip:
             return TFRecordCommitMessage()
         ctx = TaskContext.get()
-        part, attempt = (ctx.partitionId(), ctx.attemptNumber()) if ctx else (0, 0)
-        suffix = ".tfrecord.gz" if self.opts.compression == "gzip" else ".tfrecord"
-        final = os.path.join(self.opts.path, f"part-{part:05d}-{self.job}{suffix}")
-        temp = os.path.join(self.opts.path, f".part-{part:05d}-{self.job}-{attempt}.tmp")
+        part = ctx.partitionId() if ctx else 0
+        gz = self.opts.compression == "gzip"
+        final = storage.join(self.opts.path,
+                             f"part-{part:05d}-{self.job}{'.tfrecord.gz' if gz else '.tfrecord'}")
         if self.opts.record_type == "ByteArray":
             encode = _record_encoder
         else:
             encode = _example_encoder(self.schema)
-        fileobj, count = None, 0
-        try:
+        count = 0
+        # The file appears under its final name only when the task finished writing it
+        # (temporary name + rename, or one upload to an object store); an empty partition
+        # writes nothing.
+        with contextlib.ExitStack() as stack:
+            fileobj: Any = None
             for batch in iterator:
                 for record in encode(batch):
                     if fileobj is None:
-                        fileobj = open_for_write(temp, self.opts.compression or "none")
+                        fileobj = stack.enter_context(
+                            storage.atomic_writer(final, buffering=WRITE_BUFFER))
+                        if gz:
+                            fileobj = stack.enter_context(
+                                gzip.GzipFile(fileobj=fileobj, mode="wb", compresslevel=6))
                     write_record(fileobj, record)
                     count += 1
-            if fileobj is None:
-                return TFRecordCommitMessage()
-            fileobj.close()
-            os.replace(temp, final)
-        except BaseException:
-            if fileobj is not None:
-                fileobj.close()
-                _remove(temp)
-            raise
+        if not count:
+            return TFRecordCommitMessage()
         return TFRecordCommitMessage([final], count)
 
     def _clean_temp(self) -> None:
-        for entry in _entries(self.opts.path):
-            if entry.name.startswith(".part-") and self.job in entry.name:
-                _remove(entry.path)
+        for name in storage.listdir(self.opts.path):
+            if name.startswith(".part-") and self.job in name:
+                storage.remove(storage.join(self.opts.path, name))
 
     def commit(self, messages: list[WriterCommitMessage | None]) -> None:
         written = {f for m in messages if isinstance(m, TFRecordCommitMessage) for f in m.files}
@@ -144,30 +141,20 @@ class TFRecordWriter(DataSourceArrowWriter):
             return
         self._clean_temp()
         if self.overwrite:
-            for entry in _entries(self.opts.path):
-                if entry.path not in written:
-                    _remove(entry.path)
-        with open(os.path.join(self.opts.path, "_SUCCESS"), "wb"):
-            pass
+            for name in storage.listdir(self.opts.path):
+                path = storage.join(self.opts.path, name)
+                if path not in written:
+                    storage.remove(path)
+        storage.write_bytes(storage.join(self.opts.path, "_SUCCESS"), b"")
         log.info("wrote %d TFRecord files to %s", len(written), self.opts.path)
 
     def abort(self, messages: list[WriterCommitMessage | None]) -> None:
         for message in messages:
             if isinstance(message, TFRecordCommitMessage):
                 for path in message.files:
-                    _remove(path)
-        if os.path.isdir(self.opts.path):
+                    storage.remove(path)
+        if storage.isdir(self.opts.path):
             self._clean_temp()
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        try:
-            os.remove(path)
-        except FileNotFoundError:
-            pass
 
 
 def save_tfrecords(df: Any, path: str, mode: str = "errorifexists", **options: str) -> None:

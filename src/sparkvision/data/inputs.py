@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sparkvision import storage
 from sparkvision.data.decoding import (
     decode_image_folder,
     label_by_class,
@@ -24,12 +25,28 @@ def _is_parquet(path: Path) -> bool:
     return any(p.suffix == ".parquet" for p in path.rglob("*.parquet"))
 
 
+def _prepared_or_raw_tfrecords(spark, path: str):
+    """TFRecords at ``path``, with the prepared schema when they hold prepared rows."""
+    from sparkvision.data.schema import prepared_schema
+
+    probe = spark.read.format("tfrecords").load(path)
+    if {"height", "width", "channels", "image"} <= set(probe.columns):
+        return spark.read.format("tfrecords").schema(prepared_schema()).load(path)
+    return probe
+
+
 def load_prediction_input(
     spark, source: str, image_shape: tuple[int, int, int], classes: list[str], split: str
 ) -> tuple[Any, list[dict[str, str]]]:
     """Return (DataFrame with image/path[/label], rejected files)."""
     from pyspark.sql import functions as F
 
+    if not storage.is_local(source):  # a URL: a prepared folder or TFRecords there
+        if storage.exists(storage.join(source, MANIFEST)):
+            return load_prepared(spark, source, split), []
+        if not storage.exists(source):
+            raise DataError(f"prediction input {source!r} does not exist: check the URL")
+        return _prepared_or_raw_tfrecords(spark, source), []
     path = Path(source)
     if not path.exists():
         raise DataError(
@@ -43,13 +60,7 @@ def load_prediction_input(
         if _is_parquet(path):
             df = spark.read.parquet(str(path))
         else:
-            from sparkvision.data.schema import prepared_schema
-
-            probe = spark.read.format("tfrecords").load(str(path))
-            if {"height", "width", "channels", "image"} <= set(probe.columns):
-                df = spark.read.format("tfrecords").schema(prepared_schema()).load(str(path))
-            else:
-                df = probe
+            df = _prepared_or_raw_tfrecords(spark, str(path))
         if "image" not in df.columns:
             raise DataError(f"{source} has no 'image' column (columns: {df.columns})")
         if {"height", "width", "channels"} <= set(df.columns):

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from sparkvision import storage
 from sparkvision.data.manifest import SPLITS, read_manifest
 from sparkvision.data.schema import prepared_schema
 from sparkvision.errors import InvalidParameterError
@@ -14,7 +13,7 @@ def load_prepared(spark, folder: str, split: str = "train"):
     if split not in SPLITS:
         raise InvalidParameterError("split", split, f"use one of {', '.join(SPLITS)}")
     manifest = read_manifest(folder)
-    path = str(Path(folder) / manifest.get("paths", {}).get(split, split))
+    path = storage.join(folder, manifest.get("paths", {}).get(split, split))
     if manifest["format"] == "parquet":
         return spark.read.parquet(path)
     return spark.read.format("tfrecords").schema(prepared_schema()).load(path)

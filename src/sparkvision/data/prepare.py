@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparkvision import storage
 from sparkvision.data.builtin import BUILTIN_SOURCES, load_builtin
 from sparkvision.data.decoding import (
     DECODED_DDL,
@@ -289,14 +290,14 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
         if r.split in per_class:
             per_class[r.split][classes[int(r.label)]] = int(r["count"])
 
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = storage.absolute(config.out)  # a local folder or any fsspec URL (s3://...)
+    storage.makedirs(out)
     columns = [c.split()[0] for c in PREPARED_DDL.split(", ")]
     for split in SPLITS:
         part = split_df.filter(F.col("split") == split).select(*columns)
         part = part.repartition(config.num_shards, "path").sortWithinPartitions("path")
         writer = part.write.mode("overwrite")
-        target = str(out / split)
+        target = storage.join(out, split)
         if config.fmt == "tfrecords":
             writer.format("tfrecords").save(target)
         else:
@@ -305,7 +306,7 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
     decoded.unpersist()
 
     result = PrepareResult(
-        out=str(out),
+        out=out,
         classes=list(classes),
         image_shape=list(image_shape),
         splits={s: sum(per_class[s].values()) for s in SPLITS},

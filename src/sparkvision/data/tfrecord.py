@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import os
 import struct
 import zlib
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
@@ -31,6 +30,7 @@ from typing import IO, Any, Literal
 import google_crc32c
 import numpy as np
 
+from sparkvision import storage
 from sparkvision.errors import CorruptRecordError, DataError, InvalidParameterError
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ _MASK64 = (1 << 64) - 1
 _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
 _READ_BUFFER = 1 << 20
+WRITE_BUFFER = 1 << 20
 # Past this many values numpy beats struct/Python loops for packed lists.
 _NUMPY_MIN = 16
 
@@ -179,8 +180,8 @@ def open_for_read(path: str, compression: str | None = None) -> IO[bytes]:
     if mode is None:
         mode = "gzip" if is_gzip_path(path) else "none"
     if mode == "gzip":
-        return gzip.open(path, "rb")
-    return open(path, "rb", buffering=_READ_BUFFER)
+        return storage.open_read(path, gzip=True)
+    return storage.open_read(path, buffering=_READ_BUFFER)
 
 
 def open_for_write(path: str, compression: str | None = "none") -> IO[bytes]:
@@ -190,7 +191,7 @@ def open_for_write(path: str, compression: str | None = "none") -> IO[bytes]:
         mode = "gzip" if is_gzip_path(path) else "none"
     if mode == "gzip":
         return gzip.open(path, "wb", compresslevel=6)
-    return open(path, "wb", buffering=_READ_BUFFER)
+    return open(path, "wb", buffering=WRITE_BUFFER)
 
 
 def read_file_records(
@@ -214,7 +215,7 @@ def read_range_records(
     stats: MutableMapping[str, int] | None = None,
 ) -> Iterator[bytes]:
     """Records of an uncompressed file whose headers start in ``[start, end)``."""
-    with open(path, "rb") as fileobj:
+    with storage.open_read(path) as fileobj:
         fileobj.seek(start)
         yield from iter_records(
             fileobj, path, verify_checksums, skip_corrupt, stats, offset=start, end=end
@@ -228,8 +229,8 @@ def split_offsets(path: str, records_per_split: int) -> list[int]:
     malformed; the reader of the last range then reports it with the exact offset.
     """
     offsets = [0]
-    size = os.path.getsize(path)
-    with open(path, "rb") as fh:
+    size = storage.size(path)
+    with storage.open_read(path) as fh:
         offset, count = 0, 0
         while offset + _HEADER_SIZE <= size:
             header = fh.read(_HEADER_SIZE)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from types import SimpleNamespace
 from typing import Any
 
 from pyspark import keyword_only
@@ -19,6 +20,7 @@ from pyspark.ml.util import (
     MLWriter,
 )
 
+from sparkvision import storage
 from sparkvision.config import PredictConfig
 from sparkvision.errors import (
     DataError,
@@ -30,6 +32,7 @@ from sparkvision.ml.params import ImageClassifierParams
 
 WEIGHTS_FILE = "weights.safetensors"
 HISTORY_FILE = "history.json"
+METADATA_DIR = "metadata"
 #: Saved-model format. 2: rawPrediction/probability vectors, prediction double.
 MODEL_FORMAT = "sparkvision/2"
 
@@ -137,7 +140,7 @@ class ImageClassificationModel(Model, ImageClassifierParams, MLWritable, MLReada
         h, w, c = config.image_shape
         sidecar = {
             "format": format,
-            "file": os.path.basename(path),
+            "file": storage.basename(path),
             "model": config.model,
             "classes": list(config.classes),
             "input_name": INPUT_NAME,
@@ -152,9 +155,9 @@ class ImageClassificationModel(Model, ImageClassifierParams, MLWritable, MLReada
         }
         if format == "onnx":
             sidecar["opset"] = ONNX_OPSET
-        _write_atomic(path, data)
-        _write_atomic(path + ".json",
-                      (json.dumps(sidecar, indent=2, ensure_ascii=False) + "\n").encode())
+        storage.write_bytes(path, data)
+        storage.write_text(path + ".json", json.dumps(sidecar, indent=2, ensure_ascii=False)
+                           + "\n")
         return path
 
     # ------------------------------------------------------------------ persistence
@@ -179,8 +182,8 @@ class ImageClassificationModel(Model, ImageClassifierParams, MLWritable, MLReada
 def check_model_folder(path: str) -> str:
     """The weights file of the model folder ``path``; DataError when there is none (cheap,
     no Spark: commands call it before starting a session)."""
-    weights_path = os.path.join(_local(path), WEIGHTS_FILE)
-    if not os.path.exists(weights_path):
+    weights_path = storage.join(path, WEIGHTS_FILE)
+    if not storage.exists(weights_path):
         raise DataError(
             f"no model at {path} ({WEIGHTS_FILE} missing): give a folder written by "
             "ImageClassificationModel.save or `sparkvision train --out`"
@@ -188,60 +191,59 @@ def check_model_folder(path: str) -> str:
     return weights_path
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to a temporary name beside ``path``, then rename it into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def _metadata_json(instance: ImageClassificationModel, extra: dict[str, Any]) -> str:
+    """pyspark's ``DefaultParamsWriter`` metadata line (class, uid, Params, sparkVersion)."""
+    import pyspark
+
+    version = SimpleNamespace(version=pyspark.__version__)
+    return DefaultParamsWriter._get_metadata_to_save(instance, version,  # type: ignore[arg-type]
+                                                     extraMetadata=extra)
 
 
-def _local(path: str) -> str:
-    return path[5:] if path.startswith("file:") else path
+def _read_metadata(path: str) -> dict[str, Any]:
+    """The metadata line of a model folder: ``metadata/part-*`` as pyspark writes it (a
+    folder saved by Spark's text writer reads the same)."""
+    folder = storage.join(path, METADATA_DIR)
+    parts = [n for n in storage.listdir(folder) if n.startswith("part-")]
+    for name in parts:
+        for line in storage.read_text(storage.join(folder, name)).splitlines():
+            if line.strip():
+                return DefaultParamsReader._parseMetaData(line)
+    raise ModelLoadError(
+        f"the model folder {path} has no {METADATA_DIR}/part-* file (its Params): copy the "
+        "whole folder written by ImageClassificationModel.save or `sparkvision train --out`")
 
 
 class _ModelWriter(MLWriter):
+    """Writes the folder itself through :mod:`sparkvision.storage` (no Spark job, so the
+    same on Spark Connect and on any filesystem): ``metadata/part-00000`` (pyspark's Params
+    JSON), ``weights.safetensors``, ``history.json``; every file atomically, the metadata
+    last."""
+
     def __init__(self, instance: ImageClassificationModel) -> None:
         super().__init__()
         self.instance = instance
 
     def _handleOverwrite(self, path: str) -> None:
-        """pyspark asks the driver JVM to delete ``path``; a Spark Connect client has none,
-        so it deletes the folder itself (the weights are written by this process, the
-        Params metadata by the server: over Connect a model folder needs a path both see)."""
-        from sparkvision.session import is_connect
-
-        if not is_connect(self.sparkSession):
-            super()._handleOverwrite(path)
-            return
-        import shutil
-
-        shutil.rmtree(_local(path), ignore_errors=True)
+        storage.remove(path)
 
     def saveImpl(self, path: str) -> None:
-        from pyspark import SparkContext
-
-        sc = SparkContext._active_spark_context
+        if not self.shouldOverwrite and storage.exists(storage.join(path, METADATA_DIR)):
+            raise DataError(
+                f"a model is already saved at {path}: use model.write().overwrite().save(path) "
+                "or another path")
         weights = self.instance.weights
-        DefaultParamsWriter.saveMetadata(
-            self.instance, path, sc, extraMetadata={
-                "format": MODEL_FORMAT,
-                "weights": {"file": WEIGHTS_FILE, "bytes": len(weights),
-                            "sha256": hashlib.sha256(weights).hexdigest()},
-            },
-        )
-        local = _local(path)
-        os.makedirs(local, exist_ok=True)
-        with open(os.path.join(local, WEIGHTS_FILE), "wb") as fh:
-            fh.write(self.instance.weights)
-        with open(os.path.join(local, HISTORY_FILE), "w", encoding="utf-8") as fh:
-            json.dump(self.instance.history, fh, indent=2)
+        metadata = _metadata_json(self.instance, {
+            "format": MODEL_FORMAT,
+            "weights": {"file": WEIGHTS_FILE, "bytes": len(weights),
+                        "sha256": hashlib.sha256(weights).hexdigest()},
+        })
+        storage.makedirs(path)
+        storage.write_bytes(storage.join(path, WEIGHTS_FILE), weights)
+        storage.write_text(storage.join(path, HISTORY_FILE),
+                           json.dumps(self.instance.history, indent=2))
+        storage.write_text(storage.join(path, METADATA_DIR, "part-00000"), metadata + "\n")
+        storage.write_bytes(storage.join(path, METADATA_DIR, "_SUCCESS"), b"")
 
 
 class _ModelReader(MLReader):
@@ -251,12 +253,8 @@ class _ModelReader(MLReader):
         self.trust_code = False
 
     def load(self, path: str) -> ImageClassificationModel:
-        from pyspark import SparkContext
-
-        sc = SparkContext._active_spark_context
-        local = _local(path)
         weights_path = check_model_folder(path)
-        metadata = DefaultParamsReader.loadMetadata(path, sc)
+        metadata = _read_metadata(path)
         found = metadata.get("format")
         if found != MODEL_FORMAT:
             raise DataError(
@@ -267,12 +265,12 @@ class _ModelReader(MLReader):
         instance = self.cls()
         instance._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(instance, metadata)
-        with open(weights_path, "rb") as fh:
-            instance.weights = fh.read()
+        instance.weights = storage.read_bytes(weights_path)
         _check_saved_weights(path, weights_path, instance, metadata.get("weights"),
                              self.trust_code)
-        with open(os.path.join(local, HISTORY_FILE), encoding="utf-8") as fh:
-            instance.history = json.load(fh)
+        history = storage.join(path, HISTORY_FILE)
+        instance.history = json.loads(storage.read_text(history)) if storage.exists(
+            history) else {}
         return instance
 
 

@@ -6,8 +6,8 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
+from sparkvision import storage
 from sparkvision.reporting.artefacts import find_artefacts
 from sparkvision.reporting.html import page
 from sparkvision.reporting.sections import build_sections
@@ -29,31 +29,31 @@ class ReportResult:
                 "bytes": self.bytes, "seconds": self.seconds}
 
 
-def render_report(path: str | os.PathLike[str]) -> tuple[str, list[str]]:
-    """(the HTML text, its section ids) of the report on the folder ``path``."""
+def render_report(path: str | os.PathLike[str],
+                  shown_as: str | None = None) -> tuple[str, list[str]]:
+    """(the HTML text, its section ids) of the report on the folder ``path``; ``shown_as``:
+    the folder's name in the page (its URL when ``path`` is a local copy)."""
     found = find_artefacts(path)
     sections = build_sections(found)
-    root = found.root.resolve()
+    root = shown_as or str(found.root.resolve())
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    text = page(f"sparkvision report — {root.name}", f"{root} · generated {stamp}", sections,
+    text = page(f"sparkvision report — {storage.basename(root)}", f"{root} · generated {stamp}",
+                sections,
                 "Written by `sparkvision report`; self-contained: every image is inlined.")
     return text, [s.id for s in sections]
 
 
 def build_report(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> ReportResult:
     """Write the report on the folder ``path`` (a model folder, tuning study, stream output
-    or a run folder holding any of them) to the HTML file ``out``, atomically (a temporary
-    name beside it, then a rename). DataError when ``path`` holds nothing to report."""
+    or a run folder holding any of them) to the HTML file ``out``, atomically. Both may be
+    local paths or fsspec URLs (a remote folder is read through a temporary local copy).
+    DataError when ``path`` holds nothing to report."""
     started = time.monotonic()
-    text, ids = render_report(path)
-    target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    with storage.local_copy(path) as local:
+        shown = None if storage.is_local(path) else os.fspath(path)
+        text, ids = render_report(local, shown)
     data = text.encode("utf-8")
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return ReportResult(str(target), ids, text.count("<img "), len(data),
+    target = storage.absolute(out)
+    storage.write_bytes(target, data)
+    return ReportResult(target, ids, text.count("<img "), len(data),
                         round(time.monotonic() - started, 3))

@@ -47,22 +47,31 @@ def _rendezvous(ctx: Any, rank: int) -> tuple[str, int]:
     return addr, int(port)
 
 
-def _device(config: TrainConfig):
+def _device(config: TrainConfig, ctx: Any, rank: int):
+    """This rank's torch device and process-group backend (see ``training.devices``): the
+    task's Spark ``gpu`` resource, else its rank among the tasks on its host; under
+    ``useGpu=auto`` the ranks agree on one backend (CPU for all if one has no GPU)."""
     import torch
 
-    if config.use_gpu != "false" and torch.cuda.is_available():
-        from pyspark import TaskContext
+    from sparkvision.training import devices
 
-        ctx = TaskContext.get()
-        gpus = ctx.resources().get("gpu") if ctx is not None else None
-        index = int(gpus.addresses[0]) if gpus and gpus.addresses else 0
-        torch.cuda.set_device(index)
-        return torch.device("cuda", index), "nccl"
-    if config.use_gpu == "true":
-        from sparkvision.errors import TrainingError
-
-        raise TrainingError("useGpu=true but this task sees no CUDA GPU: set useGpu=auto")
-    return torch.device("cpu"), "gloo"
+    task_local, local_world = devices.local_rank(
+        [info.address for info in ctx.getTaskInfos()], rank)
+    cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    choice = devices.choose_device(
+        config.use_gpu, cuda_count, devices.task_gpu_addresses(ctx), task_local,
+        local_world=local_world, visible=os.environ.get("CUDA_VISIBLE_DEVICES"),
+    )
+    if config.use_gpu == "auto":  # the same on every rank, so every rank joins the gather
+        choice = devices.agree(choice, ctx.allGather(choice.backend), config.use_gpu)
+    (log.warning if choice.fallback else log.info)(
+        "rank %d trains on %s%s (%s): %s", rank, choice.kind,
+        "" if choice.index is None else f":{choice.index}", choice.backend, choice.source,
+    )
+    if choice.kind == "cuda":
+        torch.cuda.set_device(choice.index)
+        return torch.device("cuda", choice.index), choice.backend
+    return torch.device("cpu"), choice.backend
 
 
 def _collective_timeout():
@@ -130,7 +139,7 @@ def _train_task(batches: Iterator[Any], config: TrainConfig, ctx: Any, rank: int
     assert y is not None and is_val is not None
     beat.phase = "forming the process group"
     addr, port = _rendezvous(ctx, rank)
-    device, backend = _device(config)
+    device, backend = _device(config, ctx, rank)
     if addr in ("127.0.0.1", "localhost"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     dist.init_process_group(
@@ -185,11 +194,12 @@ def _maybe_inject_fault(config: TrainConfig, epoch: int, rank: int) -> None:
     """Test hook: fail once in (epoch, rank); a marker file makes the retry pass."""
     if config.fault_injection != (epoch, rank) or not config.checkpoint_dir:
         return
-    marker = os.path.join(config.checkpoint_dir, f"_fault-injected-e{epoch}-r{rank}")
-    if os.path.exists(marker):
+    from sparkvision import storage
+
+    marker = storage.join(config.checkpoint_dir, f"_fault-injected-e{epoch}-r{rank}")
+    if storage.exists(marker):
         return
-    os.makedirs(config.checkpoint_dir, exist_ok=True)
-    open(marker, "w").close()
+    storage.write_bytes(marker, b"")
     raise RuntimeError(f"injected failure in epoch {epoch} on rank {rank}")
 
 
