@@ -81,6 +81,7 @@ class TrainConfig:
     use_gpu: str = _D["useGpu"]
     progress_url: str = ""
     progress_token: str = ""  # the progress endpoint's per-fit secret
+    progress_mailbox: str = ""  # folder for events when the endpoint is unreachable
     stall_timeout_s: float = _D["stallTimeout"]
     progress_every_steps: int = 20
     # Test hook: raise inside (epoch, rank) on the first stage attempt only.

@@ -113,3 +113,54 @@ def test_watchdog_waits_while_no_rank_is_alive():
     dog.observe({"type": "heartbeat", "rank": 1, "host": "h2", "task": 3, "interval": 1.0,
                  "phase": "starting", "epoch": 0, "global_step": 0, "waiting_for": None})
     assert dog.check() is None  # the retry's first rank just arrived
+
+
+def test_progress_reaches_the_driver_when_executors_cannot_reach_it(digits, monkeypatch,
+                                                                     caplog):
+    """Executors that cannot open a connection to the driver (here: the endpoint URL they
+    get points at a closed port) switch to the mailbox folder beside the checkpoints: every
+    epoch still reaches ``onEpochEnd``, its answer (stop) still reaches every rank, and the
+    heartbeats still feed the watchdog."""
+    import logging
+
+    from sparkvision.training import launcher
+
+    monkeypatch.setattr(ProgressServer, "url", property(lambda self: "http://127.0.0.1:1/e"))
+    seen: list[int] = []
+    beats: list[dict] = []
+    observe = launcher.Watchdog.observe
+
+    def spy(self, event):
+        if event.get("type") == "heartbeat":
+            beats.append(event)
+        return observe(self, event)
+
+    monkeypatch.setattr(launcher.Watchdog, "observe", spy)
+
+    def stop_after_two(event):
+        seen.append(event["epoch"])
+        return event["epoch"] >= 2
+
+    train, val, _ = digits
+    with caplog.at_level(logging.INFO, logger="sparkvision.training.launcher"):
+        model = ImageClassifier(epochs=4, numWorkers=2, seed=3, validationDf=val,
+                                onEpochEnd=stop_after_two, stallTimeout=60).fit(train)
+    assert seen == [1, 2]
+    assert model.history["stopped_early"] == 2 and len(model.history["epochs"]) == 2
+    assert {b["rank"] for b in beats} == {0, 1}
+    assert any("came through the mailbox" in r.getMessage() for r in caplog.records)
+
+
+def test_mailbox_files_without_the_token_are_refused(tmp_path):
+    from sparkvision.training.progress import EVENT_SUFFIX, Mailbox, MailboxReader
+
+    seen: list[dict] = []
+    refused: list[str] = []
+    folder = str(tmp_path / "box")
+    reader = MailboxReader(folder, "secret", lambda e: bool(seen.append(e)), refused.append)
+    Mailbox(folder, "secret").post({"type": "epoch", "epoch": 1})
+    Mailbox(folder, "guess").post({"type": "epoch", "epoch": 99})
+    (tmp_path / "box" / f"zzz-000000001{EVENT_SUFFIX}").write_text('{"token": "secret"}')
+    assert reader.poll_once() == 3
+    assert seen == [{"type": "epoch", "epoch": 1}]
+    assert len(refused) == 2 and list((tmp_path / "box").iterdir()) == []

@@ -23,7 +23,7 @@ from sparkvision.errors import (
     user_error_message,
 )
 from sparkvision.session import add_job_tag, cancel_job_tag, remove_job_tag
-from sparkvision.training.progress import ProgressBar, ProgressServer
+from sparkvision.training.progress import MailboxReader, ProgressBar, ProgressServer
 from sparkvision.training.watchdog import Watchdog
 from sparkvision.training.worker import FLAG_COL, RESULT_DDL, train_partition
 
@@ -99,6 +99,22 @@ def _driver_host(spark) -> str:
     return client_host(spark)
 
 
+@contextlib.contextmanager
+def _mailbox(config: TrainConfig, server: ProgressServer, tag: str) -> Iterator[str]:
+    """The fallback channel for executors that cannot reach ``server``: a folder beside the
+    checkpoints (which every rank reaches), polled while the fit runs; "" without one."""
+    if not config.checkpoint_dir:
+        yield ""
+        return
+    from sparkvision import storage
+
+    folder = storage.join(config.checkpoint_dir, "_progress", tag)
+    with MailboxReader(folder, server.token, server.deliver, server.refused) as reader:
+        yield folder
+    if reader.received:
+        log.info("%d progress events came through the mailbox %s", reader.received, folder)
+
+
 def run_distributed(
     spark,
     data,
@@ -121,8 +137,10 @@ def run_distributed(
 
     tag = f"sparkvision-train-{uuid.uuid4().hex[:12]}"
     with ProgressServer(on_event, host=_driver_host(spark)) as server, \
+            _mailbox(config, server, tag) as mailbox, \
             _watching(spark, watchdog, tag) as stalled:
-        cfg = replace(config, progress_url=server.url, progress_token=server.token)
+        cfg = replace(config, progress_url=server.url, progress_token=server.token,
+                      progress_mailbox=mailbox)
         func = functools.partial(train_partition, config=cfg)
         # The trailing repartition(1) makes the barrier stage a shuffle-map stage, which
         # Spark can retry as a whole after a task failure (a barrier result stage cannot).

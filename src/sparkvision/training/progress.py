@@ -1,4 +1,5 @@
-"""Progress events from training tasks to the driver over a tiny local HTTP endpoint."""
+"""Progress events from training tasks to the driver: a tiny HTTP endpoint on the driver, and
+a mailbox folder as the fallback when executors cannot reach it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import json
 import logging
 import secrets
 import threading
+import time
 import urllib.request
+import uuid
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -21,6 +24,10 @@ Event = dict[str, Any]
 TOKEN_HEADER = "X-Sparkvision-Token"
 #: Largest event body accepted (events are a few hundred bytes).
 MAX_EVENT_BYTES = 64 * 1024
+#: The mailbox fallback: file suffixes and how often the driver looks (seconds).
+EVENT_SUFFIX = ".event.json"
+REPLY_SUFFIX = ".reply.json"
+MAILBOX_POLL_S = 1.0
 
 
 class ProgressServer:
@@ -66,8 +73,7 @@ class ProgressServer:
                     return self._refuse(400, "malformed body")
                 body = b""
                 try:
-                    with outer._lock:
-                        stop = bool(outer.callback(event))
+                    stop = outer.deliver(event)
                     body = json.dumps({"stop": stop}).encode()
                     self.send_response(200)
                 except Exception:  # noqa: BLE001 - progress must never break training
@@ -91,6 +97,17 @@ class ProgressServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/event"
 
+    def deliver(self, event: Event) -> bool:
+        """Hand one authenticated event to the callback (one at a time, whichever way it
+        came: HTTP or the mailbox); True asks training to stop."""
+        with self._lock:
+            return bool(self.callback(event))
+
+    def refused(self, why: str) -> None:
+        with self._lock:
+            self.rejected += 1
+        log.warning("progress event refused (%s)", why)
+
     def __enter__(self) -> ProgressServer:
         self._thread.start()
         return self
@@ -100,11 +117,8 @@ class ProgressServer:
         self._server.server_close()
 
 
-def post_event(url: str, event: Event, timeout: float = 2.0, token: str = "") -> dict[str, Any]:
-    """Send one event and return the driver's reply; failures are logged and give ``{}``
-    (progress is best effort)."""
-    if not url:
-        return {}
+def _post(url: str, event: Event, timeout: float, token: str) -> dict[str, Any] | None:
+    """The driver's reply to one event, or None when it could not be delivered."""
     body = json.dumps(event).encode()
     request = urllib.request.Request(
         url, data=body, headers={"Content-Type": "application/json", TOKEN_HEADER: token},
@@ -112,30 +126,161 @@ def post_event(url: str, event: Event, timeout: float = 2.0, token: str = "") ->
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read() or b"{}")
+            return json.loads(response.read() or b"{}")  # type: ignore[no-any-return]
     except (OSError, ValueError) as exc:
         log.debug("progress event not delivered: %s", exc)
+        return None
+
+
+def post_event(url: str, event: Event, timeout: float = 2.0, token: str = "") -> dict[str, Any]:
+    """Send one event and return the driver's reply; failures are logged and give ``{}``
+    (progress is best effort)."""
+    if not url:
+        return {}
+    return _post(url, event, timeout, token) or {}
+
+
+class Mailbox:
+    """The executor side of the fallback channel: events as files in a folder that the
+    driver polls (``progress_mailbox``: beside the checkpoints, which every rank reaches),
+    for when executors cannot open a connection to the driver (NAT, firewalls, a Spark
+    Connect client behind them). A file appears whole (``storage`` writes atomically); one
+    that wants an answer (``ask``) waits for ``NAME.reply.json``."""
+
+    def __init__(self, folder: str, token: str) -> None:
+        self.folder = folder
+        self.token = token
+        self.sender = uuid.uuid4().hex[:12]
+        self.seq = 0
+
+    def post(self, event: Event, want_reply: bool = False,
+             timeout: float = 120.0) -> dict[str, Any]:
+        from sparkvision import storage
+
+        self.seq += 1
+        name = f"{self.sender}-{self.seq:09d}"
+        try:
+            storage.write_text(storage.join(self.folder, name + EVENT_SUFFIX), json.dumps(
+                {"token": self.token, "reply": want_reply, "event": event}))
+        except Exception as exc:  # noqa: BLE001 - progress must never break training
+            log.debug("progress event not written to %s: %s", self.folder, exc)
+            return {}
+        if not want_reply:
+            return {}
+        reply = storage.join(self.folder, name + REPLY_SUFFIX)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if storage.exists(reply):
+                    answer = json.loads(storage.read_text(reply))
+                    storage.remove(reply)
+                    return answer if isinstance(answer, dict) else {}
+            except Exception as exc:  # noqa: BLE001
+                log.debug("no reply from %s yet: %s", reply, exc)
+            time.sleep(MAILBOX_POLL_S / 2)
         return {}
 
 
-class EventSender:
-    """Posts events from a background thread so the training loop never waits on HTTP."""
+class MailboxReader:
+    """The driver side: polls the mailbox folder every ``MAILBOX_POLL_S`` while a fit runs,
+    hands each event (in order per sender, token checked) to ``deliver`` and answers those
+    that ask; removes the folder at the end."""
 
-    def __init__(self, url: str, token: str = "") -> None:
+    def __init__(self, folder: str, token: str, deliver: Callable[[Event], bool],
+                 refused: Callable[[str], None]) -> None:
+        self.folder = folder
+        self.token = token
+        self.deliver = deliver
+        self.refused = refused
+        self.received = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sparkvision-mailbox",
+                                        daemon=True)
+
+    def poll_once(self) -> int:
+        from sparkvision import storage
+
+        names = [n for n in storage.listdir(self.folder) if n.endswith(EVENT_SUFFIX)]
+        for name in sorted(names):
+            path = storage.join(self.folder, name)
+            try:
+                data = json.loads(storage.read_text(path))
+            except Exception as exc:  # noqa: BLE001 - a half-visible or foreign file
+                log.debug("skipping %s: %s", path, exc)
+                continue
+            storage.remove(path)
+            given = str(data.get("token", "")) if isinstance(data, dict) else ""
+            if not hmac.compare_digest(given.encode(), self.token.encode()):
+                self.refused(f"mailbox file {name} without the fit's token")
+                continue
+            event = data.get("event")
+            if not isinstance(event, dict):
+                self.refused(f"mailbox file {name} holds no event")
+                continue
+            stop = self.deliver(event)
+            self.received += 1
+            if data.get("reply"):
+                stem = name[: -len(EVENT_SUFFIX)]
+                storage.write_text(storage.join(self.folder, stem + REPLY_SUFFIX),
+                                   json.dumps({"stop": bool(stop)}))
+        return len(names)
+
+    def _run(self) -> None:
+        while not self._stop.wait(MAILBOX_POLL_S):
+            try:
+                self.poll_once()
+            except Exception as exc:  # noqa: BLE001 - progress must never break training
+                log.debug("mailbox %s not readable: %s", self.folder, exc)
+
+    def __enter__(self) -> MailboxReader:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from sparkvision import storage
+
+        self._stop.set()
+        self._thread.join(timeout=10)
+        try:
+            self.poll_once()  # what arrived since the last look
+            storage.remove(self.folder)
+        except Exception as exc:  # noqa: BLE001
+            log.debug("mailbox %s not cleaned up: %s", self.folder, exc)
+
+
+class EventSender:
+    """Posts events from a background thread so the training loop never waits on HTTP.
+    When a post cannot be delivered and a ``mailbox`` folder is given, this sender switches
+    to it for good (a warning says so once)."""
+
+    def __init__(self, url: str, token: str = "", mailbox: str = "") -> None:
         import queue
 
         self.url = url
         self.token = token
+        self.mailbox = Mailbox(mailbox, token) if mailbox and url else None
+        self.via_mailbox = False
         self._queue: queue.Queue[tuple[Event, Any] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, daemon=True)
         if url:
             self._thread.start()
 
+    def _deliver(self, event: Event, want_reply: bool) -> dict[str, Any]:
+        if not self.via_mailbox:
+            answer = _post(self.url, event, 60.0 if want_reply else 2.0, self.token)
+            if answer is not None or self.mailbox is None:
+                return answer or {}
+            self.via_mailbox = True
+            log.warning("the driver's progress endpoint %s is unreachable from this executor: "
+                        "progress goes through the folder %s instead", self.url,
+                        self.mailbox.folder)
+        assert self.mailbox is not None
+        return self.mailbox.post(event, want_reply)
+
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             event, reply = item
-            answer = post_event(self.url, event, timeout=60.0 if reply else 2.0,
-                                token=self.token)
+            answer = self._deliver(event, reply is not None)
             if reply is not None:
                 reply.put(answer)
 

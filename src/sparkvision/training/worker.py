@@ -105,7 +105,7 @@ def _heartbeat(ctx: Any, rank: int, config: TrainConfig) -> Iterator[Heartbeat]:
     global _BEAT
     from sparkvision.training.shm_allreduce import waiting_for
 
-    sender = EventSender(config.progress_url, config.progress_token)
+    sender = EventSender(config.progress_url, config.progress_token, config.progress_mailbox)
     host = ctx.getTaskInfos()[rank].address.split(":")[0]
     interval = min(5.0, max(0.5, config.stall_timeout_s / 5))
     beat = Heartbeat(sender.send, rank, host, ctx.taskAttemptId(), interval,
@@ -324,7 +324,7 @@ def _epochs(run: _Run, x_tr, y_tr, x_val, y_val) -> tuple[bytes, dict[str, Any]]
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     url = config.progress_url if rank == 0 else ""
-    events = EventSender(url, config.progress_token)
+    events = EventSender(url, config.progress_token, config.progress_mailbox)
     events.send({"type": "start", "steps_per_epoch": steps, "start_epoch": run.start_epoch,
                  "world_size": world})
 
