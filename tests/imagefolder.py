@@ -14,6 +14,23 @@ def _pattern(size: int, seed: int) -> np.ndarray:
     return rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
 
 
+def bomb_png(side: int) -> bytes:
+    """A valid grayscale PNG of side × side black pixels, a few hundred KB compressed."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    row = b"\x00" + b"\x00" * side  # filter byte + pixels
+    comp = zlib.compressobj(9)
+    raw = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw)
+            + chunk(b"IEND", b""))
+
+
 def build_image_folder(root: Path) -> tuple[dict[str, str], dict[str, str]]:
     """Return ({good path: class}, {bad path: expected reason fragment})."""
     good: dict[str, str] = {}
@@ -47,7 +64,20 @@ def build_image_folder(root: Path) -> tuple[dict[str, str], dict[str, str]]:
     p = dog / "日本語 ファイル.png"
     Image.fromarray(_pattern(14, 3)).save(p)
     good[str(p)] = "dog"
+    # an animated GIF (its first frame is used) and an EXIF-rotated JPEG
+    p = dog / "animated.gif"
+    frames = [Image.fromarray(_pattern(12, s)).convert("P") for s in (21, 22)]
+    frames[0].save(p, save_all=True, append_images=frames[1:], duration=40, loop=0)
+    good[str(p)] = "dog"
+    p = cat / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(_pattern(20, 23)[:10]).save(p, exif=exif)
+    good[str(p)] = "cat"
     # bad ones
+    p = dog / "bomb.png"
+    p.write_bytes(bomb_png(30000))
+    bad[str(p)] = "too large"
     p = cat / "corrupt.png"
     full = cat / "rgb_0.png"
     p.write_bytes(full.read_bytes()[:60])

@@ -32,6 +32,9 @@ CLASSIFIER_DEFAULTS: dict[str, Any] = {
     "useGpu": "auto",  # auto | true | false
     # seconds a training rank may go without progress before the driver fails the training
     "stallTimeout": 600.0,
+    # MB of images a training task holds in memory; a larger partition is spilled to the
+    # executor's local dir and memory-mapped. 0: auto (see training.worker._memory_budget)
+    "memoryBudgetMB": 0.0,
     "repartition": True,
     "imageShape": [],
     "classes": [],
@@ -83,6 +86,8 @@ class TrainConfig:
     progress_token: str = ""  # the progress endpoint's per-fit secret
     progress_mailbox: str = ""  # folder for events when the endpoint is unreachable
     stall_timeout_s: float = _D["stallTimeout"]
+    prefetch: bool = False  # set by a task whose images are memory-mapped (spilled)
+    memory_budget_mb: float = _D["memoryBudgetMB"]
     progress_every_steps: int = 20
     # Test hook: raise inside (epoch, rank) on the first stage attempt only.
     fault_injection: tuple[int, int] | None = None

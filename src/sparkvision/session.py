@@ -26,6 +26,9 @@ DEFAULT_CONF: dict[str, str] = {
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
+    # Arrow batches into Python tasks: at most 16 MB (photos: ~100 per batch, not 10,000),
+    # so a training task past its memory budget spills batch by batch.
+    "spark.sql.execution.arrow.maxBytesPerBatch": str(16 << 20),
     # Fail fast (instead of waiting ~10 minutes) when a barrier stage cannot get its slots.
     "spark.scheduler.barrier.maxConcurrentTasksCheck.interval": "2s",
     "spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures": "2",

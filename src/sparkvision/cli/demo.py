@@ -42,9 +42,9 @@ def _prepare_out(out: Path) -> None:
 def _write_landing_images(spark, data: Path, landing: Path, n: int) -> int:
     """``n`` test images as PNG files in class sub-folders (written, then renamed, as a
     producer should), for the stream step."""
-    import numpy as np
     from PIL import Image
 
+    from sparkvision.data.images import stored_to_array
     from sparkvision.data.loading import load_prepared
     from sparkvision.data.manifest import read_manifest
 
@@ -52,8 +52,7 @@ def _write_landing_images(spark, data: Path, landing: Path, n: int) -> int:
     rows = (load_prepared(spark, str(data), "test")
             .select("image", "label", "height", "width", "channels").limit(n).collect())
     for i, row in enumerate(rows):
-        pixels = np.frombuffer(bytes(row.image), dtype=np.uint8).reshape(
-            row.height, row.width, row.channels)
+        pixels = stored_to_array(bytes(row.image), (row.height, row.width, row.channels))
         folder = landing / str(classes[int(row.label)])
         folder.mkdir(parents=True, exist_ok=True)
         image = Image.fromarray(pixels[:, :, 0] if row.channels == 1 else pixels)

@@ -26,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
         channels=args.channels,
         num_shards=args.num_shards,
         imbalance=args.imbalance,
+        store=args.store,
+        encoding=args.encoding,
     )
     check_source(args.source)  # before Spark starts
     spark = spark_session(args)
@@ -37,8 +39,11 @@ def run(args: argparse.Namespace) -> int:
         "splits": result.splits,
         "per_class": result.per_class,
         "rejected": result.rejected,
+        "rejected_count": result.rejected_count,
+        "rejected_file": result.rejected_file,
         "image_shape": result.image_shape,
         "format": result.format,
+        "storage": result.storage,
         "imbalance": result.imbalance,
         "seconds": result.seconds,
     }
@@ -46,9 +51,12 @@ def run(args: argparse.Namespace) -> int:
         f"prepared {args.source} → {result.out} ({result.format})",
         f"  classes: {len(result.classes)}  image shape: {tuple(result.image_shape)}",
         "  " + "  ".join(f"{k}: {v}" for k, v in result.splits.items()),
-        f"  rejected files: {len(result.rejected)}",
+        f"  rejected files: {result.rejected_count}",
     ]
-    lines += [f"    {r['path']}: {r['reason']}" for r in result.rejected]
+    lines += [f"    {r['path']}: {r['reason']}" for r in result.rejected[:20]]
+    if result.rejected_count > 20:
+        lines.append(f"    … all {result.rejected_count} in {result.rejected_file} beside "
+                     "dataset.json")
     emit(args, payload, "\n".join(lines))
     return 0
 
@@ -63,6 +71,11 @@ def register(sub) -> None:
     p.add_argument("--image-size", default=None, help="N or HxW (default: source size; 32)")
     p.add_argument("--channels", type=int, choices=[1, 3], default=None)
     p.add_argument("--num-shards", type=int, default=2, help="files per split")
+    p.add_argument("--store", choices=["raw", "encoded"], default="raw",
+                   help="raw: uint8 pixels; encoded: PNG/JPEG bytes at the target size "
+                        "(smaller shards; decoded when training and predicting)")
+    p.add_argument("--encoding", choices=["png", "jpeg"], default="png",
+                   help="with --store encoded: png (lossless, default) or jpeg (quality 95)")
     p.add_argument("--imbalance", type=float, default=None, metavar="RATIO",
                    help="> 1: the first half of the classes keep 1/RATIO of their training "
                    "images (val/test untouched)")

@@ -38,7 +38,7 @@ def classifier_params(args: argparse.Namespace, manifest: dict[str, Any]) -> dic
         "checkpointDir": args.checkpoint_dir or "", "balance": args.balance,
         "classes": list(manifest["classes"]), "imageShape": list(manifest["image_shape"]),
         "classWeights": _class_weights(args.class_weights), "augment": args.augment,
-        "stallTimeout": args.timeout,
+        "stallTimeout": args.timeout, "memoryBudgetMB": args.memory_budget,
     }
 
 
@@ -104,6 +104,9 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=D["seed"])
     p.add_argument("--checkpoint-dir", default=None, help="shared folder; resumes from it")
     p.add_argument("--class-weights", default=None, help="'balanced' or w0,w1,...")
+    p.add_argument("--memory-budget", type=float, default=D["memoryBudgetMB"], metavar="MB",
+                   help="MB of images a training task keeps in memory; more is spilled to "
+                        "the executor's local dir and memory-mapped (default 0: auto)")
     p.add_argument("--timeout", type=float, default=D["stallTimeout"], metavar="S",
                    help="fail the training when a worker makes no progress (or does not "
                    "start) for S seconds, naming it (default %(default)g)")

@@ -82,22 +82,20 @@ def looks_like_tfrecords(path: Path) -> bool:
     )
 
 
-def list_local_files(root: Path) -> dict[str, str | None]:
-    """Every file under ``root`` → None if readable, else the reason it is not."""
-    found: dict[str, str | None] = {}
+def unreadable_files(root: Path) -> Iterator[tuple[str, str]]:
+    """(path, reason) of every file under ``root`` that cannot be opened and read (broken
+    links, no permission): Spark's ``binaryFile`` skips those silently. Readable files are
+    not kept, so the driver's memory does not grow with the number of files."""
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             if name.startswith("."):
                 continue
             full = os.path.join(dirpath, name)
             try:
-                size = os.path.getsize(full)
                 with open(full, "rb") as fh:
                     fh.read(1)
-                found[full] = None if size > 0 else "empty file (0 bytes)"
             except OSError as exc:
-                found[full] = f"unreadable: {exc.strerror or exc}"
-    return found
+                yield full, f"unreadable: {exc.strerror or exc}"
 
 
 def decode_image_folder(spark, root: str, spec: ImageSpec, need_class: bool = True):
@@ -126,12 +124,45 @@ def decode_files(raw, root: str, spec: ImageSpec, need_class: bool = True,
     )
 
 
-def rejected_rows(decoded) -> list[dict[str, str]]:
-    """The (path, reason) of every decoded row that carries an error."""
+#: Rejected files listed in ``dataset.json`` and command output; all of them go to
+#: ``REJECTED_FILE`` beside it.
+MAX_LISTED_REJECTED = 1000
+REJECTED_FILE = "rejected.jsonl"
+
+
+def rejected_rows(decoded, limit: int | None = None) -> list[dict[str, str]]:
+    """The (path, reason) of the decoded rows that carry an error, by path; at most
+    ``limit`` of them (a top-N in Spark: the driver never holds them all)."""
     from pyspark.sql import functions as F
 
-    bad = decoded.filter(F.col("error").isNotNull()).select("path", "error")
+    bad = decoded.filter(F.col("error").isNotNull()).select("path", "error").orderBy("path")
+    if limit is not None:
+        bad = bad.limit(limit)
     return [{"path": r.path, "reason": r.error} for r in bad.collect()]
+
+
+def write_rejected(decoded, extra: list[tuple[str, str]], path: str) -> int:
+    """Write every rejected file as JSON lines (``{"path", "reason"}``, by path) to
+    ``path`` (atomically, any filesystem), streaming them partition by partition; return
+    how many. ``extra``: files Spark could not read at all."""
+    import json
+
+    from pyspark.sql import functions as F
+
+    from sparkvision import storage
+
+    bad = decoded.filter(F.col("error").isNotNull()).select("path", "error").orderBy("path")
+    count = 0
+    with storage.atomic_writer(path) as fh:
+        for p, reason in sorted(extra):
+            fh.write((json.dumps({"path": p, "reason": reason}, ensure_ascii=False)
+                      + "\n").encode())
+            count += 1
+        for row in bad.toLocalIterator():
+            fh.write((json.dumps({"path": row.path, "reason": row.error}, ensure_ascii=False)
+                      + "\n").encode())
+            count += 1
+    return count
 
 
 def with_class_label(decoded, classes: list[str]):

@@ -9,9 +9,15 @@ import numpy as np
 
 from sparkvision.errors import DataError
 
+#: Threads that decode encoded images in a task (Pillow releases the GIL).
+DECODE_THREADS = 2
 
-def binary_column_to_array(column: Any, row_bytes: int) -> np.ndarray:
-    """A pyarrow Binary column of equal-length values → (N, row_bytes) uint8 view/copy."""
+
+def binary_column_to_array(column: Any, row_bytes: int,
+                           shape: tuple[int, int, int] | None = None) -> np.ndarray:
+    """A pyarrow Binary column of images → (N, row_bytes) uint8: a view of raw pixels when
+    every value has ``row_bytes`` bytes, else (with ``shape``) the values decoded in a
+    thread pool (``prepare --store encoded``: PNG/JPEG bytes)."""
     import pyarrow as pa
 
     if isinstance(column, pa.ChunkedArray):
@@ -29,6 +35,8 @@ def binary_column_to_array(column: Any, row_bytes: int) -> np.ndarray:
     offsets = np.frombuffer(buffers[1], dtype=offsets_dtype)[column.offset : column.offset + n + 1]
     data = np.frombuffer(buffers[2], dtype=np.uint8)
     lengths = np.diff(offsets)
+    if not np.all(lengths == row_bytes) and shape is not None:
+        return decode_stored(column.to_pylist(), shape)
     if not np.all(lengths == row_bytes):
         bad = int(lengths[np.argmax(lengths != row_bytes)])
         raise DataError(
@@ -37,6 +45,46 @@ def binary_column_to_array(column: Any, row_bytes: int) -> np.ndarray:
         )
     start = int(offsets[0])
     return data[start : start + n * row_bytes].reshape(n, row_bytes)
+
+
+_POOL: Any = None
+
+
+def decode_stored(values: list[bytes], shape: tuple[int, int, int]) -> np.ndarray:
+    """Stored images (raw or encoded) → (N, H·W·C) uint8, decoded by a small thread pool
+    (Pillow releases the GIL while decoding)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sparkvision.data.images import stored_to_array
+
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="sparkvision-decode")
+    h, w, c = shape
+    out = np.empty((len(values), h * w * c), dtype=np.uint8)
+
+    def one(i: int) -> None:
+        out[i] = stored_to_array(values[i], shape).reshape(-1)
+
+    try:
+        list(_POOL.map(one, range(len(values)), chunksize=64))
+    except ValueError as exc:
+        raise DataError(f"{exc}: re-run `sparkvision prepare` so every image has the "
+                        "model's shape") from None
+    return out
+
+
+def batches_to_sink(batches: Iterable[Any], sink: Any, image_col: str, label_col: str,
+                    flag_col: str, image_shape: tuple[int, int, int]) -> None:
+    """Feed a training partition's Arrow batches into a ``data.spill.PartitionSink``."""
+    h, w, c = image_shape
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        images = binary_column_to_array(batch.column(image_col), h * w * c, image_shape)
+        sink.add(images.reshape(-1, h, w, c),
+                 batch.column(label_col).to_numpy(zero_copy_only=False),
+                 batch.column(flag_col).to_numpy(zero_copy_only=False))
 
 
 def batches_to_arrays(
@@ -53,7 +101,8 @@ def batches_to_arrays(
     for batch in batches:
         if batch.num_rows == 0:
             continue
-        images.append(binary_column_to_array(batch.column(image_col), row_bytes).copy())
+        images.append(binary_column_to_array(batch.column(image_col), row_bytes,
+                                             image_shape).copy())
         if label_col is not None:
             labels.append(batch.column(label_col).to_numpy(zero_copy_only=False))
         if flag_col is not None:

@@ -7,11 +7,12 @@ Images are stored as uint8 arrays in HWC order.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Refuse decompression bombs instead of using all executor memory.
 MAX_PIXELS = 64 * 1024 * 1024
@@ -63,8 +64,14 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
     return img if img.mode == target else img.convert(target)
 
 
-def decode_image(data: bytes, name: str = "<bytes>") -> Image.Image:
-    """Decode encoded image bytes, raising :class:`ImageRejected` with a reason."""
+def decode_image(data: bytes, name: str = "<bytes>", draft: tuple[int, int] | None = None,
+                 channels: int | None = None) -> Image.Image:
+    """Decode encoded image bytes, raising :class:`ImageRejected` with a reason.
+
+    Larger than ``MAX_PIXELS`` (a decompression bomb included) is rejected before any pixel
+    is decoded; the EXIF orientation is applied; an animated file gives its first frame.
+    ``draft=(width, height)``: a JPEG much larger than that is decoded at a reduced scale
+    (Pillow's DCT scaling; still at least that size), which makes photos cheap."""
     if not data:
         raise ImageRejected("empty file (0 bytes)")
     try:
@@ -73,9 +80,17 @@ def decode_image(data: bytes, name: str = "<bytes>") -> Image.Image:
             img = Image.open(io.BytesIO(data))
             if img.width * img.height > MAX_PIXELS:
                 raise ImageRejected(f"image too large ({img.width}x{img.height})")
+            if draft is not None and img.format == "JPEG":
+                img.draft("L" if channels == 1 else "RGB", draft)
             img.load()
+            img = ImageOps.exif_transpose(img)
     except ImageRejected:
         raise
+    except Image.DecompressionBombError as exc:  # Pillow refuses before we can look
+        size = re.search(r"\((\d+) pixels\)", str(exc))
+        raise ImageRejected(
+            f"image too large ({size.group(1) + ' pixels' if size else exc}): a "
+            "decompression bomb or a huge scan; resize it before preparing") from None
     except UnidentifiedImageError:
         raise ImageRejected("not an image (unknown format)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
@@ -110,4 +125,40 @@ def prepare_array(arr: np.ndarray, spec: ImageSpec) -> np.ndarray:
 
 def encoded_to_array(data: bytes, spec: ImageSpec) -> np.ndarray:
     """Decode + convert + resize in one call; raises :class:`ImageRejected`."""
-    return prepare_image(decode_image(data), spec)
+    return prepare_image(decode_image(data, draft=(spec.width, spec.height),
+                                      channels=spec.channels), spec)
+
+
+#: How ``prepare --store encoded`` may encode images: PNG (lossless) or JPEG (quality 95).
+ENCODINGS = ("png", "jpeg")
+JPEG_QUALITY = 95
+
+
+def encode_array(arr: np.ndarray, encoding: str) -> bytes:
+    """A uint8 HWC array (C 1 or 3) as PNG or JPEG bytes."""
+    img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr,
+                          mode="L" if arr.shape[2] == 1 else "RGB")
+    buf = io.BytesIO()
+    if encoding == "png":
+        img.save(buf, format="PNG", compress_level=6)
+    else:
+        img.save(buf, format="JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
+
+
+def stored_to_array(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+    """A stored image as a uint8 HWC array of ``shape``: raw pixels (exactly H·W·C bytes)
+    as they are, anything else decoded (``prepare --store encoded``). ValueError when it is
+    neither."""
+    h, w, c = shape
+    if len(data) == h * w * c:
+        return np.frombuffer(data, dtype=np.uint8).reshape(h, w, c)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.size != (w, h):
+                raise ValueError(f"an encoded image is {img.width}x{img.height}, not {w}x{h}")
+            arr = np.asarray(img.convert("L" if c == 1 else "RGB"), dtype=np.uint8)
+    except (OSError, SyntaxError) as exc:
+        raise ValueError(f"an image has {len(data)} bytes: neither {h}x{w}x{c} raw pixels nor "
+                         f"a readable PNG/JPEG ({exc})") from None
+    return arr.reshape(h, w, c)

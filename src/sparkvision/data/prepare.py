@@ -18,13 +18,16 @@ from sparkvision.data.builtin import BUILTIN_SOURCES, load_builtin
 from sparkvision.data.decoding import (
     DECODED_DDL,
     DEFAULT_FOLDER_SIZE,
+    MAX_LISTED_REJECTED,
+    REJECTED_FILE,
     decode_image_folder,
     label_by_class,
-    list_local_files,
     looks_like_tfrecords,
     rejected_rows,
+    unreadable_files,
+    write_rejected,
 )
-from sparkvision.data.images import ImageSpec, prepare_array
+from sparkvision.data.images import ENCODINGS, ImageSpec, encode_array, prepare_array
 from sparkvision.data.ingest_tfrecords import tfrecords_frame
 from sparkvision.data.manifest import SPLITS, write_manifest
 from sparkvision.data.schema import PREPARED_DDL, literal_map
@@ -33,6 +36,7 @@ from sparkvision.errors import DataError, InvalidParameterError
 log = logging.getLogger(__name__)
 
 FORMATS = ("tfrecords", "parquet")
+STORES = ("raw", "encoded")
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,9 @@ class PrepareConfig:
     #: > 1: the first half of the classes keep 1/imbalance of their training images
     #: (val/test untouched): a deliberately imbalanced training split for tests and demos.
     imbalance: float | None = None
+    #: raw (uint8 pixels) or encoded (PNG/JPEG bytes at the target size, ``encoding``)
+    store: str = "raw"
+    encoding: str = "png"
 
     def __post_init__(self) -> None:
         """Validate on construction, so a CLI fails before Spark starts."""
@@ -56,6 +63,11 @@ class PrepareConfig:
         if self.channels not in (None, 1, 3):
             raise InvalidParameterError("channels", self.channels,
                                         "use 1 (grayscale) or 3 (RGB)")
+        if self.store not in STORES:
+            raise InvalidParameterError("store", self.store, f"use one of {', '.join(STORES)}")
+        if self.encoding not in ENCODINGS:
+            raise InvalidParameterError("encoding", self.encoding,
+                                        f"use one of {', '.join(ENCODINGS)}")
         if self.num_shards < 1:
             raise InvalidParameterError("num-shards", self.num_shards, "use 1 or more")
         if self.imbalance is not None and not self.imbalance > 1:
@@ -71,12 +83,15 @@ class PrepareResult:
     image_shape: list[int]
     splits: dict[str, int]
     per_class: dict[str, dict[str, int]]
-    rejected: list[dict[str, str]]
+    rejected: list[dict[str, str]]  # the first MAX_LISTED_REJECTED, by path
+    rejected_count: int
+    rejected_file: str | None  # all of them (JSON lines), beside dataset.json
     source: str
     seed: int
     format: str
     split_fractions: list[float]
     imbalance: dict[str, Any] | None = None
+    storage: str = "raw"  # raw | png | jpeg
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -129,13 +144,9 @@ def parse_image_size(text: str | int | None) -> tuple[int, int] | None:
 def _folder_frame(spark, root: Path, spec: ImageSpec):
     root_str = str(root.resolve())
     decoded = decode_image_folder(spark, root_str, spec)
-    seen = {r.path for r in decoded.select("path").collect()}
-    # Files Spark could not list or read (empty, broken links, permissions) are rejected too.
-    extra = [
-        (p, reason or "unreadable")
-        for p, reason in list_local_files(Path(root_str)).items()
-        if p not in seen
-    ]
+    # Files Spark cannot read (broken links, permissions) are skipped by binaryFile: they
+    # are rejected too. Only those are kept on the driver, never the list of all files.
+    extra = sorted(unreadable_files(Path(root_str)))
     return decoded, extra
 
 
@@ -165,6 +176,26 @@ def _builtin_frame(spark, name: str, spec: ImageSpec | None):
 
     df = spark.createDataFrame(pdf, schema=StructType.fromDDL(DECODED_DDL))
     return df, list(ds.classes), (int(h), int(w), int(c))
+
+
+def encode_images(df, encoding: str):
+    """Prepared rows with ``image`` as PNG/JPEG bytes instead of raw pixels (executors)."""
+    columns = [c.split()[0] for c in PREPARED_DDL.split(", ")]
+
+    def encode(batches):
+        import numpy as np
+        import pyarrow as pa
+
+        for batch in batches:
+            shapes = zip(batch.column("height").to_pylist(), batch.column("width").to_pylist(),
+                         batch.column("channels").to_pylist(), strict=True)
+            images = [encode_array(np.frombuffer(raw, np.uint8).reshape(h, w, c), encoding)
+                      for raw, (h, w, c) in zip(batch.column("image").to_pylist(), shapes,
+                                                strict=True)]
+            index = batch.schema.get_field_index("image")
+            yield batch.set_column(index, "image", pa.array(images, pa.binary()))
+
+    return df.select(*columns).mapInArrow(encode, PREPARED_DDL)
 
 
 # ----------------------------------------------------------------------------- splitting
@@ -249,6 +280,8 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
     started = time.monotonic()
     source = config.source
     rejected: list[dict[str, str]] = []
+    rejected_count = 0
+    extra: list[tuple[str, str]] = []
 
     if source in BUILTIN_SOURCES:
         spec = None
@@ -266,15 +299,16 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
         else:
             spec = _resolve_spec(config, (DEFAULT_FOLDER_SIZE, DEFAULT_FOLDER_SIZE), 3)
             decoded, extra = _folder_frame(spark, path, spec)
-            rejected = rejected_rows(decoded)
+            rejected = rejected_rows(decoded, limit=MAX_LISTED_REJECTED)
             rejected += [{"path": p, "reason": reason} for p, reason in extra]
-            rejected.sort(key=lambda r: r["path"])
+            rejected = sorted(rejected, key=lambda r: r["path"])[:MAX_LISTED_REJECTED]
+            rejected_count = decoded.filter(F.col("error").isNotNull()).count() + len(extra)
             good_names = decoded.filter(F.col("error").isNull()).select("class_name").distinct()
             classes = sorted(r.class_name for r in good_names.collect())
             if not classes:
                 raise DataError(
                     f"no usable images under {source}: put images in one sub-folder per class "
-                    f"(found {len(rejected)} rejected files)"
+                    f"(found {rejected_count} rejected files)"
                 )
             good = label_by_class(decoded, classes)
             image_shape = spec.shape
@@ -295,6 +329,8 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
     columns = [c.split()[0] for c in PREPARED_DDL.split(", ")]
     for split in SPLITS:
         part = split_df.filter(F.col("split") == split).select(*columns)
+        if config.store == "encoded":
+            part = encode_images(part, config.encoding)
         part = part.repartition(config.num_shards, "path").sortWithinPartitions("path")
         writer = part.write.mode("overwrite")
         target = storage.join(out, split)
@@ -302,6 +338,10 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
             writer.format("tfrecords").save(target)
         else:
             writer.parquet(target)
+    rejected_file = None
+    if rejected_count:  # all of them, beside dataset.json (the manifest lists the first)
+        write_rejected(decoded, extra, storage.join(out, REJECTED_FILE))
+        rejected_file = REJECTED_FILE
     split_df.unpersist()
     decoded.unpersist()
 
@@ -312,6 +352,8 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
         splits={s: sum(per_class[s].values()) for s in SPLITS},
         per_class=per_class,
         rejected=rejected,
+        rejected_count=rejected_count,
+        rejected_file=rejected_file,
         source=source,
         seed=config.seed,
         format=config.fmt,
@@ -320,6 +362,7 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
             "ratio": config.imbalance,
             "minority_classes": [classes[i] for i in minority_classes(len(classes))],
         },
+        storage="raw" if config.store == "raw" else config.encoding,
         seconds=round(time.monotonic() - started, 3),
     )
     write_manifest(out, result.manifest())

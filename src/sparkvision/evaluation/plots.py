@@ -167,7 +167,8 @@ def plot_samples(samples: list[Sample], classes: list[str], path: str | Path,
                  title: str = "Test images: true vs predicted", columns: int = 8) -> Path:
     """A grid of images titled ``true → predicted``; a misclassified one has a red title and
     a thick red border, a right one a green title."""
-    import numpy as np
+
+    from sparkvision.data.images import stored_to_array
 
     plt = _pyplot()
 
@@ -185,7 +186,7 @@ def plot_samples(samples: list[Sample], classes: list[str], path: str | Path,
             ax.axis("off")
         for ax, s in zip(axes.flat, samples, strict=False):
             h, w, c = s.shape
-            image = np.frombuffer(s.image, dtype=np.uint8)[: h * w * c].reshape(h, w, c)
+            image = stored_to_array(bytes(s.image), (h, w, c))
             ax.axis("on")
             if c == 1:
                 ax.imshow(image[:, :, 0], cmap="gray", vmin=0, vmax=255)

@@ -186,7 +186,7 @@ def predict_arrays_iter(
     for arr in arrays:
         n = len(arr)
         if n:
-            images = binary_column_to_array(arr, h * w * c)
+            images = binary_column_to_array(arr, h * w * c, (h, w, c))
             logits = runner(images.reshape(n, h, w, c))
         else:
             logits = np.zeros((0, config.num_classes), dtype=np.float32)

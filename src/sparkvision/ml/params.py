@@ -79,6 +79,11 @@ class ImageClassifierParams(
     stallTimeout = _param("stallTimeout", "seconds a training rank may make no progress (or "
                           "not start) before the driver cancels the training with an error "
                           "naming the rank, its host and its last step", _F)
+    memoryBudgetMB = _param("memoryBudgetMB", "MB of images a training task keeps in "
+                            "memory; a larger partition is written once to the executor's "
+                            "local dir (spark.local.dir) and memory-mapped; 0 = auto (half "
+                            "the memory available on the executor's host, shared by the "
+                            "training tasks there)", _F)
     repartition = _param("repartition", "spread rows evenly over numWorkers (a shuffle); false "
                          "keeps the input partitions (coalesced to numWorkers)", _B)
     predictedLabelCol = _param("predictedLabelCol", "output column of the class name", _S)
@@ -111,6 +116,9 @@ class ImageClassifierParams(
         for name in ("weightDecay", "focalGamma"):
             if get(getattr(self, name)) < 0:
                 raise InvalidParameterError(name, get(getattr(self, name)), "use 0 or more")
+        if not get(self.memoryBudgetMB) >= 0:
+            raise InvalidParameterError("memoryBudgetMB", get(self.memoryBudgetMB),
+                                        "give MB >= 0 (0 = auto), e.g. 2048")
         if not get(self.stallTimeout) > 0:
             raise InvalidParameterError("stallTimeout", get(self.stallTimeout),
                                         "give seconds > 0, e.g. 600")

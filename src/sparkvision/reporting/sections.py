@@ -165,15 +165,17 @@ def dataset(data: Dataset, index: int, root: Path) -> Section:
         parts += [heading(3, "Images per split and class"),
                   table(("class", *names, "all"), rows)]
     rejected = m.get("rejected") or []
-    parts.append(heading(3, "Rejected files", f"{len(rejected)} in all"))
+    total = int(m.get("rejected_count") or len(rejected))
+    listing = m.get("rejected_file") or "dataset.json"
+    parts.append(heading(3, "Rejected files", f"{total} in all"))
     if rejected:
         shown = rejected[:MAX_REJECTED]
         rows = [(r.get("path"), r.get("reason")) if isinstance(r, dict) else (r, "")
                 for r in shown]
         parts.append(table(("file", "reason"), rows))
-        if len(rejected) > len(shown):
-            parts.append(paragraph(f"… and {len(rejected) - len(shown)} more (see "
-                                   f"{where(data.paths[0], root)}/dataset.json)", "muted"))
+        if total > len(shown):
+            parts.append(paragraph(f"… and {total - len(shown)} more (see "
+                                   f"{where(data.paths[0], root)}/{listing})", "muted"))
     else:
         parts.append(paragraph("none", "muted"))
     return Section(section_id("dataset", index), "Data set" + _suffix(index, data.paths[0],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,6 +107,32 @@ class EpochTotals:
     steps: int = 0
 
 
+def _batches(x: torch.Tensor, y: torch.Tensor, order: np.ndarray, b: int,
+             prefetch: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(indices, images, labels) of each full mini-batch of ``order``; with ``prefetch`` the
+    next batch is gathered in a background thread while this one trains (memory-mapped
+    images: the page reads overlap the compute; torch's indexing releases the GIL)."""
+    steps = len(order) // b
+
+    def gather(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = torch.from_numpy(order[step * b : (step + 1) * b])
+        return idx, x[idx], y[idx]
+
+    if not prefetch or steps < 2:
+        for step in range(steps):
+            yield gather(step)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="sparkvision-prefetch") as pool:
+        pending = pool.submit(gather, 0)
+        for step in range(steps):
+            batch = pending.result()
+            if step + 1 < steps:
+                pending = pool.submit(gather, step + 1)
+            yield batch
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -127,10 +153,8 @@ def train_epoch(
     shift = max_shift_for(config.image_shape, config.augment)
     warmup = max(1, total_steps // (config.epochs * 2)) if config.epochs > 1 else 1
     b = config.batch_size
-    for step in range(len(order) // b):
-        idx = torch.from_numpy(order[step * b : (step + 1) * b])
-        xb = normalize(x[idx])
-        yb = y[idx]
+    for step, (idx, xb_raw, yb) in enumerate(_batches(x, y, order, b, config.prefetch)):
+        xb = normalize(xb_raw)
         xb = shift_augment(xb, shift, gen)
         if device is not None and device.type != "cpu":
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)

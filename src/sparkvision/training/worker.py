@@ -16,7 +16,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sparkvision.config import TrainConfig
@@ -132,52 +132,73 @@ def _train_task(batches: Iterator[Any], config: TrainConfig, ctx: Any, rank: int
     import torch
     import torch.distributed as dist
 
-    from sparkvision.data.feed import batches_to_arrays
+    from sparkvision.data.feed import batches_to_sink
+    from sparkvision.data.spill import PartitionSink, memory_budget, rss_anon_bytes
+    from sparkvision.training import devices
 
     beat.phase = "reading its data"
-    x, y, is_val = batches_to_arrays(batches, "image", "label", config.image_shape, FLAG_COL)
-    assert y is not None and is_val is not None
-    beat.phase = "forming the process group"
-    addr, port = _rendezvous(ctx, rank)
-    device, backend = _device(config, ctx, rank)
-    if addr in ("127.0.0.1", "localhost"):
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group(
-        backend, init_method=f"tcp://{addr}:{port}", rank=rank, world_size=world,
-        timeout=_collective_timeout(),
-    )
-    beat.phase = "building the network"
+    _, tasks_on_host = devices.local_rank([info.address for info in ctx.getTaskInfos()], rank)
+    budget = memory_budget(config.memory_budget_mb, tasks_on_host)
+    sink = PartitionSink(config.image_shape, budget)
+    anon_before = rss_anon_bytes() or 0
     try:
-        result = _train(
-            torch.from_numpy(x[~is_val]), torch.from_numpy(y[~is_val]),
-            torch.from_numpy(x[is_val]), torch.from_numpy(y[is_val]),
-            config, rank, world, device,
+        batches_to_sink(batches, sink, "image", "label", FLAG_COL, config.image_shape)
+        x_tr, y_tr, x_val, y_val = sink.finish()
+        memory = {"budget_mb": None if budget is None else round(budget / (1 << 20), 1),
+                  "partition_kb": sink.bytes >> 10, "spilled": int(sink.spilled),
+                  "rss_anon_growth_kb": max(0, (rss_anon_bytes() or 0) - anon_before) >> 10}
+        if sink.spilled:
+            config = replace(config, prefetch=True)
+            log.info("rank %d: %.1f MB of images over its %.1f MB budget: memory-mapped from "
+                     "%s", rank, sink.bytes / (1 << 20), (budget or 0) / (1 << 20),
+                     sink.folder)
+        beat.phase = "forming the process group"
+        addr, port = _rendezvous(ctx, rank)
+        device, backend = _device(config, ctx, rank)
+        if addr in ("127.0.0.1", "localhost"):
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        dist.init_process_group(
+            backend, init_method=f"tcp://{addr}:{port}", rank=rank, world_size=world,
+            timeout=_collective_timeout(),
         )
-    except BaseException:
-        # No collective here: the other ranks may be gone. Spark retries the stage.
+        beat.phase = "building the network"
+        try:
+            result = _train(
+                torch.from_numpy(x_tr), torch.from_numpy(y_tr),
+                torch.from_numpy(x_val), torch.from_numpy(y_val),
+                config, rank, world, device,
+            )
+        except BaseException:
+            # No collective here: the other ranks may be gone. Spark retries the stage.
+            gc.collect()
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            raise
+        # The teardown order that avoids DDP deadlocks in reused Python workers.
+        gathered = {k: _allgather_int(int(v or 0)) for k, v in memory.items()
+                    if k != "budget_mb"}
         gc.collect()
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        raise
-    # The teardown order that avoids DDP deadlocks in reused Python workers.
-    gc.collect()
-    dist.barrier()
-    time.sleep(0.2)
-    dist.destroy_process_group()
-    if rank == 0:
-        weights, history = result
-        rows: list[tuple[str, int, bytes]] = [("history", 0, json.dumps(history).encode())]
-        rows += [
-            ("weights", i, weights[off : off + CHUNK])
-            for i, off in enumerate(range(0, len(weights), CHUNK))
-        ]
-        yield pa.RecordBatch.from_pydict(
-            {
-                "kind": [r[0] for r in rows],
-                "seq": pa.array([r[1] for r in rows], pa.int32()),
-                "payload": pa.array([r[2] for r in rows], pa.binary()),
-            }
-        )
+        dist.barrier()
+        time.sleep(0.2)
+        dist.destroy_process_group()
+        if rank == 0:
+            weights, history = result
+            history["memory"] = {"budget_mb": memory["budget_mb"], **{
+                k: gathered[k] for k in ("spilled", "partition_kb", "rss_anon_growth_kb")}}
+            rows: list[tuple[str, int, bytes]] = [("history", 0, json.dumps(history).encode())]
+            rows += [
+                ("weights", i, weights[off : off + CHUNK])
+                for i, off in enumerate(range(0, len(weights), CHUNK))
+            ]
+            yield pa.RecordBatch.from_pydict(
+                {
+                    "kind": [r[0] for r in rows],
+                    "seq": pa.array([r[1] for r in rows], pa.int32()),
+                    "payload": pa.array([r[2] for r in rows], pa.binary()),
+                }
+            )
+    finally:
+        sink.cleanup()  # also when the task fails: no spill file outlives its task
 
 
 def _fingerprint(config: TrainConfig) -> dict[str, Any]:
@@ -207,17 +228,29 @@ def _allreduce(values: list[float], op: str = "sum") -> list[float]:
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
-    return t.tolist()
+    return t.cpu().tolist()
+
+
+def _collective_device():
+    """Where small collective tensors live: nccl takes only CUDA tensors, gloo CPU ones."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _allgather_int(value: int) -> list[int]:
     import torch
     import torch.distributed as dist
 
-    out = [torch.zeros(1, dtype=torch.int64) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, torch.tensor([value], dtype=torch.int64))
+    device = _collective_device()
+    out = [torch.zeros(1, dtype=torch.int64, device=device)
+           for _ in range(dist.get_world_size())]
+    dist.all_gather(out, torch.tensor([value], dtype=torch.int64, device=device))
     return [int(t.item()) for t in out]
 
 

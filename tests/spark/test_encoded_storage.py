@@ -1,0 +1,64 @@
+"""``prepare --store encoded``: PNG/JPEG bytes at the target size instead of raw pixels —
+smaller shards, the same weights and predictions for lossless PNG, close ones for JPEG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sparkvision import ImageClassifier, PrepareConfig, load_prepared, prepare
+
+
+def _shard_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("part-*"))
+
+
+@pytest.fixture(scope="module")
+def mnist_raw_png(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("encoded")
+    raw, png = root / "raw", root / "png"
+    prepare(spark, PrepareConfig(source="mnist", out=str(raw), seed=4))
+    prepare(spark, PrepareConfig(source="mnist", out=str(png), seed=4, store="encoded",
+                                 encoding="png"))
+    return raw, png
+
+
+def test_png_storage_is_smaller_and_trains_and_predicts_the_same(spark, mnist_raw_png):
+    raw, png = mnist_raw_png
+    assert json.loads((raw / "dataset.json").read_text())["storage"] == "raw"
+    assert json.loads((png / "dataset.json").read_text())["storage"] == "png"
+    assert _shard_bytes(png) < 0.6 * _shard_bytes(raw), (_shard_bytes(png), _shard_bytes(raw))
+
+    def fit(folder):
+        return ImageClassifier(epochs=1, numWorkers=2, seed=2).fit(
+            load_prepared(spark, str(folder), "train"))
+
+    from_raw, from_png = fit(raw), fit(png)
+    assert from_png.weights == from_raw.weights
+
+    def predictions(model, folder):
+        rows = model.transform(load_prepared(spark, str(folder), "test")).select(
+            "path", "probability").collect()
+        return {r.path: r.probability.toArray().tolist() for r in rows}
+
+    assert predictions(from_raw, png) == predictions(from_raw, raw)
+
+
+def test_jpeg_storage_predicts_almost_the_same(spark, mnist_raw_png, tmp_path):
+    raw, _ = mnist_raw_png
+    jpeg = tmp_path / "jpeg"
+    result = prepare(spark, PrepareConfig(source="mnist", out=str(jpeg), seed=4,
+                                          store="encoded", encoding="jpeg"))
+    assert result.storage == "jpeg"
+    model = ImageClassifier(epochs=2, numWorkers=2, seed=2).fit(
+        load_prepared(spark, str(raw), "train"))
+
+    def accuracy(folder):
+        from pyspark.sql import functions as F
+
+        out = model.transform(load_prepared(spark, str(folder), "test"))
+        return out.select(F.avg((F.col("prediction") == F.col("label")).cast("double"))).first()[0]
+
+    assert abs(accuracy(jpeg) - accuracy(raw)) < 0.02
