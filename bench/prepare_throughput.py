@@ -24,8 +24,9 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
-from common import REPO, cli_env, ensure_glibc_tunables, write_result
 from PIL import Image
+
+from common import REPO, cli_env, ensure_glibc_tunables, write_result
 
 SIDE, TARGET = 96, 32
 

@@ -83,8 +83,8 @@ def looks_like_tfrecords(path: Path) -> bool:
 
 
 def unreadable_files(root: Path) -> Iterator[tuple[str, str]]:
-    """(path, reason) of every file under ``root`` that cannot be opened and read (broken
-    links, no permission): Spark's ``binaryFile`` skips those silently. Readable files are
+    """(path, reason) of every file under ``root`` that is empty or cannot be opened and read
+    (broken links, no permission): Spark's ``binaryFile`` skips those silently. Readable files are
     not kept, so the driver's memory does not grow with the number of files."""
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
@@ -93,7 +93,8 @@ def unreadable_files(root: Path) -> Iterator[tuple[str, str]]:
             full = os.path.join(dirpath, name)
             try:
                 with open(full, "rb") as fh:
-                    fh.read(1)
+                    if not fh.read(1):
+                        yield full, "empty file (0 bytes)"  # Spark skips empty files
             except OSError as exc:
                 yield full, f"unreadable: {exc.strerror or exc}"
 

@@ -144,7 +144,7 @@ def _train_task(batches: Iterator[Any], config: TrainConfig, ctx: Any, rank: int
     try:
         batches_to_sink(batches, sink, "image", "label", FLAG_COL, config.image_shape)
         x_tr, y_tr, x_val, y_val = sink.finish()
-        memory = {"budget_mb": None if budget is None else round(budget / (1 << 20), 1),
+        memory = {"budget_mb": None if budget is None else round(budget / (1 << 20), 3),
                   "partition_kb": sink.bytes >> 10, "spilled": int(sink.spilled),
                   "rss_anon_growth_kb": max(0, (rss_anon_bytes() or 0) - anon_before) >> 10}
         if sink.spilled:
