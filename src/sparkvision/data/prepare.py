@@ -24,13 +24,13 @@ from sparkvision.data.decoding import (
     label_by_class,
     looks_like_tfrecords,
     rejected_rows,
-    unreadable_files,
+    scan_files,
     write_rejected,
 )
 from sparkvision.data.images import ENCODINGS, ImageSpec, encode_array, prepare_array
 from sparkvision.data.ingest_tfrecords import tfrecords_frame
 from sparkvision.data.manifest import SPLITS, write_manifest
-from sparkvision.data.schema import PREPARED_DDL, literal_map
+from sparkvision.data.schema import PREPARED_DDL
 from sparkvision.errors import DataError, InvalidParameterError
 
 log = logging.getLogger(__name__)
@@ -143,10 +143,10 @@ def parse_image_size(text: str | int | None) -> tuple[int, int] | None:
 
 def _folder_frame(spark, root: Path, spec: ImageSpec):
     root_str = str(root.resolve())
-    decoded = decode_image_folder(spark, root_str, spec)
+    files, extra = scan_files(Path(root_str))
+    decoded = decode_image_folder(spark, root_str, spec, files=files)
     # Files Spark cannot read (broken links, permissions) are skipped by binaryFile: they
     # are rejected too. Only those are kept on the driver, never the list of all files.
-    extra = sorted(unreadable_files(Path(root_str)))
     return decoded, extra
 
 
@@ -225,6 +225,20 @@ def minority_classes(num_classes: int) -> list[int]:
     return list(range(num_classes // 2))
 
 
+def split_bounds(class_counts: dict[int, int], fractions: tuple[float, float, float],
+                 imbalance: float | None = None) -> dict[int, tuple[int, int, int]]:
+    """Per class, the ranks where ``dropped``, ``val`` and ``test`` start (rows ranked by
+    the seeded hash): train is ``[0, a)``, dropped ``[a, b)``, val ``[b, c)``, test the
+    rest."""
+    thinned = set(minority_classes(len(class_counts))) if imbalance else set()
+    bounds = {}
+    for label, n in class_counts.items():
+        tr, va, _ = split_counts(n, fractions)
+        keep = max(1, math.ceil(tr / imbalance)) if label in thinned and imbalance else tr
+        bounds[label] = (keep, tr, tr + va)
+    return bounds
+
+
 def _assign_splits(df, class_counts: dict[int, int], fractions, seed: int,
                    imbalance: float | None = None):
     """Stratified, deterministic split: rank rows in each class by a seeded hash.
@@ -234,25 +248,45 @@ def _assign_splits(df, class_counts: dict[int, int], fractions, seed: int,
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    thinned = set(minority_classes(len(class_counts))) if imbalance else set()
-    bounds = {}
-    for label, n in class_counts.items():
-        tr, va, _ = split_counts(n, fractions)
-        keep = max(1, math.ceil(tr / imbalance)) if label in thinned and imbalance else tr
-        bounds[label] = (keep, tr, tr + va)
-    keep_end = literal_map({label: ends[0] for label, ends in bounds.items()})
-    train_end = literal_map({label: ends[1] for label, ends in bounds.items()})
-    val_end = literal_map({label: ends[2] for label, ends in bounds.items()})
+    bounds = split_bounds(class_counts, fractions, imbalance)
+    # Rank only (label, path, hash) — not the images — and keep the rows where a split
+    # starts (at most 3 per class); each image row is then placed by comparing its (hash,
+    # path) with those boundaries: the same assignment as ranking every row, without
+    # shuffling the image bytes.
     order = F.xxhash64(F.col("path"), F.lit(seed))
-    rank = F.row_number().over(Window.partitionBy("label").orderBy(order, F.col("path"))) - 1
-    ranked = df.withColumn("_rank", rank)
+    narrow = df.select("label", "path", order.alias("_h"))
+    rank = F.row_number().over(Window.partitionBy("label").orderBy("_h", "path")) - 1
+    names = ("dropped", "val", "test")  # the splits that start at the ranks in bounds
+    wanted = F.lit(False)
+    for label, ends in bounds.items():
+        wanted = wanted | ((F.col("label") == label) & F.col("_rank").isin(*set(ends)))
+    found: dict[int, dict[str, tuple[int, str]]] = {label: {} for label in bounds}
+    for r in narrow.withColumn("_rank", rank).filter(wanted).collect():
+        label = int(r.label)
+        for name, start in zip(names, bounds[label], strict=True):
+            if start == int(r._rank):
+                found[label][name] = (int(r._h), str(r.path))
+    cols = [f"_{name}_{part}" for name in names for part in ("h", "p")]
+    rows = [(label, *[v for name in names for v in found[label].get(name, (None, None))])
+            for label in bounds]
+    starts = df.sparkSession.createDataFrame(
+        rows, "label BIGINT, " + ", ".join(f"{c} {'BIGINT' if c.endswith('h') else 'STRING'}"
+                                           for c in cols))
+    h = F.xxhash64(F.col("path"), F.lit(seed))
+
+    def before(name: str):
+        """The row comes before the first row of split ``name`` of its class (there is no
+        such row: every row of the class does)."""
+        bh, bp = F.col(f"_{name}_h"), F.col(f"_{name}_p")
+        return bh.isNull() | (h < bh) | ((h == bh) & (F.col("path") < bp))
+
     split = (
-        F.when(F.col("_rank") < keep_end[F.col("label")], F.lit("train"))
-        .when(F.col("_rank") < train_end[F.col("label")], F.lit("dropped"))
-        .when(F.col("_rank") < val_end[F.col("label")], F.lit("val"))
+        F.when(before("dropped"), F.lit("train"))
+        .when(before("val"), F.lit("dropped"))
+        .when(before("test"), F.lit("val"))
         .otherwise(F.lit("test"))
     )
-    return ranked.withColumn("split", split).drop("_rank")
+    return df.join(F.broadcast(starts), "label", "left").withColumn("split", split).drop(*cols)
 
 
 # ----------------------------------------------------------------------------- main entry
@@ -282,6 +316,7 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
     rejected: list[dict[str, str]] = []
     rejected_count = 0
     extra: list[tuple[str, str]] = []
+    counts: dict[int, int] | None = None
 
     if source in BUILTIN_SOURCES:
         spec = None
@@ -299,12 +334,17 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
         else:
             spec = _resolve_spec(config, (DEFAULT_FOLDER_SIZE, DEFAULT_FOLDER_SIZE), 3)
             decoded, extra = _folder_frame(spark, path, spec)
-            rejected = rejected_rows(decoded, limit=MAX_LISTED_REJECTED)
-            rejected += [{"path": p, "reason": reason} for p, reason in extra]
-            rejected = sorted(rejected, key=lambda r: r["path"])[:MAX_LISTED_REJECTED]
-            rejected_count = decoded.filter(F.col("error").isNotNull()).count() + len(extra)
-            good_names = decoded.filter(F.col("error").isNull()).select("class_name").distinct()
-            classes = sorted(r.class_name for r in good_names.collect())
+            # One job decodes every file (into the cache) and counts per class.
+            tally = decoded.groupBy("class_name", F.col("error").isNull().alias("ok")).count()
+            tally_rows = tally.collect()
+            classes = sorted({r.class_name for r in tally_rows if r.ok})
+            counts = {classes.index(r.class_name): int(r["count"])
+                      for r in tally_rows if r.ok}
+            rejected_count = sum(int(r["count"]) for r in tally_rows if not r.ok) + len(extra)
+            if rejected_count:
+                rejected = rejected_rows(decoded, limit=MAX_LISTED_REJECTED)
+                rejected += [{"path": p, "reason": reason} for p, reason in extra]
+                rejected = sorted(rejected, key=lambda r: r["path"])[:MAX_LISTED_REJECTED]
             if not classes:
                 raise DataError(
                     f"no usable images under {source}: put images in one sub-folder per class "
@@ -313,16 +353,18 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
             good = label_by_class(decoded, classes)
             image_shape = spec.shape
 
-    counts = {
-        int(r.label): int(r["count"]) for r in good.groupBy("label").count().collect()
-    }
-    split_df = _assign_splits(good, counts, config.split, config.seed,
-                              config.imbalance).persist()
-    per_split = split_df.groupBy("split", "label").count().collect()
+    if counts is None:
+        counts = {int(r.label): int(r["count"])
+                  for r in good.groupBy("label").count().collect()}
+    split_df = _assign_splits(good, counts, config.split, config.seed, config.imbalance)
+    # The split sizes follow from the counts alone (no job over the rows).
     per_class: dict[str, dict[str, int]] = {s: {c: 0 for c in classes} for s in SPLITS}
-    for r in per_split:
-        if r.split in per_class:
-            per_class[r.split][classes[int(r.label)]] = int(r["count"])
+    for label, (keep, train_end, val_end) in split_bounds(
+            counts, config.split, config.imbalance).items():
+        name = classes[label]
+        per_class["train"][name] = keep
+        per_class["val"][name] = val_end - train_end
+        per_class["test"][name] = counts[label] - val_end
 
     out = storage.absolute(config.out)  # a local folder or any fsspec URL (s3://...)
     storage.makedirs(out)
@@ -342,7 +384,6 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
     if rejected_count:  # all of them, beside dataset.json (the manifest lists the first)
         write_rejected(decoded, extra, storage.join(out, REJECTED_FILE))
         rejected_file = REJECTED_FILE
-    split_df.unpersist()
     decoded.unpersist()
 
     result = PrepareResult(
