@@ -82,28 +82,25 @@ def basename(path: str) -> str:
     return str(path).rstrip("/").rsplit("/", 1)[-1]
 
 
-def exists(path: str | os.PathLike[str]) -> bool:
+def _test(path: str | os.PathLike[str], check: str) -> bool:
+    """``os.path.<check>`` for a local path, the filesystem's method of that name else."""
     local = local_path(path)
     if local is not None:
-        return os.path.exists(local)
+        return bool(getattr(os.path, check)(local))
     fs, p = _fs(os.fspath(path))
-    return bool(fs.exists(p))
+    return bool(getattr(fs, check)(p))
+
+
+def exists(path: str | os.PathLike[str]) -> bool:
+    return _test(path, "exists")
 
 
 def isdir(path: str | os.PathLike[str]) -> bool:
-    local = local_path(path)
-    if local is not None:
-        return os.path.isdir(local)
-    fs, p = _fs(os.fspath(path))
-    return bool(fs.isdir(p))
+    return _test(path, "isdir")
 
 
 def isfile(path: str | os.PathLike[str]) -> bool:
-    local = local_path(path)
-    if local is not None:
-        return os.path.isfile(local)
-    fs, p = _fs(os.fspath(path))
-    return bool(fs.isfile(p))
+    return _test(path, "isfile")
 
 
 def size(path: str) -> int:

@@ -5,17 +5,14 @@ second training with the same checkpoint folder resumes from the bucket on both 
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.clirun import cli_json
 from tests.cluster import free_port
 
 pytestmark = [pytest.mark.slow]
@@ -50,23 +47,10 @@ def s3() -> Iterator[dict[str, str]]:
                 os.environ[k] = v
 
 
-def _cli(argv: list[str], env: dict[str, str], tmp_path: Path,
-         timeout_s: float = 300) -> dict[str, Any]:
-    full_env = dict(os.environ, **env, SPARKVISION_LOG_DIR=str(tmp_path / "logs"))
+def _cli(argv: list[str], env: dict[str, str], tmp_path: Path) -> dict[str, Any]:
+    full_env = dict(os.environ, **env)
     full_env.pop("SPARK_REMOTE", None)
-    proc = subprocess.Popen([sys.executable, "-m", "sparkvision", *argv, "--json", "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=60)
-    logs = "\n".join(p.read_text(errors="replace")[-3000:]
-                     for p in sorted((tmp_path / "logs").glob("*.log")))
-    assert proc.returncode == 0, f"{argv[0]} exited {proc.returncode}\n{err.decode()}\n{logs}"
-    return json.loads(out.decode().strip().splitlines()[-1])
+    return cli_json(argv, full_env, tmp_path / "logs", timeout_s=300)
 
 
 def test_prepare_train_resume_evaluate_report_in_a_bucket(s3, tmp_path):

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.clirun import cli_json, log_tails
 from tests.standalone import StandaloneCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -43,25 +44,12 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 def _logs(tmp_path: Path) -> str:
-    """The tail of every sparkvision log of this test (for failure messages)."""
-    return "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-4000:]}"
-                     for p in sorted((tmp_path / "logs").glob("*.log")))
+    return log_tails(tmp_path / "logs")
 
 
 def _cli(argv: list[str], tmp_path: Path, timeout_s: float = 240) -> dict[str, Any]:
     """Run ``sparkvision ARGV --json`` in a subprocess; return its JSON (exit 0 asserted)."""
-    proc = subprocess.Popen([sys.executable, "-m", "sparkvision", *argv, "--json", "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=_env(tmp_path), start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=60)
-    assert proc.returncode == 0, (
-        f"{argv[0]} exited {proc.returncode}\n{err.decode()[-3000:]}\n{_logs(tmp_path)}")
-    return json.loads(out.decode().strip().splitlines()[-1])
+    return cli_json(argv, _env(tmp_path), tmp_path / "logs", timeout_s)
 
 
 def test_train_and_predict_through_the_cli(cluster, digits_dir, tmp_path):
