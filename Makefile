@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) bench/tuning.py
 	$(PY) bench/cluster_scaling.py
 	$(PY) bench/connect_overhead.py
+	$(PY) bench/prepare_throughput.py --sizes 20000 100000
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache
