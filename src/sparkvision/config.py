@@ -33,7 +33,7 @@ CLASSIFIER_DEFAULTS: dict[str, Any] = {
     # seconds a training rank may go without progress before the driver fails the training
     "stallTimeout": 600.0,
     # MB of images a training task holds in memory; a larger partition is spilled to the
-    # executor's local dir and memory-mapped. 0: auto (see training.worker._memory_budget)
+    # executor's local dir and memory-mapped. 0: auto (see data.spill.memory_budget)
     "memoryBudgetMB": 0.0,
     "repartition": True,
     "imageShape": [],

@@ -123,7 +123,7 @@ def decode_image_folder(spark, root: str, spec: ImageSpec, need_class: bool = Tr
         .load(root)
     )
     if files is None:
-        files = sum(len(names) for _dir, _dirs, names in os.walk(root))
+        files, _unreadable = scan_files(Path(root))
     return decode_files(fewer_tasks(raw, files), root, spec, need_class).persist()
 
 
@@ -156,12 +156,17 @@ MAX_LISTED_REJECTED = 1000
 REJECTED_FILE = "rejected.jsonl"
 
 
+def _rejected(decoded):
+    """The (path, error) of the decoded rows that carry an error, by path."""
+    from pyspark.sql import functions as F
+
+    return decoded.filter(F.col("error").isNotNull()).select("path", "error").orderBy("path")
+
+
 def rejected_rows(decoded, limit: int | None = None) -> list[dict[str, str]]:
     """The (path, reason) of the decoded rows that carry an error, by path; at most
     ``limit`` of them (a top-N in Spark: the driver never holds them all)."""
-    from pyspark.sql import functions as F
-
-    bad = decoded.filter(F.col("error").isNotNull()).select("path", "error").orderBy("path")
+    bad = _rejected(decoded)
     if limit is not None:
         bad = bad.limit(limit)
     return [{"path": r.path, "reason": r.error} for r in bad.collect()]
@@ -173,18 +178,15 @@ def write_rejected(decoded, extra: list[tuple[str, str]], path: str) -> int:
     how many. ``extra``: files Spark could not read at all."""
     import json
 
-    from pyspark.sql import functions as F
-
     from sparkvision import storage
 
-    bad = decoded.filter(F.col("error").isNotNull()).select("path", "error").orderBy("path")
     count = 0
     with storage.atomic_writer(path) as fh:
         for p, reason in sorted(extra):
             fh.write((json.dumps({"path": p, "reason": reason}, ensure_ascii=False)
                       + "\n").encode())
             count += 1
-        for row in bad.toLocalIterator():
+        for row in _rejected(decoded).toLocalIterator():
             fh.write((json.dumps({"path": row.path, "reason": row.error}, ensure_ascii=False)
                       + "\n").encode())
             count += 1

@@ -35,9 +35,10 @@ def binary_column_to_array(column: Any, row_bytes: int,
     offsets = np.frombuffer(buffers[1], dtype=offsets_dtype)[column.offset : column.offset + n + 1]
     data = np.frombuffer(buffers[2], dtype=np.uint8)
     lengths = np.diff(offsets)
-    if not np.all(lengths == row_bytes) and shape is not None:
+    raw = bool(np.all(lengths == row_bytes))
+    if not raw and shape is not None:
         return decode_stored(column.to_pylist(), shape)
-    if not np.all(lengths == row_bytes):
+    if not raw:
         bad = int(lengths[np.argmax(lengths != row_bytes)])
         raise DataError(
             f"an image has {bad} bytes but the image shape needs {row_bytes}: "
@@ -85,37 +86,3 @@ def batches_to_sink(batches: Iterable[Any], sink: Any, image_col: str, label_col
         sink.add(images.reshape(-1, h, w, c),
                  batch.column(label_col).to_numpy(zero_copy_only=False),
                  batch.column(flag_col).to_numpy(zero_copy_only=False))
-
-
-def batches_to_arrays(
-    batches: Iterable[Any],
-    image_col: str,
-    label_col: str | None,
-    image_shape: tuple[int, int, int],
-    flag_col: str | None = None,
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Collect a partition's Arrow batches into (images NCHW uint8, labels, flags)."""
-    h, w, c = image_shape
-    row_bytes = h * w * c
-    images, labels, flags = [], [], []
-    for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        images.append(binary_column_to_array(batch.column(image_col), row_bytes,
-                                             image_shape).copy())
-        if label_col is not None:
-            labels.append(batch.column(label_col).to_numpy(zero_copy_only=False))
-        if flag_col is not None:
-            flags.append(batch.column(flag_col).to_numpy(zero_copy_only=False))
-    if images:
-        x = np.concatenate(images).reshape(-1, h, w, c).transpose(0, 3, 1, 2)
-        x = np.ascontiguousarray(x)
-    else:
-        x = np.empty((0, c, h, w), dtype=np.uint8)
-    y = np.concatenate(labels).astype(np.int64) if labels else (
-        np.empty(0, np.int64) if label_col else None
-    )
-    f = np.concatenate(flags).astype(bool) if flags else (
-        np.empty(0, bool) if flag_col else None
-    )
-    return x, y, f

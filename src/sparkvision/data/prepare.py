@@ -272,13 +272,11 @@ def _assign_splits(df, class_counts: dict[int, int], fractions, seed: int,
     starts = df.sparkSession.createDataFrame(
         rows, "label BIGINT, " + ", ".join(f"{c} {'BIGINT' if c.endswith('h') else 'STRING'}"
                                            for c in cols))
-    h = F.xxhash64(F.col("path"), F.lit(seed))
-
     def before(name: str):
         """The row comes before the first row of split ``name`` of its class (there is no
         such row: every row of the class does)."""
         bh, bp = F.col(f"_{name}_h"), F.col(f"_{name}_p")
-        return bh.isNull() | (h < bh) | ((h == bh) & (F.col("path") < bp))
+        return bh.isNull() | (order < bh) | ((order == bh) & (F.col("path") < bp))
 
     split = (
         F.when(before("dropped"), F.lit("train"))

@@ -48,9 +48,7 @@ class ProgressServer:
 
         class Handler(BaseHTTPRequestHandler):
             def _refuse(self, code: int, why: str) -> None:
-                with outer._lock:
-                    outer.rejected += 1
-                log.warning("progress event refused (%s) from %s", why, self.client_address[0])
+                outer.refused(f"{why} from {self.client_address[0]}")
                 self.send_response(code)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

@@ -47,7 +47,8 @@ def _rendezvous(ctx: Any, rank: int) -> tuple[str, int]:
     return addr, int(port)
 
 
-def _device(config: TrainConfig, ctx: Any, rank: int):
+def _device(config: TrainConfig, ctx: Any, rank: int,
+            placement: tuple[int, int] | None = None):
     """This rank's torch device and process-group backend (see ``training.devices``): the
     task's Spark ``gpu`` resource, else its rank among the tasks on its host; under
     ``useGpu=auto`` the ranks agree on one backend (CPU for all if one has no GPU)."""
@@ -55,8 +56,9 @@ def _device(config: TrainConfig, ctx: Any, rank: int):
 
     from sparkvision.training import devices
 
-    task_local, local_world = devices.local_rank(
-        [info.address for info in ctx.getTaskInfos()], rank)
+    if placement is None:  # (rank among the training tasks on this host, how many)
+        placement = devices.local_rank([info.address for info in ctx.getTaskInfos()], rank)
+    task_local, local_world = placement
     cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     choice = devices.choose_device(
         config.use_gpu, cuda_count, devices.task_gpu_addresses(ctx), task_local,
@@ -137,8 +139,8 @@ def _train_task(batches: Iterator[Any], config: TrainConfig, ctx: Any, rank: int
     from sparkvision.training import devices
 
     beat.phase = "reading its data"
-    _, tasks_on_host = devices.local_rank([info.address for info in ctx.getTaskInfos()], rank)
-    budget = memory_budget(config.memory_budget_mb, tasks_on_host)
+    placement = devices.local_rank([info.address for info in ctx.getTaskInfos()], rank)
+    budget = memory_budget(config.memory_budget_mb, placement[1])
     sink = PartitionSink(config.image_shape, budget)
     anon_before = rss_anon_bytes() or 0
     try:
@@ -154,7 +156,7 @@ def _train_task(batches: Iterator[Any], config: TrainConfig, ctx: Any, rank: int
                      sink.folder)
         beat.phase = "forming the process group"
         addr, port = _rendezvous(ctx, rank)
-        device, backend = _device(config, ctx, rank)
+        device, backend = _device(config, ctx, rank, placement)
         if addr in ("127.0.0.1", "localhost"):
             os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
         dist.init_process_group(
