@@ -19,6 +19,39 @@ DEFAULT_FOLDER_SIZE = 32
 DECODED_DDL = PREPARED_DDL + ", class_name STRING, error STRING"
 
 
+def _decoded_rows(
+    rows: Iterator[tuple[str, Any]], root: str, spec: ImageSpec, need_class: bool,
+    names: list[str],
+) -> dict[str, list[Any]]:
+    """``(path, bytes-or-reader)`` pairs → columns of decoded rows. A reader is called for
+    the bytes (an ``OSError`` from it rejects the file as unreadable)."""
+    out: dict[str, list[Any]] = {name: [] for name in names}
+    for path, content in rows:
+        local = path[5:] if path.startswith("file:") else path
+        rel = os.path.relpath(local, root) if local.startswith(root) else local
+        class_name = rel.split("/")[0] if "/" in rel else ""
+        image, error = None, None
+        if not class_name and need_class:
+            error = "not inside a class sub-folder"
+        else:
+            try:
+                data = content() if callable(content) else content
+                image = encoded_to_array(data or b"", spec)
+            except OSError as exc:
+                error = f"unreadable: {exc.strerror or exc}"
+            except ImageRejected as exc:
+                error = str(exc)
+        out["path"].append(local)
+        out["class_name"].append(class_name)
+        out["error"].append(error)
+        out["image"].append(image.tobytes() if image is not None else None)
+        out["height"].append(spec.height)
+        out["width"].append(spec.width)
+        out["channels"].append(spec.channels)
+        out["label"].append(None)
+    return out
+
+
 def _decode_batches(
     batches: Iterator[Any], root: str, spec: ImageSpec, need_class: bool = True,
     keep: tuple[str, ...] = (),
@@ -32,31 +65,42 @@ def _decode_batches(
 
     schema = decoded_arrow_schema(keep)
     for batch in batches:
-        paths = batch.column("path").to_pylist()
-        contents = batch.column("content").to_pylist()
-        out: dict[str, list[Any]] = {name: [] for name in schema.names}
-        for path, content in zip(paths, contents, strict=True):
-            local = path[5:] if path.startswith("file:") else path
-            rel = os.path.relpath(local, root) if local.startswith(root) else local
-            class_name = rel.split("/")[0] if "/" in rel else ""
-            image, error = None, None
-            if not class_name and need_class:
-                error = "not inside a class sub-folder"
-            else:
-                try:
-                    image = encoded_to_array(content or b"", spec)
-                except ImageRejected as exc:
-                    error = str(exc)
-            out["path"].append(local)
-            out["class_name"].append(class_name)
-            out["error"].append(error)
-            out["image"].append(image.tobytes() if image is not None else None)
-            out["height"].append(spec.height)
-            out["width"].append(spec.width)
-            out["channels"].append(spec.channels)
-            out["label"].append(None)
+        pairs = zip(batch.column("path").to_pylist(), batch.column("content").to_pylist(),
+                    strict=True)
+        out = _decoded_rows(pairs, root, spec, need_class, schema.names)
         for name in keep:
             out[name] = batch.column(name)
+        yield pa.RecordBatch.from_pydict(out, schema=schema)
+
+
+def _file_reader(path: str):
+    """A function returning the bytes of the file at ``path`` (a ``file:`` URI, a local
+    path or any fsspec URL)."""
+    if path.startswith("file:") or "://" not in path:
+        local = path[5:] if path.startswith("file:") else path
+
+        def read() -> bytes:
+            with open(local, "rb") as fh:
+                return fh.read()
+        return read
+    from sparkvision import storage
+
+    return lambda: storage.read_bytes(path)
+
+
+def _decode_paths(batches: Iterator[Any], root: str, spec: ImageSpec, need_class: bool,
+                  skip: frozenset[str]) -> Iterator[Any]:
+    """Executor side: file paths → decoded rows, each file read here (not by the JVM:
+    ``binaryFile`` costs ~100 µs a file before Python sees it); ``skip``: paths the
+    driver's scan already rejected."""
+    import pyarrow as pa
+
+    schema = decoded_arrow_schema()
+    for batch in batches:
+        paths = [p for p in batch.column("path").to_pylist()
+                 if (p[5:] if p.startswith("file:") else p) not in skip]
+        out = _decoded_rows(((p, _file_reader(p)) for p in paths), root, spec, need_class,
+                            schema.names)
         yield pa.RecordBatch.from_pydict(out, schema=schema)
 
 
@@ -110,21 +154,27 @@ def scan_files(root: Path) -> tuple[int, list[tuple[str, str]]]:
 
 
 def decode_image_folder(spark, root: str, spec: ImageSpec, need_class: bool = True,
-                        files: int | None = None):
-    """Read every file under ``root`` with ``binaryFile`` and decode it on the executors.
+                        files: int | None = None, skip: frozenset[str] = frozenset()):
+    """Decode every file under ``root`` on the executors: Spark lists the files
+    (``binaryFile``, its ``path`` column only: no file is opened by the JVM), the decoding
+    tasks read them. ``skip``: paths already rejected by :func:`scan_files` (left out).
 
     Returns a persisted DataFrame of ``DECODED_DDL`` rows; bad files carry ``error``.
     """
-    raw = (
+    listing = (
         spark.read.format("binaryFile")
         .option("recursiveFileLookup", "true")
         .option("ignoreCorruptFiles", "true")
         .option("ignoreMissingFiles", "true")
         .load(root)
+        .select("path")
     )
     if files is None:
         files, _unreadable = scan_files(Path(root))
-    return decode_files(fewer_tasks(raw, files), root, spec, need_class).persist()
+    skip = frozenset(skip)
+    return fewer_tasks(listing, files).mapInArrow(
+        lambda it: _decode_paths(it, root, spec, need_class, skip), DECODED_DDL
+    ).persist()
 
 
 #: Files per decoding task. Spark packs ~30 small files into a ``binaryFile`` partition, and

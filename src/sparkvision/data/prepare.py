@@ -144,9 +144,11 @@ def parse_image_size(text: str | int | None) -> tuple[int, int] | None:
 def _folder_frame(spark, root: Path, spec: ImageSpec):
     root_str = str(root.resolve())
     files, extra = scan_files(Path(root_str))
-    decoded = decode_image_folder(spark, root_str, spec, files=files)
-    # Files Spark cannot read (broken links, permissions) are skipped by binaryFile: they
-    # are rejected too. Only those are kept on the driver, never the list of all files.
+    decoded = decode_image_folder(spark, root_str, spec, files=files,
+                                 skip=frozenset(path for path, _ in extra))
+    # Files the stat-only scan finds empty or unreadable (Spark's listing skips some of
+    # them) are rejected by the driver and left out of the decoding. Only those are kept
+    # on the driver, never the list of all files.
     return decoded, extra
 
 
