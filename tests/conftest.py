@@ -62,3 +62,36 @@ def trained_dir(trained, tmp_path_factory):
     out = tmp_path_factory.mktemp("model") / "digits-model"
     trained[0].write().overwrite().save(str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(spark, tmp_path_factory):
+    """The built-in 5,000 MNIST digits (28x28x1), prepared."""
+    from sparkvision import PrepareConfig, prepare
+
+    out = tmp_path_factory.mktemp("mnist")
+    prepare(spark, PrepareConfig(source="mnist", out=str(out), seed=1))
+    return out
+
+
+@pytest.fixture(scope="session")
+def mnist_model_dir(spark, mnist_dir, tmp_path_factory):
+    """A `cnn` trained 3 epochs on ``mnist_dir`` by 2 workers, saved (the source network of
+    the transfer-learning and featurizer tests)."""
+    from sparkvision import ImageClassifier, load_prepared
+
+    model = ImageClassifier(model="cnn", epochs=3, numWorkers=2, seed=0).fit(
+        load_prepared(spark, str(mnist_dir), "train"))
+    out = tmp_path_factory.mktemp("mnist-model") / "model"
+    model.write().save(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits28_dir(spark, tmp_path_factory):
+    """scikit-learn's 8x8 digits resized to MNIST's 28x28, prepared."""
+    from sparkvision import PrepareConfig, prepare
+
+    out = tmp_path_factory.mktemp("digits28")
+    prepare(spark, PrepareConfig(source="digits", out=str(out), seed=1, image_size=(28, 28)))
+    return out

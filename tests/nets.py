@@ -81,3 +81,10 @@ def stalls_on_rank1(num_classes: int, input_shape: tuple[int, int, int]) -> nn.M
 def returns_a_string(num_classes: int, input_shape: tuple[int, int, int]) -> str:
     """Not a network: the driver-side check refuses it before any job."""
     return "cnn"
+
+
+def conv_head(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    """Classifies with a 1x1 convolution and global pooling: no Linear head to recognise."""
+    _, _, c = input_shape
+    return nn.Sequential(nn.Conv2d(c, 8, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(8, num_classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())

@@ -36,6 +36,13 @@ CLASSIFIER_DEFAULTS: dict[str, Any] = {
     # executor's local dir and memory-mapped. 0: auto (see data.spill.memory_budget)
     "memoryBudgetMB": 0.0,
     "repartition": True,
+    # transfer learning: starting weights (a safetensors state dict, or one of our model
+    # folders: its head is re-initialised when its classes differ), what to train
+    "initWeights": "",
+    "initStrict": True,
+    "initFrom": "",
+    "freeze": "none",  # none | backbone (only the classifier head trains)
+    "backboneLrScale": 1.0,  # the backbone's learning rate = learningRate × this
     "imageShape": [],
     "classes": [],
 }
@@ -88,6 +95,11 @@ class TrainConfig:
     stall_timeout_s: float = _D["stallTimeout"]
     prefetch: bool = False  # set by a task whose images are memory-mapped (spilled)
     memory_budget_mb: float = _D["memoryBudgetMB"]
+    #: safetensors bytes of the tensors that start the network (the rest keep their
+    #: seeded initialisation); computed and checked on the driver
+    init_state: bytes = b""
+    freeze: str = _D["freeze"]
+    backbone_lr_scale: float = _D["backboneLrScale"]
     progress_every_steps: int = 20
     # Test hook: raise inside (epoch, rank) on the first stage attempt only.
     fault_injection: tuple[int, int] | None = None

@@ -31,14 +31,23 @@ def _class_weights(text: str | None) -> Any:
 
 def classifier_params(args: argparse.Namespace, manifest: dict[str, Any]) -> dict[str, Any]:
     """ImageClassifier Params from the train flags (shared by commands that train)."""
+    model = args.model
+    if model is None:  # --init-from without --model: the network of that model
+        from sparkvision.ml.transfer import saved_network
+
+        model = saved_network(args.init_from) if args.init_from else D["model"]
+        args.model = model
     return {
-        "model": args.model, "epochs": args.epochs, "batchSize": args.batch_size,
+        "model": model, "epochs": args.epochs, "batchSize": args.batch_size,
         "learningRate": args.lr, "optimizer": args.optimizer, "loss": args.loss,
         "focalGamma": args.focal_gamma, "numWorkers": args.workers, "seed": args.seed,
         "checkpointDir": args.checkpoint_dir or "", "balance": args.balance,
         "classes": list(manifest["classes"]), "imageShape": list(manifest["image_shape"]),
         "classWeights": _class_weights(args.class_weights), "augment": args.augment,
         "stallTimeout": args.timeout, "memoryBudgetMB": args.memory_budget,
+        "initWeights": args.init_weights or "", "initStrict": args.init_strict == "true",
+        "initFrom": args.init_from or "", "freeze": args.freeze,
+        "backboneLrScale": args.backbone_lr_scale,
     }
 
 
@@ -73,10 +82,17 @@ def run(args: argparse.Namespace, tracking: Tracking) -> int:
         "test_accuracy": test_acc,
         "balance": model.history.get("balance"),
         "resumed_from_epoch": model.history.get("resumed_from_epoch"),
+        "transfer": model.history.get("transfer"),
         "seconds": round(time.monotonic() - started, 3),
     }
     payload.update(tracking.train_finished(model, payload))  # + mlflow_run_id
     lines = [f"trained {args.model} on {payload['world_size']} workers → {args.out}"]
+    transfer = model.history.get("transfer") or {}
+    if transfer.get("init_summary"):
+        lines.append(f"  started from: {transfer['init_summary']}")
+    if transfer.get("freeze") == "backbone":
+        lines.append(f"  frozen: the backbone ({transfer.get('frozen_tensors')} tensors); "
+                     f"trained: {transfer.get('head')}")
     lines += [
         f"  epoch {e['epoch']}: train_loss={e['train_loss']:.4f} val_accuracy={e['val_accuracy']}"
         for e in history
@@ -88,10 +104,11 @@ def run(args: argparse.Namespace, tracking: Tracking) -> int:
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
     """The flags that set ImageClassifier Params (defaults: config.CLASSIFIER_DEFAULTS)."""
-    from sparkvision.ml.params import AUGMENTS, BALANCES, LOSSES, OPTIMIZERS
+    from sparkvision.ml.params import AUGMENTS, BALANCES, FREEZE_CHOICES, LOSSES, OPTIMIZERS
 
-    p.add_argument("--model", default=D["model"],
-                   help="cnn | simple_cnn | lenet5 | resnet8 | pkg.mod:fn")
+    p.add_argument("--model", default=None,
+                   help="cnn | simple_cnn | lenet5 | resnet8 | pkg.mod:fn (default: "
+                   f"{D['model']}, or the network of --init-from)")
     p.add_argument("--epochs", type=int, default=D["epochs"])
     p.add_argument("--batch-size", type=int, default=D["batchSize"], help="per worker")
     p.add_argument("--lr", type=float, default=D["learningRate"])
@@ -110,6 +127,18 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=D["stallTimeout"], metavar="S",
                    help="fail the training when a worker makes no progress (or does not "
                    "start) for S seconds, naming it (default %(default)g)")
+    p.add_argument("--init-weights", default=None, metavar="FILE.safetensors",
+                   help="start from this state dict (strict unless --init-strict false)")
+    p.add_argument("--init-strict", choices=("true", "false"),
+                   default="true" if D["initStrict"] else "false",
+                   help="false: load the tensors that fit and print what did not")
+    p.add_argument("--init-from", default=None, metavar="MODEL_DIR",
+                   help="start from a trained model (its head is re-initialised when its "
+                   "classes differ)")
+    p.add_argument("--freeze", choices=FREEZE_CHOICES, default=D["freeze"],
+                   help="backbone: train only the classifier head")
+    p.add_argument("--backbone-lr-scale", type=float, default=D["backboneLrScale"],
+                   metavar="F", help="the backbone's learning rate = F × --lr")
     p.add_argument("--balance", choices=BALANCES, default=D["balance"],
                    help="class imbalance: over/under-sample the training rows, or "
                    "weights (= --class-weights balanced)")

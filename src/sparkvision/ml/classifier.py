@@ -18,6 +18,7 @@ from sparkvision.errors import DataError, InvalidParameterError, TrainingError
 from sparkvision.ml.balancer import ClassBalancer, class_counts
 from sparkvision.ml.model import ImageClassificationModel
 from sparkvision.ml.params import ImageClassifierParams
+from sparkvision.ml.transfer import starting_weights
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,9 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
         balance: str | None = None, useGpu: str | None = None,
         stallTimeout: float | None = None, repartition: bool | None = None,
         memoryBudgetMB: float | None = None,
+        initWeights: str | None = None, initStrict: bool | None = None,
+        initFrom: str | None = None, freeze: str | None = None,
+        backboneLrScale: float | None = None,
         imageShape: list[int] | None = None,
         classes: list[str] | None = None, predictionCol: str | None = None,
         rawPredictionCol: str | None = None, probabilityCol: str | None = None,
@@ -175,6 +179,9 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
             train_df = balancer.transform(train_df)
             seen = _counts_of(train_df, label_col, counts)
         weights = self._class_weights(counts)
+        init_state, transfer = starting_weights(
+            get(self.model), classes, shape, get(self.initWeights), get(self.initFrom),
+            get(self.initStrict), get(self.freeze), float(get(self.backboneLrScale)))
         own_dir = not get(self.checkpointDir)
         checkpoint_dir = get(self.checkpointDir) or tempfile.mkdtemp(prefix="sparkvision-ckpt-")
         config = TrainConfig(
@@ -188,6 +195,8 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
             use_gpu=get(self.useGpu), fault_injection=self._fault_injection,
             stall_timeout_s=float(get(self.stallTimeout)),
             memory_budget_mb=float(get(self.memoryBudgetMB)),
+            init_state=init_state, freeze=get(self.freeze),
+            backbone_lr_scale=float(get(self.backboneLrScale)),
         )
         data = layout(train_df, val_df, image_col, label_col, config.num_workers,
                       get(self.repartition))
@@ -204,6 +213,7 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
             raise TrainingError(f"training diverged: {history['diverged']}: lower "
                                 f"learningRate (now {config.learning_rate})")
         history["checkpoint_dir"] = None if own_dir else checkpoint_dir
+        history["transfer"] = transfer
         history["balance"] = {
             "strategy": balance,
             "class_counts": {classes[c]: n for c, n in sorted(counts.items())},

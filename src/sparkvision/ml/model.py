@@ -200,7 +200,7 @@ def _metadata_json(instance: ImageClassificationModel, extra: dict[str, Any]) ->
                                                      extraMetadata=extra)
 
 
-def _read_metadata(path: str) -> dict[str, Any]:
+def read_model_metadata(path: str) -> dict[str, Any]:
     """The metadata line of a model folder: ``metadata/part-*`` as pyspark writes it (a
     folder saved by Spark's text writer reads the same)."""
     folder = storage.join(path, METADATA_DIR)
@@ -254,7 +254,7 @@ class _ModelReader(MLReader):
 
     def load(self, path: str) -> ImageClassificationModel:
         weights_path = check_model_folder(path)
-        metadata = _read_metadata(path)
+        metadata = read_model_metadata(path)
         found = metadata.get("format")
         if found != MODEL_FORMAT:
             raise DataError(

@@ -24,6 +24,7 @@ AUGMENTS = ("shift", "none")
 GPU_CHOICES = ("auto", "true", "false")
 BALANCES = ("none", "oversample", "undersample", "weights")
 INFERENCE_BACKENDS = ("auto", "torch", "onnxruntime")
+FREEZE_CHOICES = ("none", "backbone")
 
 
 def _to_class_weights(value: Any) -> Any:
@@ -86,6 +87,18 @@ class ImageClassifierParams(
                             "training tasks there)", _F)
     repartition = _param("repartition", "spread rows evenly over numWorkers (a shuffle); false "
                          "keeps the input partitions (coalesced to numWorkers)", _B)
+    initWeights = _param("initWeights", "a .safetensors state dict the network starts from "
+                         "(path or URL); empty = a fresh initialisation", _S)
+    initStrict = _param("initStrict", "initWeights/initFrom must fit the network exactly "
+                        "(every key and shape); false loads what fits and records a report "
+                        "of the missing, unexpected and shape-mismatched keys", _B)
+    initFrom = _param("initFrom", "a model folder (sparkvision train --out) the network "
+                      "starts from; its classifier head is re-initialised when its classes "
+                      "differ from the data's", _S)
+    freeze = _param("freeze", "none, or backbone: only the classifier head trains (the "
+                    "backbone's weights and batch-norm statistics stay bit-identical)", _S)
+    backboneLrScale = _param("backboneLrScale", "the backbone's learning rate as a multiple "
+                             "of learningRate (the head's); 1 = one rate for all", _F)
     predictedLabelCol = _param("predictedLabelCol", "output column of the class name", _S)
     confidenceCol = _param("confidenceCol", "output column of the top class's probability", _S)
     inferenceBatchSize = _param("inferenceBatchSize", "images per forward pass in transform",
@@ -136,6 +149,17 @@ class ImageClassifierParams(
                 "balance", "weights", "balance='weights' sets classWeights='balanced'; do not "
                 "also give explicit classWeights"
             )
+        if get(self.freeze) not in FREEZE_CHOICES:
+            raise InvalidParameterError("freeze", get(self.freeze),
+                                        f"use one of {', '.join(FREEZE_CHOICES)}")
+        scale = get(self.backboneLrScale)
+        if not 0 <= scale <= 100:
+            raise InvalidParameterError("backboneLrScale", scale,
+                                        "use a factor in [0, 100], e.g. 0.1")
+        if get(self.initWeights) and get(self.initFrom):
+            raise InvalidParameterError(
+                "initFrom", get(self.initFrom), "give either initWeights (a safetensors file) "
+                "or initFrom (a model folder), not both")
         shape = get(self.imageShape)
         if shape and (len(shape) != 3 or min(shape) < 1 or shape[2] not in (1, 3)):
             raise InvalidParameterError("imageShape", shape, "use [height, width, 1 or 3]")

@@ -9,6 +9,8 @@ from typing import Any
 from sparkvision.errors import InvalidParameterError, ModelBuildError, SparkVisionError
 
 MODEL_NAMES = ("cnn", "simple_cnn", "lenet5", "resnet8")
+#: ``model="timm:NAME"``: an architecture of timm's model zoo
+TIMM_PREFIX = "timm:"
 
 
 def _builders() -> dict[str, Callable[..., Any]]:
@@ -26,14 +28,42 @@ def validate_model_name(name: str) -> str:
     """Check a model name without importing torch (driver side)."""
     if name in MODEL_NAMES:
         return name
+    if name.startswith(TIMM_PREFIX):
+        timm_builder(name)  # timm importable, the architecture known: before any job
+        return name
     if ":" in name and all(part for part in name.split(":", 1)):
         return name
     raise InvalidParameterError(
         "model",
         name,
-        f"use one of {', '.join(MODEL_NAMES)} or an import path 'package.module:function' "
+        f"use one of {', '.join(MODEL_NAMES)}, timm:ARCHITECTURE, or an import path "
+        "'package.module:function' "
         "whose function builds an nn.Module from (num_classes, input_shape)",
     )
+
+
+def timm_builder(name: str) -> Callable[..., Any]:
+    """A builder of the timm architecture ``name`` (``model="timm:NAME"``): built with the
+    data's ``in_chans`` and ``num_classes``, never downloading weights (start it from a
+    file with initWeights)."""
+    arch = name[len(TIMM_PREFIX):]
+    try:
+        import timm
+    except Exception as exc:  # noqa: BLE001 - ImportError, or torchvision failing to load
+        raise InvalidParameterError(
+            "model", name, f"timm cannot be imported here ({type(exc).__name__}: "
+            f"{str(exc)[:160]}); install timm and a torchvision built for this torch "
+            "(pip install timm torchvision) on the driver and every executor") from None
+    if not timm.is_model(arch):
+        near = timm.list_models(f"*{arch[:5]}*")[:8]
+        raise InvalidParameterError(
+            "model", name, f"timm has no architecture {arch!r}"
+            + (f"; similar: {', '.join(near)}" if near else "; see timm.list_models()"))
+
+    def build(num_classes: int, input_shape: tuple[int, int, int]):
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes,
+                                 in_chans=input_shape[2])
+    return build
 
 
 def resolve_user_builder(path: str) -> Callable[..., Any]:
@@ -59,7 +89,8 @@ def build_model(name: str, num_classes: int, input_shape: tuple[int, int, int]):
     ``input_shape`` is (height, width, channels) as in ``dataset.json``.
     """
     validate_model_name(name)
-    builder = _builders().get(name) or resolve_user_builder(name)
+    builder = _builders().get(name) or (
+        timm_builder(name) if name.startswith(TIMM_PREFIX) else resolve_user_builder(name))
     try:
         model = builder(num_classes=num_classes, input_shape=tuple(input_shape))
     except SparkVisionError:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparkvision.config import TrainConfig
+from sparkvision.models.parts import head_name, hold_backbone_still
 from sparkvision.models.preprocess import normalize
 
 
@@ -149,6 +150,9 @@ def train_epoch(
 ) -> EpochTotals:
     """One pass over ``order`` (row indices) in batches of ``config.batch_size``."""
     model.train()
+    if config.freeze == "backbone":  # its batch-norm statistics and dropout hold still too
+        net = getattr(model, "module", model)  # DDP wraps the network
+        hold_backbone_still(net, head_name(net, config.num_classes))
     totals = EpochTotals()
     shift = max_shift_for(config.image_shape, config.augment)
     warmup = max(1, total_steps // (config.epochs * 2)) if config.epochs > 1 else 1
@@ -160,7 +164,7 @@ def train_epoch(
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         factor = lr_factor(config.lr_schedule, global_step + step, total_steps, warmup)
         for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate * factor
+            group["lr"] = config.learning_rate * factor * group.get("lr_scale", 1.0)
         logits = model(xb)
         loss = compute_loss(logits, yb, config.loss, class_weights, gamma=config.focal_gamma)
         optimizer.zero_grad(set_to_none=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import json
 import logging
 import math
@@ -209,8 +210,27 @@ def _fingerprint(config: TrainConfig) -> dict[str, Any]:
         "model": config.model, "num_classes": config.num_classes,
         "image_shape": list(config.image_shape), "num_workers": config.num_workers,
         "batch_size": config.batch_size, "optimizer": config.optimizer,
-        "epochs": config.epochs, "seed": config.seed,
+        "epochs": config.epochs, "seed": config.seed, "freeze": config.freeze,
+        "backbone_lr_scale": config.backbone_lr_scale,
+        "init_sha1": hashlib.sha1(config.init_state).hexdigest() if config.init_state else "",
     }
+
+
+def _transfer(model, config: TrainConfig):
+    """Load the starting tensors (the rest keep their seeded initialisation), freeze the
+    backbone; return what the optimizer trains (parameter groups when the backbone's
+    learning rate differs from the head's)."""
+    from sparkvision.models.parts import freeze_backbone, head_name, parameter_groups
+    from sparkvision.models.weights import load_state_dict_bytes
+
+    if config.init_state:
+        model.load_state_dict(load_state_dict_bytes(config.init_state), strict=False)
+    if config.freeze == "none" and config.backbone_lr_scale == 1.0:
+        return model.parameters()
+    head = head_name(model, config.num_classes)
+    if config.freeze == "backbone":
+        freeze_backbone(model, head)
+    return parameter_groups(model, head, config.backbone_lr_scale)
 
 
 def _maybe_inject_fault(config: TrainConfig, epoch: int, rank: int) -> None:
@@ -287,8 +307,10 @@ def _train(x_tr, y_tr, x_val, y_val, config: TrainConfig, rank: int, world: int,
 
     started = time.monotonic()
     torch.manual_seed(config.seed)
-    model = build_model(config.model, config.num_classes, config.image_shape).to(device)
-    optimizer = make_optimizer(config, model.parameters())
+    model = build_model(config.model, config.num_classes, config.image_shape)
+    params = _transfer(model, config)
+    model = model.to(device)
+    optimizer = make_optimizer(config, params)
 
     _progress(phase="looking for a checkpoint")
     # Resume: rank 0 picks the checkpoint so every rank loads the same one.
