@@ -88,3 +88,30 @@ def conv_head(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     _, _, c = input_shape
     return nn.Sequential(nn.Conv2d(c, 8, 3, padding=1), nn.ReLU(),
                          nn.Conv2d(8, num_classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def linear_only(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    """Flatten + Linear: no convolutional layer (Grad-CAM has nothing to look at)."""
+    h, w, c = input_shape
+    return nn.Sequential(nn.Flatten(), nn.Linear(h * w * c, num_classes))
+
+
+class _RunningScale(nn.Module):
+    """A trainable scale with a running-mean buffer: statistics of the batch that Opacus
+    can neither privatise nor replace."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(features))
+        self.register_buffer("running_mean", torch.zeros(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.running_mean.mul_(0.9).add_(0.1 * x.detach().mean(0))
+        return x * self.scale
+
+
+def running_scale(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    h, w, c = input_shape
+    return nn.Sequential(nn.Flatten(), nn.Linear(h * w * c, 16), _RunningScale(16),
+                         nn.Linear(16, num_classes))

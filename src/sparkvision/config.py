@@ -43,6 +43,11 @@ CLASSIFIER_DEFAULTS: dict[str, Any] = {
     "initFrom": "",
     "freeze": "none",  # none | backbone (only the classifier head trains)
     "backboneLrScale": 1.0,  # the backbone's learning rate = learningRate × this
+    # differential privacy (Opacus DP-SGD): none | dp
+    "privacy": "none",
+    "targetEpsilon": 8.0,  # ε the whole training may spend (at targetDelta)
+    "targetDelta": 1e-5,  # must be below 1 / training rows
+    "maxGradNorm": 1.0,  # each example's gradient is clipped to this L2 norm
     "imageShape": [],
     "classes": [],
 }
@@ -100,6 +105,10 @@ class TrainConfig:
     init_state: bytes = b""
     freeze: str = _D["freeze"]
     backbone_lr_scale: float = _D["backboneLrScale"]
+    privacy: str = _D["privacy"]
+    target_epsilon: float = _D["targetEpsilon"]
+    target_delta: float = _D["targetDelta"]
+    max_grad_norm: float = _D["maxGradNorm"]
     progress_every_steps: int = 20
     # Test hook: raise inside (epoch, rank) on the first stage attempt only.
     fault_injection: tuple[int, int] | None = None

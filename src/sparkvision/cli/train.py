@@ -48,6 +48,9 @@ def classifier_params(args: argparse.Namespace, manifest: dict[str, Any]) -> dic
         "initWeights": args.init_weights or "", "initStrict": args.init_strict == "true",
         "initFrom": args.init_from or "", "freeze": args.freeze,
         "backboneLrScale": args.backbone_lr_scale,
+        "privacy": "dp" if args.dp_epsilon is not None else "none",
+        "targetEpsilon": args.dp_epsilon if args.dp_epsilon is not None else D["targetEpsilon"],
+        "targetDelta": args.dp_delta, "maxGradNorm": args.max_grad_norm,
     }
 
 
@@ -83,6 +86,9 @@ def run(args: argparse.Namespace, tracking: Tracking) -> int:
         "balance": model.history.get("balance"),
         "resumed_from_epoch": model.history.get("resumed_from_epoch"),
         "transfer": model.history.get("transfer"),
+        "privacy": model.history.get("privacy"),
+        "epsilon": (model.history.get("privacy") or {}).get("epsilon"),
+        "delta": (model.history.get("privacy") or {}).get("delta"),
         "seconds": round(time.monotonic() - started, 3),
     }
     payload.update(tracking.train_finished(model, payload))  # + mlflow_run_id
@@ -98,6 +104,11 @@ def run(args: argparse.Namespace, tracking: Tracking) -> int:
         for e in history
     ]
     lines.append(f"  test accuracy: {test_acc}")
+    if payload["privacy"]:
+        lines.append(f"  privacy: (ε = {payload['epsilon']:.2f}, δ = {payload['delta']:g})-"
+                     f"differentially private ({payload['privacy']['accountant']} accountant, "
+                     f"noise multiplier {payload['privacy']['noise_multiplier']:.3f}, "
+                     f"clipping norm {payload['privacy']['max_grad_norm']:g})")
     emit(args, payload, "\n".join(lines))
     return 0
 
@@ -139,6 +150,15 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="backbone: train only the classifier head")
     p.add_argument("--backbone-lr-scale", type=float, default=D["backboneLrScale"],
                    metavar="F", help="the backbone's learning rate = F × --lr")
+    p.add_argument("--dp-epsilon", type=float, default=None, metavar="E",
+                   help="train with differential privacy (Opacus DP-SGD) spending at most "
+                   "ε = E")
+    p.add_argument("--dp-delta", type=float, default=D["targetDelta"], metavar="D",
+                   help="δ of the privacy guarantee, below 1/training rows (default "
+                   "%(default)g)")
+    p.add_argument("--max-grad-norm", type=float, default=D["maxGradNorm"], metavar="C",
+                   help="clip each example's gradient to L2 norm C under --dp-epsilon "
+                   "(default %(default)g)")
     p.add_argument("--balance", choices=BALANCES, default=D["balance"],
                    help="class imbalance: over/under-sample the training rows, or "
                    "weights (= --class-weights balanced)")

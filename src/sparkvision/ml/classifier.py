@@ -78,6 +78,25 @@ def _counts_of(df, label_col: str, labels: dict[int, int]) -> dict[int, int]:
     return {c: found.get(c, 0) for c in labels}
 
 
+def private_model_name(name: str, privacy: str, delta: float, rows: int, num_classes: int,
+                       shape: tuple[int, int, int]) -> str:
+    """The network a training runs: ``name``, or under ``privacy="dp"`` its DP-compatible
+    form ``dp:NAME`` (built once here, so a network Opacus cannot fix fails before any
+    job); checks δ against the training rows."""
+    from sparkvision.models.registry import DP_PREFIX, build_model
+
+    if privacy != "dp":
+        return name
+    if delta >= 1.0 / max(rows, 1):
+        raise InvalidParameterError(
+            "targetDelta", delta, f"δ must be below 1 / training rows (1/{rows} = "
+            f"{1.0 / max(rows, 1):.3g}): a δ that large allows leaking whole examples; use "
+            f"e.g. {10 ** -len(str(rows)):.0e}")
+    network = name if name.startswith(DP_PREFIX) else DP_PREFIX + name
+    build_model(network, num_classes, shape)  # Opacus can fix it, or a clear error now
+    return network
+
+
 def _balanced_weights(counts: dict[int, int]) -> tuple[float, ...]:
     """sklearn's 'balanced' weights: n / (K * n_k); 0 for a class with no rows."""
     total, k = sum(counts.values()), len(counts)
@@ -110,7 +129,9 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
         memoryBudgetMB: float | None = None,
         initWeights: str | None = None, initStrict: bool | None = None,
         initFrom: str | None = None, freeze: str | None = None,
-        backboneLrScale: float | None = None,
+        backboneLrScale: float | None = None, privacy: str | None = None,
+        targetEpsilon: float | None = None, targetDelta: float | None = None,
+        maxGradNorm: float | None = None,
         imageShape: list[int] | None = None,
         classes: list[str] | None = None, predictionCol: str | None = None,
         rawPredictionCol: str | None = None, probabilityCol: str | None = None,
@@ -179,13 +200,16 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
             train_df = balancer.transform(train_df)
             seen = _counts_of(train_df, label_col, counts)
         weights = self._class_weights(counts)
+        network = private_model_name(get(self.model), get(self.privacy),
+                                     get(self.targetDelta), sum(seen.values()),
+                                     len(classes), shape)
         init_state, transfer = starting_weights(
-            get(self.model), classes, shape, get(self.initWeights), get(self.initFrom),
+            network, classes, shape, get(self.initWeights), get(self.initFrom),
             get(self.initStrict), get(self.freeze), float(get(self.backboneLrScale)))
         own_dir = not get(self.checkpointDir)
         checkpoint_dir = get(self.checkpointDir) or tempfile.mkdtemp(prefix="sparkvision-ckpt-")
         config = TrainConfig(
-            model=get(self.model), num_classes=len(classes), image_shape=shape,
+            model=network, num_classes=len(classes), image_shape=shape,
             num_workers=get(self.numWorkers), epochs=get(self.epochs),
             batch_size=get(self.batchSize), learning_rate=get(self.learningRate),
             optimizer=get(self.optimizer), weight_decay=get(self.weightDecay),
@@ -197,6 +221,9 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
             memory_budget_mb=float(get(self.memoryBudgetMB)),
             init_state=init_state, freeze=get(self.freeze),
             backbone_lr_scale=float(get(self.backboneLrScale)),
+            privacy=get(self.privacy), target_epsilon=float(get(self.targetEpsilon)),
+            target_delta=float(get(self.targetDelta)),
+            max_grad_norm=float(get(self.maxGradNorm)),
         )
         data = layout(train_df, val_df, image_col, label_col, config.num_workers,
                       get(self.repartition))
@@ -223,7 +250,8 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
         }
         model = ImageClassificationModel(weights=out.weights, history=history)
         self._copyValues(model)
-        model._set(imageShape=list(shape), classes=classes)
+        # under privacy="dp" the network is Opacus's fix of it ("dp:NAME")
+        model._set(imageShape=list(shape), classes=classes, model=network)
         model._resetUid(self.uid)  # the model keeps its estimator's uid, as in pyspark.ml
         return model
 

@@ -277,7 +277,7 @@ class _ModelReader(MLReader):
 def _check_saved_weights(path: str, weights_path: str, model: ImageClassificationModel,
                          recorded: dict[str, Any] | None, trust_code: bool) -> None:
     """Refuse damaged, tampered or mismatched weights, and untrusted code (driver side)."""
-    from sparkvision.models.registry import MODEL_NAMES
+    from sparkvision.models.registry import runs_user_code
     from sparkvision.models.weights import check_weights
 
     data = model.weights
@@ -293,7 +293,7 @@ def _check_saved_weights(path: str, weights_path: str, model: ImageClassificatio
                 "(the file was modified): restore the original or re-train the model")
     name = model.getOrDefault(model.model)
     trusted = trust_code or os.environ.get("SPARKVISION_TRUST_CODE", "") in ("1", "true")
-    if name not in MODEL_NAMES and not trusted:
+    if runs_user_code(name) and not trusted:
         raise UntrustedCodeError(
             f"the model at {path} uses the network {name!r}, code that loading would import "
             "and run: pass --trust-code (trust_code=True, or SPARKVISION_TRUST_CODE=1) if "

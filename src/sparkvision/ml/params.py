@@ -25,6 +25,7 @@ GPU_CHOICES = ("auto", "true", "false")
 BALANCES = ("none", "oversample", "undersample", "weights")
 INFERENCE_BACKENDS = ("auto", "torch", "onnxruntime")
 FREEZE_CHOICES = ("none", "backbone")
+PRIVACY_CHOICES = ("none", "dp")
 
 
 def _to_class_weights(value: Any) -> Any:
@@ -99,6 +100,14 @@ class ImageClassifierParams(
                     "backbone's weights and batch-norm statistics stay bit-identical)", _S)
     backboneLrScale = _param("backboneLrScale", "the backbone's learning rate as a multiple "
                              "of learningRate (the head's); 1 = one rate for all", _F)
+    privacy = _param("privacy", "none, or dp: differentially private training (Opacus "
+                     "DP-SGD: per-example gradients clipped to maxGradNorm, Gaussian noise "
+                     "calibrated to spend at most targetEpsilon at targetDelta)", _S)
+    targetEpsilon = _param("targetEpsilon", "privacy budget ε of the whole training (> 0)", _F)
+    targetDelta = _param("targetDelta", "δ of the (ε, δ) guarantee; below 1 / training rows",
+                         _F)
+    maxGradNorm = _param("maxGradNorm", "L2 norm each example's gradient is clipped to under "
+                         "privacy='dp'", _F)
     predictedLabelCol = _param("predictedLabelCol", "output column of the class name", _S)
     confidenceCol = _param("confidenceCol", "output column of the top class's probability", _S)
     inferenceBatchSize = _param("inferenceBatchSize", "images per forward pass in transform",
@@ -156,6 +165,18 @@ class ImageClassifierParams(
         if not 0 <= scale <= 100:
             raise InvalidParameterError("backboneLrScale", scale,
                                         "use a factor in [0, 100], e.g. 0.1")
+        if get(self.privacy) not in PRIVACY_CHOICES:
+            raise InvalidParameterError("privacy", get(self.privacy),
+                                        f"use one of {', '.join(PRIVACY_CHOICES)}")
+        if not get(self.targetEpsilon) > 0:
+            raise InvalidParameterError("targetEpsilon", get(self.targetEpsilon),
+                                        "give ε > 0, e.g. 8 (smaller: more privacy, more noise)")
+        if not 0 < get(self.targetDelta) < 1:
+            raise InvalidParameterError("targetDelta", get(self.targetDelta),
+                                        "give δ in (0, 1 / training rows), e.g. 1e-5")
+        if not get(self.maxGradNorm) > 0:
+            raise InvalidParameterError("maxGradNorm", get(self.maxGradNorm),
+                                        "give a clipping norm > 0, e.g. 1.0")
         if get(self.initWeights) and get(self.initFrom):
             raise InvalidParameterError(
                 "initFrom", get(self.initFrom), "give either initWeights (a safetensors file) "

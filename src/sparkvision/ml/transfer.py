@@ -34,14 +34,14 @@ def _source_model(path: str, network: str):
     """The model saved at ``path`` (``InvalidParameterError`` naming initFrom when it is not
     one); its code is trusted only when it is the network this training runs anyway."""
     from sparkvision.ml.model import ImageClassificationModel
-    from sparkvision.models.registry import MODEL_NAMES
+    from sparkvision.models.registry import runs_user_code
 
     if not storage.isdir(path):
         raise InvalidParameterError(
             "initFrom", path, "no such folder: give a model folder written by "
             "`sparkvision train --out` (or ImageClassificationModel.save)")
     try:
-        return ImageClassificationModel.load(path, trust_code=network not in MODEL_NAMES)
+        return ImageClassificationModel.load(path, trust_code=runs_user_code(network))
     except SparkVisionError as exc:
         raise InvalidParameterError(
             "initFrom", path, f"not a sparkvision model folder ({exc}); give a folder written "

@@ -11,6 +11,39 @@ from sparkvision.errors import InvalidParameterError, ModelBuildError, SparkVisi
 MODEL_NAMES = ("cnn", "simple_cnn", "lenet5", "resnet8")
 #: ``model="timm:NAME"``: an architecture of timm's model zoo
 TIMM_PREFIX = "timm:"
+#: ``dp:NAME``: the network NAME made trainable with differential privacy by Opacus
+#: (batch norm → group norm); what a model trained with privacy="dp" records
+DP_PREFIX = "dp:"
+
+
+def runs_user_code(name: str) -> bool:
+    """Whether building the network ``name`` imports code the name points at (a model
+    folder naming one needs trust_code)."""
+    base = name[len(DP_PREFIX):] if name.startswith(DP_PREFIX) else name
+    return base not in MODEL_NAMES and not base.startswith(TIMM_PREFIX)
+
+
+def private_network(net, name: str = ""):
+    """``net`` with the layers Opacus cannot train privately replaced where it knows how
+    (batch norm → group norm); ``InvalidParameterError`` listing what it cannot fix."""
+    try:
+        from opacus.validators import ModuleValidator
+    except ImportError:
+        raise InvalidParameterError(
+            "privacy", "dp", "differential privacy needs Opacus: pip install "
+            "'sparkvision[privacy]' (opacus) on the driver and every executor") from None
+    from opacus import GradSampleModule
+
+    fixed = ModuleValidator.fix(net) if not ModuleValidator.is_valid(net) else net
+    errors = (ModuleValidator.validate(fixed, strict=False)
+              + GradSampleModule.validate(fixed, strict=False))
+    if errors:
+        raise InvalidParameterError(
+            "privacy", "dp", f"Opacus cannot make the network {name!r} private: "
+            + "; ".join(str(e).strip().splitlines()[0][:160] for e in errors[:2])
+            + "; use a network of standard layers (Conv, Linear, GroupNorm/LayerNorm, "
+            "activations, pooling)")
+    return fixed
 
 
 def _builders() -> dict[str, Callable[..., Any]]:
@@ -27,6 +60,9 @@ def _builders() -> dict[str, Callable[..., Any]]:
 def validate_model_name(name: str) -> str:
     """Check a model name without importing torch (driver side)."""
     if name in MODEL_NAMES:
+        return name
+    if name.startswith(DP_PREFIX):
+        validate_model_name(name[len(DP_PREFIX):])
         return name
     if name.startswith(TIMM_PREFIX):
         timm_builder(name)  # timm importable, the architecture known: before any job
@@ -89,6 +125,9 @@ def build_model(name: str, num_classes: int, input_shape: tuple[int, int, int]):
     ``input_shape`` is (height, width, channels) as in ``dataset.json``.
     """
     validate_model_name(name)
+    if name.startswith(DP_PREFIX):
+        return private_network(build_model(name[len(DP_PREFIX):], num_classes, input_shape),
+                               name[len(DP_PREFIX):])
     builder = _builders().get(name) or (
         timm_builder(name) if name.startswith(TIMM_PREFIX) else resolve_user_builder(name))
     try:

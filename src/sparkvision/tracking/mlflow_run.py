@@ -31,7 +31,7 @@ MLFLOW_INSTALL_HINT = "pip install 'sparkvision[mlflow]'"
 DEFAULT_EXPERIMENT = "sparkvision"
 #: The per-epoch values of a training progress event logged as metrics (step = epoch).
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds",
-                 "samples_per_second")
+                 "samples_per_second", "epsilon")  # epsilon: privacy spent (privacy="dp")
 #: MLflow's limits (mlflow.utils.validation): value lengths, keys, items per batch call.
 MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 8000

@@ -211,7 +211,8 @@ def _fingerprint(config: TrainConfig) -> dict[str, Any]:
         "image_shape": list(config.image_shape), "num_workers": config.num_workers,
         "batch_size": config.batch_size, "optimizer": config.optimizer,
         "epochs": config.epochs, "seed": config.seed, "freeze": config.freeze,
-        "backbone_lr_scale": config.backbone_lr_scale,
+        "backbone_lr_scale": config.backbone_lr_scale, "privacy": config.privacy,
+        "target_epsilon": config.target_epsilon if config.privacy == "dp" else None,
         "init_sha1": hashlib.sha1(config.init_state).hexdigest() if config.init_state else "",
     }
 
@@ -334,18 +335,23 @@ def _train(x_tr, y_tr, x_val, y_val, config: TrainConfig, rank: int, world: int,
     # Small buckets let the all-reduce of the last layers overlap the backward pass of the
     # first ones (one 25 MB bucket would serialise communication after the whole backward).
     _progress(phase="wrapping the network in DDP")
-    ddp = DDP(
-        model, device_ids=[device.index] if device.type == "cuda" else None,
-        bucket_cap_mb=1, gradient_as_bucket_view=True,
-    )
-    # Same-host CPU ranks average gradients through shared memory (~3x cheaper than
-    # gloo's TCP loopback); collective, every rank takes the same decision.
-    _progress(phase="setting up the gradient all-reduce")
-    shm = install_shm_allreduce(ddp) if dist.get_backend() == "gloo" else None
+    shm = None
+    if config.privacy == "dp":  # Opacus wraps it once the steps are known (_epochs)
+        ddp = model
+    else:
+        ddp = DDP(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            bucket_cap_mb=1, gradient_as_bucket_view=True,
+        )
+        # Same-host CPU ranks average gradients through shared memory (~3x cheaper than
+        # gloo's TCP loopback); collective, every rank takes the same decision.
+        _progress(phase="setting up the gradient all-reduce")
+        shm = install_shm_allreduce(ddp) if dist.get_backend() == "gloo" else None
     _progress(phase="exchanging row counts")
     run = _Run(
         config, rank, world, device, model, ddp, optimizer, start_epoch, history,
-        resumed_from, started, "shm" if shm is not None else dist.get_backend(),
+        resumed_from, started,
+        "dp-sgd" if config.privacy == "dp" else "shm" if shm is not None else dist.get_backend(),
     )
     try:
         return _epochs(run, x_tr, y_tr, x_val, y_val)
@@ -377,6 +383,13 @@ def _epochs(run: _Run, x_tr, y_tr, x_val, y_val) -> tuple[bytes, dict[str, Any]]
     weights = None
     if config.class_weights is not None:
         weights = torch.tensor(config.class_weights, dtype=torch.float32, device=device)
+    dp = None
+    if config.privacy == "dp":  # noise calibrated on all ranks' rows and every step
+        from sparkvision.training.privacy import make_private, plan
+
+        dp = plan(sum(train_rows), config.batch_size * world, steps, config.epochs,
+                  config.target_epsilon, config.target_delta, config.max_grad_norm)
+        run.ddp, run.optimizer = make_private(run.model, run.optimizer, config.batch_size, dp)
     seed = config.seed * 1000 + rank + 7919 * run.start_epoch
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -386,7 +399,12 @@ def _epochs(run: _Run, x_tr, y_tr, x_val, y_val) -> tuple[bytes, dict[str, Any]]
                  "world_size": world})
 
     stopped_early, diverged, record = config.epochs, False, {}
+    privacy_stop = None
     for epoch in range(run.start_epoch, config.epochs):
+        if dp is not None and dp.epsilon_after((epoch + 1) * steps) > config.target_epsilon:
+            privacy_stop = epoch  # one more epoch would spend more than targetEpsilon
+            stopped_early = epoch
+            break
         t0 = time.monotonic()
         _maybe_inject_fault(config, epoch + 1, rank)
         order = epoch_indices(len(x_tr), steps, config.batch_size, config.seed, epoch, rank)
@@ -414,6 +432,8 @@ def _epochs(run: _Run, x_tr, y_tr, x_val, y_val) -> tuple[bytes, dict[str, Any]]
             "steps_per_rank": [steps] * world,
             "lr": run.optimizer.param_groups[0]["lr"],
         }
+        if dp is not None:
+            record["epsilon"] = dp.epsilon_after((epoch + 1) * steps)
         _progress(phase="validating")
         if sum(val_rows) > 0:
             v = evaluate(run.model, x_val, y_val, config.loss, device=device,
@@ -457,5 +477,9 @@ def _epochs(run: _Run, x_tr, y_tr, x_val, y_val) -> tuple[bytes, dict[str, Any]]
         "epochs": run.history,
         "seconds": round(time.monotonic() - run.started, 3),
     }
+    if dp is not None:
+        done = run.history[-1]["epoch"] if run.history else 0
+        summary["privacy"] = dict(dp.as_dict(dp.epsilon_after(done * steps)),
+                                  stopped_at_budget=privacy_stop is not None)
     weights_bytes = state_dict_bytes(run.model) if rank == 0 else b""
     return weights_bytes, summary
