@@ -34,6 +34,8 @@ bench: $(STAMP)
 	$(PY) bench/cluster_scaling.py
 	$(PY) bench/connect_overhead.py
 	$(PY) bench/prepare_throughput.py --sizes 20000 100000
+	$(PY) bench/featurize.py
+	$(PY) bench/privacy.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache
