@@ -4,6 +4,7 @@ smaller shards, the same weights and predictions for lossless PNG, close ones fo
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,39 @@ def test_jpeg_storage_predicts_almost_the_same(spark, mnist_raw_png, tmp_path):
         return out.select(F.avg((F.col("prediction") == F.col("label")).cast("double"))).first()[0]
 
     assert abs(accuracy(jpeg) - accuracy(raw)) < 0.02
+
+
+def test_stream_predicts_encoded_rows_and_rejects_broken_ones(spark, mnist_raw_png, tmp_path,
+                                                              capsys):
+    """A Parquet stream of PNG-stored rows (+ one row of junk bytes and one of the wrong
+    raw size): the PNGs are predicted like their raw twins, the two bad rows rejected with
+    a reason."""
+    from sparkvision.cli import main
+
+    raw, png = mnist_raw_png
+    train = load_prepared(spark, str(raw), "train")
+    model = ImageClassifier(epochs=1, numWorkers=2, seed=0).fit(train)
+    model_dir = tmp_path / "model"
+    model.write().save(str(model_dir))
+    rows = load_prepared(spark, str(png), "test").limit(40).select("image", "label", "path")
+    bad = spark.createDataFrame([(b"not an image", 0, "junk"), (bytes(10), 1, "short")],
+                                "image binary, label bigint, path string")
+    inbox, staged = tmp_path / "in", tmp_path / "staged"
+    rows.unionByName(bad).coalesce(1).write.parquet(str(staged))
+    inbox.mkdir()
+    for f in staged.glob("*.parquet"):
+        os.replace(f, inbox / f.name)
+    assert main(["stream", str(model_dir), "--input", str(inbox), "--out", str(tmp_path / "out"),
+                 "--checkpoint", str(tmp_path / "ckpt"), "--format", "parquet",
+                 "--available-now", "--json", "--timeout", "120", "--backend", "torch"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["rows"] == 42 and summary["rejected"] == 2  # rows: every input row
+    got = {r.path: r.prediction for r in spark.read.parquet(str(tmp_path / "out")).collect()}
+    expected = {r.path: r.prediction for r in model.transform(
+        load_prepared(spark, str(raw), "test")).select("path", "prediction").collect()}
+    assert got == {p: expected[p] for p in got} and len(got) == 40
+    reasons = {r.path: r.reason for r in
+               spark.read.parquet(str(tmp_path / "out" / "_rejected")).collect()}
+    assert set(reasons) == {"junk", "short"}
+    assert all("neither 28x28x1 raw pixels nor a readable PNG/JPEG" in r
+               for r in reasons.values()), reasons

@@ -24,6 +24,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import pyarrow as pa
+
 from sparkvision.streaming.models import ModelSource
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,34 @@ def publish(staged: str, target: str, columns: tuple[str, ...] | None = None) ->
     return rows
 
 
+def stored_image_error(shape: tuple[int, int, int]):
+    """An Arrow UDF: null for an image stored as ``shape`` raw pixels or as PNG/JPEG bytes
+    of that size (``prepare --store encoded``), else why not. Only the images whose length
+    is not the raw size are decoded."""
+    from pyspark.sql.functions import arrow_udf
+
+    def check(images: pa.Array) -> pa.Array:  # resolved from this module's globals
+        import numpy as np
+        import pyarrow.compute as pc
+
+        from sparkvision.data.images import stored_to_array
+
+        h, w, c = shape
+        lengths = np.asarray(pc.binary_length(images).fill_null(-1))
+        out: list[str | None] = [None] * len(images)
+        for i in np.flatnonzero(lengths != h * w * c):
+            value = images[int(i)].as_py()
+            if value is None:
+                continue
+            try:
+                stored_to_array(value, shape)
+            except ValueError as exc:
+                out[int(i)] = f"{exc}; the model expects {h}x{w}x{c}"
+        return pa.array(out, pa.string())
+
+    return arrow_udf(check, "string")
+
+
 class BatchWriter:
     """Callable for ``DataStreamWriter.foreachBatch``; keeps a record of every batch."""
 
@@ -111,11 +141,7 @@ class BatchWriter:
                 & ((F.col("height") != h) | (F.col("width") != w) | (F.col("channels") != c)),
                 F.concat(F.lit("image is "), shape, F.lit(f", the model expects {h}x{w}x{c}")),
             )
-            .when(
-                F.length("image") != h * w * c,
-                F.concat(F.lit("image has "), F.length("image").cast("string"),
-                         F.lit(f" bytes, the model expects {h}x{w}x{c} = {h * w * c}")),
-            )
+            .otherwise(stored_image_error((h, w, c))("image"))
         )
         return batch_df.withColumn("error", error)
 
