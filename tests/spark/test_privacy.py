@@ -43,6 +43,11 @@ def test_dp_epsilon_8_on_digits_through_the_cli(digits_dir, tmp_path, capsys):
                  "--json"]) == 0
     evaluation = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert evaluation["privacy"]["epsilon"] == result["epsilon"]
+    # the report says what the training data is protected by, and ε per epoch
+    assert main(["report", str(out), "--out", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "Differential privacy" in page and f"ε = {result['epsilon']}" in page
+    assert "<th>epsilon</th>" in page
 
 
 def test_clipping_is_real_and_dp_runs_repeat_exactly(spark, digits):

@@ -57,6 +57,9 @@ def test_frozen_backbone_is_bit_identical_after_training_through_the_cli(
     result = _last_json(capsys)
     assert result["transfer"]["freeze"] == "backbone" and result["transfer"]["head"] == HEAD
     assert result["test_accuracy"] > 0.5
+    assert main(["report", str(out), "--out", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "Transfer learning" in page and str(mnist_model_dir) in page
     source = load_file(str(mnist_model_dir / "weights.safetensors"))
     trained = load_file(str(out / "weights.safetensors"))
     assert set(source) == set(trained)

@@ -8,6 +8,8 @@ outputs, found by the files each command leaves (no Spark session).
 * a tuning study (``tune --out``): ``trials.json``, its PNGs and ``best/``;
 * a stream output (``stream --out``): ``_stream.json``;
 * an evaluation elsewhere (``evaluate --out``): ``metrics.json``;
+* an explanation (``explain --out``): ``explain.json`` with its PNGs, inside a model folder
+  under ``explanations/*/`` (``explain``'s default) or anywhere else;
 * any other folder: searched for all of these, ``MAX_DEPTH`` levels down.
 """
 
@@ -27,7 +29,9 @@ DATASET_FILE = "dataset.json"
 METRICS_FILE = "metrics.json"
 TRIALS_FILE = "trials.json"
 STREAM_FILE = "_stream.json"
+EXPLAIN_FILE = "explain.json"
 EVALUATION_DIR = "evaluation"
+EXPLANATIONS_DIR = "explanations"
 BEST_DIR = "best"
 STUDY_PNGS = ("optimization_history.png", "param_importances.png")
 #: Evaluation PNGs in the order a report shows them (any other PNG follows, by name).
@@ -42,7 +46,8 @@ SKIP_NAMES = frozenset({"train", "val", "test", "_staging", "_rejected", "trials
 SKIP_PREFIXES = ("batch=", ".")
 LOOKED_FOR = (f"a model folder ({HISTORY_FILE} + {METADATA_DIR}/), a prepared data set "
               f"({DATASET_FILE}), an evaluation ({METRICS_FILE}), a tuning study "
-              f"({TRIALS_FILE}) or a stream output ({STREAM_FILE})")
+              f"({TRIALS_FILE}), a stream output ({STREAM_FILE}) or an explanation "
+              f"({EXPLAIN_FILE})")
 
 
 @dataclass
@@ -68,6 +73,26 @@ class Evaluation:
 
 
 @dataclass
+class Explanation:
+    """One ``explain`` output folder: its ``explain.json`` (method, target, per image: file,
+    true and predicted class, score; per class: the mean map's file)."""
+
+    path: Path
+    summary: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def png(self, rel: Any) -> Path | None:
+        """The PNG a record names (``images/…``, ``means/…``), when it is inside the folder."""
+        if not isinstance(rel, str) or not rel.endswith(".png"):
+            return None
+        path = (self.path / rel).resolve()
+        return path if path.is_relative_to(self.path.resolve()) and path.is_file() else None
+
+
+@dataclass
 class Model:
     """A model folder: Params (all, and the names set explicitly), training history, the
     data set it was trained on (when ``dataset.json`` was copied in) and its evaluations."""
@@ -79,6 +104,7 @@ class Model:
     dataset: Dataset | None
     evaluations: list[Evaluation]
     role: str = "model"
+    explanations: list[Explanation] = field(default_factory=list)
 
     def headline(self) -> Evaluation | None:
         """The evaluation a summary quotes: on ``test`` when there is one, else the first."""
@@ -129,11 +155,12 @@ class Artefacts:
     studies: list[Study] = field(default_factory=list)
     streams: list[Stream] = field(default_factory=list)
     evaluations: list[Evaluation] = field(default_factory=list)  # not inside a model folder
+    explanations: list[Explanation] = field(default_factory=list)  # not inside a model folder
 
     @property
     def empty(self) -> bool:
         return not (self.models or self.datasets or self.studies or self.streams
-                    or self.evaluations)
+                    or self.evaluations or self.explanations)
 
     def all_models(self) -> list[Model]:
         """Model folders, then the studies' best models."""
@@ -156,6 +183,14 @@ def _evaluation(folder: Path) -> Evaluation:
         raise DataError(f"{folder / METRICS_FILE} is not a JSON object: re-run "
                         "`sparkvision evaluate` into that folder")
     return Evaluation(folder, metrics, _pngs(folder, EVALUATION_PNGS))
+
+
+def _explanation(folder: Path) -> Explanation:
+    summary = read_json(folder / EXPLAIN_FILE)
+    if not isinstance(summary, dict):
+        raise DataError(f"{folder / EXPLAIN_FILE} is not a JSON object: re-run "
+                        "`sparkvision explain` into that folder")
+    return Explanation(folder, summary)
 
 
 class _Finder:
@@ -194,8 +229,13 @@ class _Finder:
         if eval_root.is_dir():
             evaluations = [_evaluation(d) for d in sorted(eval_root.iterdir())
                            if d.is_dir() and (d / METRICS_FILE).is_file()]
+        explanations = []
+        explain_root = folder / EXPLANATIONS_DIR
+        if explain_root.is_dir():
+            explanations = [_explanation(d) for d in sorted(explain_root.iterdir())
+                            if d.is_dir() and (d / EXPLAIN_FILE).is_file()]
         return Model(folder, params, explicit, history if isinstance(history, dict) else {},
-                     dataset, evaluations, role)
+                     dataset, evaluations, role, explanations)
 
     def study(self, folder: Path) -> Study:
         trials = read_json(folder / TRIALS_FILE)
@@ -225,6 +265,8 @@ class _Finder:
             self.dataset(folder / DATASET_FILE)
         elif (folder / METRICS_FILE).is_file():
             found.evaluations.append(_evaluation(folder))
+        elif (folder / EXPLAIN_FILE).is_file():
+            found.explanations.append(_explanation(folder))
         elif depth < MAX_DEPTH and not (folder / "_SUCCESS").exists():
             try:
                 children = sorted(p for p in folder.iterdir() if p.is_dir())

@@ -48,6 +48,10 @@ table.kv th { width: 14em; }
 figure { margin: 8px 0 16px; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); }
 figcaption { color: var(--muted); font-size: 12px; }
+.thumbs { display: flex; flex-wrap: wrap; gap: 10px; margin: 6px 0 14px; }
+.thumbs figure { margin: 0; width: 132px; }
+.thumbs img { width: 128px; image-rendering: pixelated; }
+.thumbs figcaption { line-height: 1.25; }
 code { background: var(--alt); padding: 0 3px; border-radius: 3px; }
 footer { color: var(--muted); font-size: 12px; padding: 24px 20px; }
 """
@@ -128,6 +132,18 @@ def image(png: bytes, alt: str, caption: str = "") -> Markup:
     cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
     return Markup(f'<figure><img src="data:image/png;base64,{data}" alt="{esc(alt)}">'
                   f"{cap}</figure>")
+
+
+def thumbs(items: Iterable[tuple[bytes, str, str, str]]) -> Markup:
+    """Small figures side by side: (PNG, alt text, caption, caption class) each, the PNGs
+    inlined as ``data:`` URIs."""
+    figures = []
+    for png, alt, caption, cls in items:
+        data = base64.b64encode(png).decode("ascii")
+        attr = f' class="{esc(cls)}"' if cls else ""
+        figures.append(f'<figure><img src="data:image/png;base64,{data}" alt="{esc(alt)}">'
+                       f"<figcaption{attr}>{esc(caption)}</figcaption></figure>")
+    return Markup(f'<div class="thumbs">{"".join(figures)}</div>')
 
 
 def heading(level: int, text: str, note: str = "") -> Markup:

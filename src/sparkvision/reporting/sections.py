@@ -1,5 +1,6 @@
 """The report's sections, each built from found artefacts: ``summary``, ``dataset``,
-``training``, ``evaluation``, ``tuning`` and ``streaming`` (a second model, data set, … gets
+``training``, ``evaluation``, ``explanations``, ``tuning`` and ``streaming`` (a second model,
+data set, … gets
 ``training-2``, ``dataset-2``, …). A section exists only when its artefacts do."""
 
 from __future__ import annotations
@@ -9,7 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from sparkvision.reporting import plots
-from sparkvision.reporting.artefacts import Artefacts, Dataset, Evaluation, Model, Stream, Study
+from sparkvision.reporting.artefacts import (
+    Artefacts,
+    Dataset,
+    Evaluation,
+    Explanation,
+    Model,
+    Stream,
+    Study,
+)
 from sparkvision.reporting.html import (
     Markup,
     Section,
@@ -20,6 +29,7 @@ from sparkvision.reporting.html import (
     paragraph,
     span,
     table,
+    thumbs,
 )
 from sparkvision.reporting.reading import read_png
 
@@ -36,7 +46,12 @@ DISTRIBUTION_KEYS = ("world_size", "ranks", "train_rows_per_rank", "val_rows_per
 METRIC_KEYS = ("n", "accuracy", "macro_precision", "macro_recall", "macro_f1",
                "weighted_precision", "weighted_recall", "weighted_f1", "log_loss",
                "top_k_accuracy", "macro_roc_auc", "macro_pr_auc")
+PRIVACY_KEYS = ("epsilon", "delta", "target_epsilon", "accountant", "noise_multiplier",
+                "sample_rate", "max_grad_norm", "stopped_at_budget")
 PER_CLASS_KEYS = ("precision", "recall", "f1", "support", "roc_auc", "pr_auc")
+#: Explained images shown per class and group (right, wrong, unlabelled); explain.json
+#: lists them all.
+MAX_EXPLAINED_SHOWN = 4
 STREAM_KEYS = ("batches", "rows", "rejected", "model_versions", "p50_ms", "p95_ms",
                "rows_per_s", "stopped", "seconds")
 
@@ -112,6 +127,11 @@ def summary(found: Artefacts) -> Section:
                      f"{model.params.get('model', '?')}, {len(model.history.get('epochs') or [])}"
                      f" epochs on {model.history.get('world_size', '?')} workers, val accuracy "
                      f"{_num(last.get('val_accuracy'))}; evaluations: {evals}"))
+    for explanation in [e for m in models for e in m.explanations] + found.explanations:
+        x = explanation.summary
+        rows.append(("explanation", where(explanation.path, root),
+                     f"{x.get('method')} (target {x.get('target')}) on {x.get('rows')} rows, "
+                     f"{len(x.get('images') or [])} images explained"))
     for evaluation in found.evaluations:
         rows.append(("evaluation", where(evaluation.path, root),
                      f"{evaluation.metrics.get('n')} rows, accuracy "
@@ -223,6 +243,27 @@ def training(model: Model, index: int, root: Path) -> Section:
             parts.append(image(plots.class_distribution(before, seen or None),
                                "class distribution", "training rows per class, before "
                                "balancing and as the training saw them"))
+    privacy = h.get("privacy")
+    if isinstance(privacy, dict):
+        parts.append(heading(3, "Differential privacy",
+                             f"ε = {privacy.get('epsilon')} at δ = {privacy.get('delta')}"))
+        parts.append(paragraph(
+            "Trained with DP-SGD (Opacus): the model behaves almost the same whether or not "
+            "any one training image was used — at most a factor e^ε, except with "
+            "probability δ.", "muted"))
+        parts.append(kv_table((k, privacy.get(k)) for k in PRIVACY_KEYS if k in privacy))
+    transfer = h.get("transfer")
+    if isinstance(transfer, dict) and (transfer.get("init") or transfer.get("head")):
+        init = transfer.get("init") or {}
+        parts.append(heading(3, "Transfer learning"))
+        parts.append(kv_table([
+            ("started from", init.get("source")), ("tensors loaded", init.get("loaded")),
+            ("missing", init.get("missing")), ("unexpected", init.get("unexpected")),
+            ("shape-mismatched", init.get("shape_mismatched")),
+            ("head re-initialised", init.get("head_reinitialised")),
+            ("head", transfer.get("head")), ("freeze", transfer.get("freeze")),
+            ("frozen tensors", transfer.get("frozen_tensors")),
+            ("backbone lr scale", transfer.get("backbone_lr_scale"))]))
     parts.append(heading(3, "Params"))
     parts.append(table(
         ("Param", "value", "set"),
@@ -263,6 +304,81 @@ def evaluation(evaluations: list[Evaluation], index: int, root: Path,
     title = "Evaluation — " + (where(owner, root) if owner else "other folders")
     parts = [_evaluation_block(e, root) for e in evaluations]
     return Section(section_id("evaluation", index), title, "\n".join(parts))
+
+
+# --- explanations ------------------------------------------------------------------------
+
+def _explanation_block(explanation: Explanation, root: Path) -> str:
+    s = explanation.summary
+    images = [r for r in s.get("images") or [] if isinstance(r, dict)]
+    means = [r for r in s.get("class_means") or [] if isinstance(r, dict)]
+    method = s.get("method")
+    parts = [heading(3, f"{method} · target {s.get('target')}", where(explanation.path, root)),
+             kv_table([
+                 ("method", method),
+                 ("layer", s.get("layer") if s.get("layer") else ...),
+                 ("class explained", s.get("target")),
+                 ("maps", "signed: red for, blue against the class" if s.get("signed")
+                  else "≥ 0: red is where the model looks most"),
+                 ("data", s.get("data", ...)),
+                 ("split", s.get("split", ...)),
+                 ("rows", s.get("rows")),
+                 ("images explained", len(images)),
+                 ("per class and group", s.get("per_class")),
+                 ("seconds", s.get("seconds", ...)),
+             ])]
+    mean_items = []
+    for m in means:
+        png = explanation.png(m.get("file"))
+        data = read_png(png) if png else None
+        if data:
+            mean_items.append((data, f"mean map of {m.get('class')}",
+                               f"{m.get('class')} · {m.get('rows')} rows", ""))
+    if mean_items:
+        parts += [heading(4, "Mean map per class", "over every row of the class, on its "
+                          "mean image"), thumbs(mean_items)]
+    by_class: dict[str, list[dict[str, Any]]] = {}
+    for r in images:
+        by_class.setdefault(str(r.get("true") if r.get("true") is not None
+                                else r.get("predicted")), []).append(r)
+    rows = []
+    for name, records in by_class.items():
+        cells: list[Any] = [name]
+        for correct, cls in ((True, "good"), (False, "bad"), (None, "muted")):
+            shown = [r for r in records if r.get("correct") is correct][:MAX_EXPLAINED_SHOWN]
+            items = []
+            for r in shown:
+                png = explanation.png(r.get("file"))
+                data = read_png(png) if png else None
+                if data:
+                    score = r.get("score")
+                    caption = (f"{r.get('true')} → {r.get('predicted')}"
+                               if r.get("true") is not None else f"→ {r.get('predicted')}")
+                    if isinstance(score, int | float):
+                        caption += f" · p={score:.2f}"
+                    items.append((data, str(r.get("key")), caption, cls))
+            cells.append(thumbs(items) if items else Markup(""))
+        rows.append(cells)
+    if rows:
+        headers = ["class", "right", "wrong"]
+        if not any(r.get("correct") is None for r in images):
+            rows = [r[:3] for r in rows]
+        else:
+            headers.append("unlabelled")
+        parts += [heading(4, "Right and wrong, per class",
+                          f"up to {MAX_EXPLAINED_SHOWN} of each; caption: true → predicted · "
+                          "probability of the explained class"),
+                  table(headers, rows)]
+    return "\n".join(p for p in parts if p)
+
+
+def explanations(found: list[Explanation], index: int, root: Path,
+                 owner: Path | None) -> Section:
+    """What the model looks at: each ``explain`` output's per-class mean maps and its right
+    and wrong images with their maps (of one model, or found on their own)."""
+    title = "What the model looks at — " + (where(owner, root) if owner else "other folders")
+    return Section(section_id("explanations", index), title,
+                   "\n".join(_explanation_block(e, root) for e in found))
 
 
 # --- tuning ----------------------------------------------------------------------------------
@@ -346,6 +462,10 @@ def build_sections(found: Artefacts) -> list[Section]:
     if found.evaluations:
         evaluated.append((found.evaluations, None))
     sections += [evaluation(evals, i, root, owner) for i, (evals, owner) in enumerate(evaluated)]
+    explained = [(m.explanations, m.path) for m in models if m.explanations]
+    if found.explanations:
+        explained.append((found.explanations, None))
+    sections += [explanations(e, i, root, owner) for i, (e, owner) in enumerate(explained)]
     sections += [tuning(s, i, root) for i, s in enumerate(found.studies)]
     sections += [streaming(s, i, root) for i, s in enumerate(found.streams)]
     return sections

@@ -1,0 +1,190 @@
+"""``ImageExplainer``: a pyspark.ml Transformer adding an attribution map per image — where a
+trained network looks when it picks a class — computed with Captum on the executors
+(Grad-CAM, saliency, integrated gradients or occlusion; see ``inference/explain.py``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyspark import keyword_only
+from pyspark.ml import Transformer
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasLabelCol, HasOutputCol
+
+from sparkvision.errors import DataError, InvalidParameterError
+from sparkvision.inference.explain import (
+    METHODS,
+    SIGNED_METHODS,
+    TARGETS,
+    ExplainConfig,
+    check_config,
+    check_method,
+    check_target,
+)
+from sparkvision.ml.model import ImageClassificationModel
+from sparkvision.ml.params import add_param_accessors
+
+#: Default of every ``ImageExplainer`` Param.
+EXPLAINER_DEFAULTS: dict[str, Any] = {
+    "imageCol": "image",
+    "outputCol": "attribution",
+    "labelCol": "label",
+    "method": "gradcam",
+    "target": "predicted",
+    "explainBatchSize": 64,
+    "model": "cnn",
+    "imageShape": [],
+    "classes": [],
+}
+
+#: The key of the output column's metadata that describes the maps.
+METADATA_KEY = "sparkvision_attribution"
+
+
+def _param(name: str, doc: str, converter: Any) -> Param:
+    return Param(Params._dummy(), name, doc, typeConverter=converter)
+
+
+@add_param_accessors
+class ImageExplainer(Transformer, HasOutputCol, HasLabelCol):
+    """Adds ``outputCol`` (default ``attribution``): ``ARRAY<FLOAT>`` of H·W values, the
+    attribution map of the row's image, row-major for the image's (height, width) — the
+    shape is ``attributionShape()`` and the column's metadata
+    (``{"sparkvision_attribution": {"shape": [H, W], "method": …, "layer": …, "target": …,
+    "signed": …}}``). ``reshape(H, W)`` gives the map. Every other column is kept.
+
+    ``method``: ``gradcam`` (last conv layer, ≥ 0, upsampled bilinearly to H×W),
+    ``saliency`` (≥ 0), ``integrated_gradients`` or ``occlusion`` (signed: < 0 speaks
+    against the class). ``target``: ``predicted`` (the network's class, computed in the same
+    task) or ``true`` (the ``labelCol`` index; a null label falls back to the predicted
+    class). Checked on the driver before any job (captum installed, Grad-CAM needs an
+    ``nn.Conv2d``).
+
+    ``ImageExplainer.fromModel(model, method="saliency")`` takes the trained model's network,
+    weights, image shape, classes and image column."""
+
+    imageCol = _param("imageCol", "column of the images (raw uint8 HWC bytes, or PNG/JPEG)",
+                      TypeConverters.toString)
+    method = _param("method", f"attribution method: {', '.join(METHODS)}",
+                    TypeConverters.toString)
+    target = _param("target", "class explained: predicted (the network's) or true (labelCol)",
+                    TypeConverters.toString)
+    explainBatchSize = _param("explainBatchSize", "images per Captum call",
+                              TypeConverters.toInt)
+    model = _param("model", "network: cnn, simple_cnn, lenet5, resnet8 or "
+                   "'package.module:function'", TypeConverters.toString)
+    imageShape = _param("imageShape", "[height, width, channels] the network takes",
+                        TypeConverters.toListInt)
+    classes = _param("classes", "class names of the network's head, in index order",
+                     TypeConverters.toListString)
+
+    @keyword_only
+    def __init__(self, *, imageCol: str | None = None, outputCol: str | None = None,
+                 labelCol: str | None = None, method: str | None = None,
+                 target: str | None = None, explainBatchSize: int | None = None,
+                 model: str | None = None, imageShape: list[int] | None = None,
+                 classes: list[str] | None = None, weights: bytes = b"") -> None:
+        super().__init__()
+        self._setDefault(**EXPLAINER_DEFAULTS)
+        kwargs = dict(self._input_kwargs)
+        self.weights: bytes = kwargs.pop("weights", b"")
+        self._layer: tuple[str, str] | None = None  # (config key, layer) checked on the driver
+        self._set(**{k: v for k, v in kwargs.items() if v is not None})
+
+    @keyword_only
+    def setParams(self, *, imageCol: str | None = None, outputCol: str | None = None,
+                  labelCol: str | None = None, method: str | None = None,
+                  target: str | None = None, explainBatchSize: int | None = None
+                  ) -> ImageExplainer:
+        """Set Params by keyword (None leaves a Param as it is)."""
+        return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
+
+    @classmethod
+    def fromModel(cls, model: ImageClassificationModel, method: str = "gradcam",
+                  target: str = "predicted") -> ImageExplainer:
+        """The explainer of a trained ``ImageClassificationModel``: its network, weights,
+        image shape, classes, image and label columns."""
+        if not model.weights:
+            raise DataError("the model has no weights: fit or load it before explaining it")
+        get = model.getOrDefault
+        explainer = cls(method=method, target=target, model=get(model.model),
+                        imageShape=list(get(model.imageShape)),
+                        classes=list(get(model.classes)), imageCol=get(model.imageCol),
+                        labelCol=get(model.labelCol))
+        explainer.weights = model.weights
+        return explainer
+
+    # ------------------------------------------------------------------ driver checks
+    def explainConfig(self) -> ExplainConfig:
+        """What the executors need, with every Param checked (no network built)."""
+        get = self.getOrDefault
+        check_method(get(self.method))
+        check_target(get(self.target))
+        size = get(self.explainBatchSize)
+        if size < 1:
+            raise InvalidParameterError("explainBatchSize", size, "use 1 or more")
+        if not self.weights:
+            raise DataError("this explainer has no weights: make it with "
+                            "ImageExplainer.fromModel(model)")
+        shape = list(get(self.imageShape))
+        if len(shape) != 3 or min(shape) < 1 or shape[2] not in (1, 3):
+            raise InvalidParameterError("imageShape", shape, "use [height, width, 1 or 3] "
+                                        "(the shape the network was trained on)")
+        classes = list(get(self.classes))
+        if not classes:
+            raise InvalidParameterError("classes", [], "give the class names of the "
+                                        "network's head (its number of outputs)")
+        return ExplainConfig(model=get(self.model), num_classes=len(classes),
+                             image_shape=(shape[0], shape[1], shape[2]),
+                             weights=self.weights, method=get(self.method), batch_size=size)
+
+    def layerName(self) -> str:
+        """Grad-CAM's layer (the network's last ``nn.Conv2d``; '' for other methods), found
+        on the driver by building the network (cached): InvalidParameterError when there
+        is none, MissingDependencyError without captum."""
+        config = self.explainConfig()
+        key = config.key()
+        if self._layer is None or self._layer[0] != key:
+            self._layer = (key, check_config(config))
+        return self._layer[1]
+
+    def attributionShape(self) -> list[int]:
+        """[height, width] of every map (the output column holds height·width values)."""
+        h, w, _ = self.getOrDefault(self.imageShape)
+        return [h, w]
+
+    # ------------------------------------------------------------------ transform
+    def _transform(self, dataset):
+        from pyspark.sql import functions as F
+
+        from sparkvision.inference.explain import make_attribution_udf
+
+        get = self.getOrDefault
+        image_col = get(self.imageCol)
+        if image_col not in dataset.columns:
+            raise InvalidParameterError(
+                "imageCol", image_col,
+                f"the DataFrame has columns {dataset.columns}; name the image column")
+        out = get(self.outputCol)
+        if not out:
+            raise InvalidParameterError("outputCol", out, "name the output column")
+        layer = self.layerName()  # every check, before any job
+        config = self.explainConfig()
+        if get(self.target) == "true":
+            label_col = get(self.labelCol)
+            if label_col not in dataset.columns:
+                raise InvalidParameterError(
+                    "target", "true", f"the DataFrame has no label column {label_col!r} "
+                    f"(columns {dataset.columns}); set labelCol or use target='predicted'")
+            target = F.col(f"`{label_col}`").cast("bigint")
+        else:
+            target = F.lit(None).cast("bigint")
+        metadata = {METADATA_KEY: {
+            "shape": self.attributionShape(), "method": config.method, "layer": layer,
+            "target": get(self.target), "signed": config.method in SIGNED_METHODS}}
+        maps = make_attribution_udf(config)(F.col(f"`{image_col}`"), target)
+        kept = [F.col(f"`{c}`") for c in dataset.columns if c != out]
+        return dataset.select(*kept, maps.alias(out, metadata=metadata))
+
+
+__all__ = ["EXPLAINER_DEFAULTS", "METADATA_KEY", "METHODS", "TARGETS", "ImageExplainer"]
