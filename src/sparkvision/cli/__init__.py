@@ -16,7 +16,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sparkvision import display
-from sparkvision.cli import demo, evaluate, export, predict, prepare, report, stream, train, tune
+from sparkvision.cli import (
+    demo,
+    evaluate,
+    explain,
+    export,
+    featurize,
+    predict,
+    prepare,
+    report,
+    stream,
+    train,
+    tune,
+)
 from sparkvision.cli.common import (
     EXIT_INTERNAL_ERROR,
     EXIT_INTERRUPTED,
@@ -27,7 +39,8 @@ from sparkvision.cli.common import (
 from sparkvision.errors import user_error_message
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = (prepare, train, predict, evaluate, tune, stream, export, report, demo)
+COMMANDS = (prepare, train, predict, featurize, evaluate, explain, tune, stream, export, report,
+            demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

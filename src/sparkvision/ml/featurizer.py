@@ -1,0 +1,326 @@
+"""``ImageFeaturizer``: a pyspark.ml Transformer that turns images into feature vectors with
+a trained network — the classifier head's input (the penultimate features) or the output
+of any named module — for MLlib's own estimators (``LogisticRegression``, ``KMeans``, …) in
+a ``Pipeline``. Persistence: Params JSON + safetensors weights (no pickle), as
+``ImageClassificationModel``'s."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from types import SimpleNamespace
+from typing import Any
+
+from pyspark import keyword_only
+from pyspark.ml import Transformer
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasOutputCol
+from pyspark.ml.util import (
+    DefaultParamsReader,
+    DefaultParamsWriter,
+    MLReadable,
+    MLReader,
+    MLWritable,
+    MLWriter,
+)
+
+from sparkvision import storage
+from sparkvision.errors import (
+    DataError,
+    InvalidParameterError,
+    ModelLoadError,
+    UntrustedCodeError,
+)
+from sparkvision.ml.model import METADATA_DIR, WEIGHTS_FILE, ImageClassificationModel
+from sparkvision.ml.params import add_param_accessors
+
+#: Saved-featurizer format (``metadata/part-00000`` + ``weights.safetensors``).
+FEATURIZER_FORMAT = "sparkvision-featurizer/1"
+
+#: Default of every ``ImageFeaturizer`` Param.
+FEATURIZER_DEFAULTS: dict[str, Any] = {
+    "imageCol": "image",
+    "outputCol": "features",
+    "layer": "",
+    "inferenceBatchSize": 1024,
+    "model": "cnn",
+    "imageShape": [],
+    "classes": [],
+}
+
+
+def _param(name: str, doc: str, converter: Any) -> Param:
+    return Param(Params._dummy(), name, doc, typeConverter=converter)
+
+
+@add_param_accessors
+class ImageFeaturizer(Transformer, HasOutputCol, MLWritable, MLReadable):
+    """Adds ``outputCol`` (a pyspark.ml ``DenseVector``) holding the features a trained
+    network computes for each image of ``imageCol`` (raw uint8 HWC bytes or PNG/JPEG as
+    ``prepare`` stores them); every other column is kept.
+
+    ``layer=""`` takes the input of the classifier head (the penultimate features: 128
+    numbers for ``cnn``); a module name from ``named_modules()`` (e.g. ``"0"`` or
+    ``"0.4"``) takes that module's output, flattened per image. The network is built and
+    the layer checked on the driver before any job runs; on the executors it is loaded once
+    per Python worker.
+
+    Make one from a trained model: ``ImageFeaturizer.fromModel(model)``,
+    ``ImageFeaturizer.fromModelDir(path)`` or ``ImageFeaturizer(modelDir=path)``.
+    """
+
+    imageCol = _param("imageCol", "column of the images (raw uint8 HWC bytes, or PNG/JPEG)",
+                      TypeConverters.toString)
+    layer = _param("layer", "'' = the classifier head's input (penultimate features), else "
+                   "the name of a module (named_modules()) whose output is taken",
+                   TypeConverters.toString)
+    inferenceBatchSize = _param("inferenceBatchSize", "images per forward pass",
+                                TypeConverters.toInt)
+    model = _param("model", "network: cnn, simple_cnn, lenet5, resnet8 or "
+                   "'package.module:function'", TypeConverters.toString)
+    imageShape = _param("imageShape", "[height, width, channels] the network takes",
+                        TypeConverters.toListInt)
+    classes = _param("classes", "class names of the network's head, in index order",
+                     TypeConverters.toListString)
+
+    @keyword_only
+    def __init__(self, *, imageCol: str | None = None, outputCol: str | None = None,
+                 layer: str | None = None, inferenceBatchSize: int | None = None,
+                 model: str | None = None, imageShape: list[int] | None = None,
+                 classes: list[str] | None = None, weights: bytes = b"",
+                 modelDir: str | None = None, trustCode: bool = False) -> None:
+        super().__init__()
+        self._setDefault(**FEATURIZER_DEFAULTS)
+        kwargs = dict(self._input_kwargs)
+        self.weights: bytes = kwargs.pop("weights", b"")
+        model_dir = kwargs.pop("modelDir", None)
+        trust = bool(kwargs.pop("trustCode", False))
+        self._probed: tuple[str, int] | None = None
+        if model_dir is not None:
+            self._take_network(ImageClassificationModel.load(model_dir, trust_code=trust))
+        self._set(**{k: v for k, v in kwargs.items() if v is not None})
+
+    @keyword_only
+    def setParams(self, *, imageCol: str | None = None, outputCol: str | None = None,
+                  layer: str | None = None, inferenceBatchSize: int | None = None,
+                  model: str | None = None, imageShape: list[int] | None = None,
+                  classes: list[str] | None = None) -> ImageFeaturizer:
+        """Set Params by keyword (None leaves a Param as it is)."""
+        return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def fromModel(cls, model: ImageClassificationModel, layer: str = "") -> ImageFeaturizer:
+        """The featurizer of a trained ``ImageClassificationModel``: its network, weights,
+        image shape, classes, image column and inference batch size."""
+        featurizer = cls(layer=layer)
+        featurizer._take_network(model)
+        return featurizer
+
+    @classmethod
+    def fromModelDir(cls, path: str, layer: str = "", trust_code: bool = False
+                     ) -> ImageFeaturizer:
+        """The featurizer of a model folder (``sparkvision train --out``), loaded with
+        ``ImageClassificationModel.load``'s checks (weights' size and SHA-256, tensor shapes;
+        a network named by an import path needs ``trust_code=True``)."""
+        return cls.fromModel(ImageClassificationModel.load(path, trust_code=trust_code),
+                             layer=layer)
+
+    def _take_network(self, model: ImageClassificationModel) -> None:
+        if not model.weights:
+            raise DataError("the model has no weights: fit or load it before making a "
+                            "featurizer of it")
+        get = model.getOrDefault
+        self.weights = model.weights
+        self._set(model=get(model.model), imageShape=list(get(model.imageShape)),
+                  classes=list(get(model.classes)), imageCol=get(model.imageCol),
+                  inferenceBatchSize=get(model.inferenceBatchSize))
+
+    # ------------------------------------------------------------------ driver checks
+    @property
+    def numClasses(self) -> int:
+        return len(self.getOrDefault(self.classes))
+
+    def _feature_config(self):
+        from sparkvision.inference.features import FeatureConfig
+
+        get = self.getOrDefault
+        size = get(self.inferenceBatchSize)
+        if size < 1:
+            raise InvalidParameterError("inferenceBatchSize", size, "use 1 or more")
+        if not self.weights:
+            raise DataError("this featurizer has no weights: make it with "
+                            "ImageFeaturizer.fromModel(model), fromModelDir(path) or "
+                            "ImageFeaturizer.load(path)")
+        shape = list(get(self.imageShape))
+        if len(shape) != 3 or min(shape) < 1 or shape[2] not in (1, 3):
+            raise InvalidParameterError("imageShape", shape, "use [height, width, 1 or 3] "
+                                        "(the shape the network was trained on)")
+        if not self.numClasses:
+            raise InvalidParameterError("classes", [], "give the class names of the "
+                                        "network's head (its number of outputs)")
+        return FeatureConfig(model=get(self.model), num_classes=self.numClasses,
+                             image_shape=(shape[0], shape[1], shape[2]),
+                             weights=self.weights, layer=get(self.layer), batch_size=size)
+
+    def featureDimension(self) -> int:
+        """Length of the feature vectors at ``layer``, found on the driver by one forward
+        pass of a blank image (cached); ``InvalidParameterError`` for an unknown layer."""
+        return self._dimension(self._feature_config())
+
+    def _dimension(self, config) -> int:
+        from sparkvision.inference.features import feature_dimension
+
+        key = config.key()
+        if self._probed is None or self._probed[0] != key:
+            self._probed = (key, feature_dimension(config))
+        return self._probed[1]
+
+    # ------------------------------------------------------------------ transform
+    def _transform(self, dataset):
+        from pyspark.ml.functions import array_to_vector
+        from pyspark.sql import functions as F
+
+        from sparkvision.inference.features import make_features_udf
+
+        get = self.getOrDefault
+        image_col = get(self.imageCol)
+        if image_col not in dataset.columns:
+            raise InvalidParameterError(
+                "imageCol", image_col,
+                f"the DataFrame has columns {dataset.columns}; name the image column",
+            )
+        out = get(self.outputCol)
+        if not out:
+            raise InvalidParameterError("outputCol", out, "name the output column")
+        config = self._feature_config()
+        dim = self._dimension(config)  # the layer is checked here, before any job
+        # Only the image column travels to Python; the vector is built in the JVM. The
+        # ml_attr metadata gives MLlib the vector's size without a pass over the data.
+        features = array_to_vector(make_features_udf(config, config.key())(
+            F.col(f"`{image_col}`")))
+        kept = [F.col(f"`{c}`") for c in dataset.columns if c != out]
+        return dataset.select(*kept, features.alias(
+            out, metadata={"ml_attr": {"num_attrs": dim}}))
+
+    # ------------------------------------------------------------------ persistence
+    @classmethod
+    def load(cls, path: str, trust_code: bool = False) -> ImageFeaturizer:
+        """Load a featurizer folder (``save``), checked on the driver: the weights' size and
+        SHA-256 against the saved metadata, the safetensors header and every tensor's shape
+        against the network. A network named by an import path (``pkg.mod:fn``) runs that
+        code, so it needs ``trust_code=True`` (or ``SPARKVISION_TRUST_CODE=1``)."""
+        reader = cls.read()
+        reader.trust_code = trust_code  # type: ignore[attr-defined]
+        return reader.load(path)
+
+    def write(self) -> MLWriter:
+        return FeaturizerWriter(self)
+
+    @classmethod
+    def read(cls) -> MLReader:
+        return FeaturizerReader(cls)
+
+
+class FeaturizerWriter(MLWriter):
+    """Writes the folder through :mod:`sparkvision.storage` (no Spark job):
+    ``metadata/part-00000`` (pyspark's Params JSON, with the weights' size and SHA-256) and
+    ``weights.safetensors``; each file atomically, the metadata last."""
+
+    def __init__(self, instance: ImageFeaturizer) -> None:
+        super().__init__()
+        self.instance = instance
+
+    def _handleOverwrite(self, path: str) -> None:
+        storage.remove(path)
+
+    def saveImpl(self, path: str) -> None:
+        import pyspark
+
+        if not self.shouldOverwrite and storage.exists(storage.join(path, METADATA_DIR)):
+            raise DataError(
+                f"something is already saved at {path}: use "
+                "featurizer.write().overwrite().save(path) or another path")
+        weights = self.instance.weights
+        if not weights:
+            raise DataError("this featurizer has no weights to save: make it with "
+                            "ImageFeaturizer.fromModel(model) or fromModelDir(path)")
+        version = SimpleNamespace(version=pyspark.__version__)
+        metadata = DefaultParamsWriter._get_metadata_to_save(
+            self.instance, version, extraMetadata={  # type: ignore[arg-type]
+                "format": FEATURIZER_FORMAT,
+                "weights": {"file": WEIGHTS_FILE, "bytes": len(weights),
+                            "sha256": hashlib.sha256(weights).hexdigest()},
+            })
+        storage.makedirs(path)
+        storage.write_bytes(storage.join(path, WEIGHTS_FILE), weights)
+        storage.write_text(storage.join(path, METADATA_DIR, "part-00000"), metadata + "\n")
+        storage.write_bytes(storage.join(path, METADATA_DIR, "_SUCCESS"), b"")
+
+
+class FeaturizerReader(MLReader):
+    def __init__(self, cls: type[ImageFeaturizer]) -> None:
+        super().__init__()
+        self.cls = cls
+        self.trust_code = False
+
+    def load(self, path: str) -> ImageFeaturizer:
+        weights_path = storage.join(path, WEIGHTS_FILE)
+        if not storage.exists(weights_path):
+            raise DataError(f"no featurizer at {path} ({WEIGHTS_FILE} missing): give a "
+                            "folder written by ImageFeaturizer.save")
+        metadata = read_metadata(path)
+        found = metadata.get("format")
+        if found != FEATURIZER_FORMAT:
+            raise DataError(
+                f"the folder {path} has format {found!r}, not a featurizer "
+                f"({FEATURIZER_FORMAT!r}): load a model folder with "
+                "ImageFeaturizer.fromModelDir(path)")
+        instance = self.cls()
+        instance._resetUid(metadata["uid"])
+        DefaultParamsReader.getAndSetParams(instance, metadata)
+        instance.weights = storage.read_bytes(weights_path)
+        check_saved_weights(path, weights_path, instance, metadata.get("weights"),
+                            self.trust_code)
+        return instance
+
+
+def read_metadata(path: str) -> dict[str, Any]:
+    """The Params line of a saved folder (``metadata/part-*``)."""
+    folder = storage.join(path, METADATA_DIR)
+    names = storage.listdir(folder) if storage.exists(folder) else []
+    for name in sorted(n for n in names if n.startswith("part-")):
+        for line in storage.read_text(storage.join(folder, name)).splitlines():
+            if line.strip():
+                return DefaultParamsReader._parseMetaData(line)
+    raise ModelLoadError(f"the folder {path} has no {METADATA_DIR}/part-* file (its "
+                         "Params): copy the whole folder written by ImageFeaturizer.save")
+
+
+def check_saved_weights(path: str, weights_path: str, featurizer: ImageFeaturizer,
+                        recorded: dict[str, Any] | None, trust_code: bool) -> None:
+    """Refuse damaged, tampered or mismatched weights, and untrusted code (driver side)."""
+    from sparkvision.models.registry import MODEL_NAMES
+    from sparkvision.models.weights import check_weights
+
+    data = featurizer.weights
+    if recorded:
+        if len(data) != recorded.get("bytes"):
+            raise ModelLoadError(
+                f"{weights_path} has {len(data)} bytes but was saved with "
+                f"{recorded.get('bytes')}: the file is truncated or was replaced; copy the "
+                "folder again")
+        if hashlib.sha256(data).hexdigest() != recorded.get("sha256"):
+            raise ModelLoadError(
+                f"{weights_path} does not match the SHA-256 recorded when it was saved (the "
+                "file was modified): restore the original or save the featurizer again")
+    name = featurizer.getOrDefault(featurizer.model)
+    trusted = trust_code or os.environ.get("SPARKVISION_TRUST_CODE", "") in ("1", "true")
+    if name not in MODEL_NAMES and not trusted:
+        raise UntrustedCodeError(
+            f"the featurizer at {path} uses the network {name!r}, code that loading would "
+            "import and run: pass trust_code=True (or SPARKVISION_TRUST_CODE=1) if you "
+            "trust that module")
+    check_weights(data, name, featurizer.numClasses,
+                  tuple(featurizer.getOrDefault(featurizer.imageShape)),  # type: ignore[arg-type]
+                  weights_path)
