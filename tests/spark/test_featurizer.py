@@ -18,12 +18,9 @@ from pyspark.ml.classification import LogisticRegression
 from pyspark.ml.linalg import DenseVector, VectorUDT
 
 from sparkvision import (
-    ImageClassifier,
     ImageFeaturizer,
     InvalidParameterError,
-    PrepareConfig,
     load_prepared,
-    prepare,
 )
 from sparkvision.cli import main
 from sparkvision.ml.evaluator import ImageClassificationEvaluator
@@ -35,27 +32,16 @@ SHAPE = (28, 28, 1)
 
 
 @pytest.fixture(scope="module")
-def mnist_model(spark, tmp_path_factory):
-    """``cnn`` trained 3 epochs on 2 workers on the built-in MNIST (28x28x1)."""
-    out = tmp_path_factory.mktemp("feat-mnist")
-    prepare(spark, PrepareConfig(source="mnist", out=str(out), seed=1))
-    train = load_prepared(spark, str(out), "train")
-    return ImageClassifier(model="cnn", epochs=3, numWorkers=2, seed=0).fit(train)
+def mnist_model(mnist_model_dir):
+    """``cnn`` trained 3 epochs on 2 workers on the built-in MNIST (28x28x1; conftest)."""
+    from sparkvision import ImageClassificationModel
+
+    return ImageClassificationModel.load(str(mnist_model_dir))
 
 
 @pytest.fixture(scope="module")
-def model_dir(mnist_model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("feat-model") / "mnist-cnn"
-    mnist_model.write().overwrite().save(str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def digits28_dir(spark, tmp_path_factory):
-    """scikit-learn's 8x8 digits prepared at MNIST's 28x28."""
-    out = tmp_path_factory.mktemp("feat-digits")
-    prepare(spark, PrepareConfig(source="digits", out=str(out), seed=1, image_size=(28, 28)))
-    return out
+def model_dir(mnist_model_dir):
+    return mnist_model_dir
 
 
 @pytest.fixture(scope="module")

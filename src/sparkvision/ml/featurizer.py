@@ -6,9 +6,6 @@ a ``Pipeline``. Persistence: Params JSON + safetensors weights (no pickle), as
 
 from __future__ import annotations
 
-import hashlib
-import os
-from types import SimpleNamespace
 from typing import Any
 
 from pyspark import keyword_only
@@ -17,7 +14,6 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasOutputCol
 from pyspark.ml.util import (
     DefaultParamsReader,
-    DefaultParamsWriter,
     MLReadable,
     MLReader,
     MLWritable,
@@ -28,10 +24,15 @@ from sparkvision import storage
 from sparkvision.errors import (
     DataError,
     InvalidParameterError,
-    ModelLoadError,
-    UntrustedCodeError,
 )
-from sparkvision.ml.model import METADATA_DIR, WEIGHTS_FILE, ImageClassificationModel
+from sparkvision.ml.model import (
+    METADATA_DIR,
+    WEIGHTS_FILE,
+    ImageClassificationModel,
+    check_saved_weights,
+    read_model_metadata,
+    write_params_and_weights,
+)
 from sparkvision.ml.params import add_param_accessors
 
 #: Saved-featurizer format (``metadata/part-00000`` + ``weights.safetensors``).
@@ -235,27 +236,14 @@ class FeaturizerWriter(MLWriter):
         storage.remove(path)
 
     def saveImpl(self, path: str) -> None:
-        import pyspark
-
         if not self.shouldOverwrite and storage.exists(storage.join(path, METADATA_DIR)):
             raise DataError(
                 f"something is already saved at {path}: use "
                 "featurizer.write().overwrite().save(path) or another path")
-        weights = self.instance.weights
-        if not weights:
+        if not self.instance.weights:
             raise DataError("this featurizer has no weights to save: make it with "
                             "ImageFeaturizer.fromModel(model) or fromModelDir(path)")
-        version = SimpleNamespace(version=pyspark.__version__)
-        metadata = DefaultParamsWriter._get_metadata_to_save(
-            self.instance, version, extraMetadata={  # type: ignore[arg-type]
-                "format": FEATURIZER_FORMAT,
-                "weights": {"file": WEIGHTS_FILE, "bytes": len(weights),
-                            "sha256": hashlib.sha256(weights).hexdigest()},
-            })
-        storage.makedirs(path)
-        storage.write_bytes(storage.join(path, WEIGHTS_FILE), weights)
-        storage.write_text(storage.join(path, METADATA_DIR, "part-00000"), metadata + "\n")
-        storage.write_bytes(storage.join(path, METADATA_DIR, "_SUCCESS"), b"")
+        write_params_and_weights(self.instance, path, FEATURIZER_FORMAT)
 
 
 class FeaturizerReader(MLReader):
@@ -269,7 +257,7 @@ class FeaturizerReader(MLReader):
         if not storage.exists(weights_path):
             raise DataError(f"no featurizer at {path} ({WEIGHTS_FILE} missing): give a "
                             "folder written by ImageFeaturizer.save")
-        metadata = read_metadata(path)
+        metadata = read_model_metadata(path)
         found = metadata.get("format")
         if found != FEATURIZER_FORMAT:
             raise DataError(
@@ -283,44 +271,3 @@ class FeaturizerReader(MLReader):
         check_saved_weights(path, weights_path, instance, metadata.get("weights"),
                             self.trust_code)
         return instance
-
-
-def read_metadata(path: str) -> dict[str, Any]:
-    """The Params line of a saved folder (``metadata/part-*``)."""
-    folder = storage.join(path, METADATA_DIR)
-    names = storage.listdir(folder) if storage.exists(folder) else []
-    for name in sorted(n for n in names if n.startswith("part-")):
-        for line in storage.read_text(storage.join(folder, name)).splitlines():
-            if line.strip():
-                return DefaultParamsReader._parseMetaData(line)
-    raise ModelLoadError(f"the folder {path} has no {METADATA_DIR}/part-* file (its "
-                         "Params): copy the whole folder written by ImageFeaturizer.save")
-
-
-def check_saved_weights(path: str, weights_path: str, featurizer: ImageFeaturizer,
-                        recorded: dict[str, Any] | None, trust_code: bool) -> None:
-    """Refuse damaged, tampered or mismatched weights, and untrusted code (driver side)."""
-    from sparkvision.models.registry import MODEL_NAMES
-    from sparkvision.models.weights import check_weights
-
-    data = featurizer.weights
-    if recorded:
-        if len(data) != recorded.get("bytes"):
-            raise ModelLoadError(
-                f"{weights_path} has {len(data)} bytes but was saved with "
-                f"{recorded.get('bytes')}: the file is truncated or was replaced; copy the "
-                "folder again")
-        if hashlib.sha256(data).hexdigest() != recorded.get("sha256"):
-            raise ModelLoadError(
-                f"{weights_path} does not match the SHA-256 recorded when it was saved (the "
-                "file was modified): restore the original or save the featurizer again")
-    name = featurizer.getOrDefault(featurizer.model)
-    trusted = trust_code or os.environ.get("SPARKVISION_TRUST_CODE", "") in ("1", "true")
-    if name not in MODEL_NAMES and not trusted:
-        raise UntrustedCodeError(
-            f"the featurizer at {path} uses the network {name!r}, code that loading would "
-            "import and run: pass trust_code=True (or SPARKVISION_TRUST_CODE=1) if you "
-            "trust that module")
-    check_weights(data, name, featurizer.numClasses,
-                  tuple(featurizer.getOrDefault(featurizer.imageShape)),  # type: ignore[arg-type]
-                  weights_path)

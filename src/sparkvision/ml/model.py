@@ -191,7 +191,7 @@ def check_model_folder(path: str) -> str:
     return weights_path
 
 
-def _metadata_json(instance: ImageClassificationModel, extra: dict[str, Any]) -> str:
+def _metadata_json(instance: Any, extra: dict[str, Any]) -> str:
     """pyspark's ``DefaultParamsWriter`` metadata line (class, uid, Params, sparkVersion)."""
     import pyspark
 
@@ -232,18 +232,28 @@ class _ModelWriter(MLWriter):
             raise DataError(
                 f"a model is already saved at {path}: use model.write().overwrite().save(path) "
                 "or another path")
-        weights = self.instance.weights
-        metadata = _metadata_json(self.instance, {
-            "format": MODEL_FORMAT,
-            "weights": {"file": WEIGHTS_FILE, "bytes": len(weights),
-                        "sha256": hashlib.sha256(weights).hexdigest()},
-        })
-        storage.makedirs(path)
-        storage.write_bytes(storage.join(path, WEIGHTS_FILE), weights)
-        storage.write_text(storage.join(path, HISTORY_FILE),
-                           json.dumps(self.instance.history, indent=2))
-        storage.write_text(storage.join(path, METADATA_DIR, "part-00000"), metadata + "\n")
-        storage.write_bytes(storage.join(path, METADATA_DIR, "_SUCCESS"), b"")
+        write_params_and_weights(self.instance, path, MODEL_FORMAT, {
+            HISTORY_FILE: json.dumps(self.instance.history, indent=2)})
+
+
+def write_params_and_weights(instance: Any, path: str, fmt: str,
+                             extra_files: dict[str, str] | None = None) -> None:
+    """A saved folder of ``instance`` (Params + ``weights`` bytes) through storage:
+    ``weights.safetensors``, ``extra_files`` (name → text), then ``metadata/part-00000``
+    (pyspark's Params JSON with ``format`` and the weights' size and SHA-256), each file
+    atomically, the metadata last."""
+    weights = instance.weights
+    metadata = _metadata_json(instance, {
+        "format": fmt,
+        "weights": {"file": WEIGHTS_FILE, "bytes": len(weights),
+                    "sha256": hashlib.sha256(weights).hexdigest()},
+    })
+    storage.makedirs(path)
+    storage.write_bytes(storage.join(path, WEIGHTS_FILE), weights)
+    for name, text in (extra_files or {}).items():
+        storage.write_text(storage.join(path, name), text)
+    storage.write_text(storage.join(path, METADATA_DIR, "part-00000"), metadata + "\n")
+    storage.write_bytes(storage.join(path, METADATA_DIR, "_SUCCESS"), b"")
 
 
 class _ModelReader(MLReader):
@@ -266,7 +276,7 @@ class _ModelReader(MLReader):
         instance._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(instance, metadata)
         instance.weights = storage.read_bytes(weights_path)
-        _check_saved_weights(path, weights_path, instance, metadata.get("weights"),
+        check_saved_weights(path, weights_path, instance, metadata.get("weights"),
                              self.trust_code)
         history = storage.join(path, HISTORY_FILE)
         instance.history = json.loads(storage.read_text(history)) if storage.exists(
@@ -274,9 +284,11 @@ class _ModelReader(MLReader):
         return instance
 
 
-def _check_saved_weights(path: str, weights_path: str, model: ImageClassificationModel,
-                         recorded: dict[str, Any] | None, trust_code: bool) -> None:
-    """Refuse damaged, tampered or mismatched weights, and untrusted code (driver side)."""
+def check_saved_weights(path: str, weights_path: str, model: Any,
+                        recorded: dict[str, Any] | None, trust_code: bool) -> None:
+    """Refuse damaged, tampered or mismatched weights, and untrusted code (driver side).
+    ``model``: anything with ``weights``, ``numClasses`` and the ``model``/``imageShape``
+    Params (a model, a featurizer)."""
     from sparkvision.models.registry import runs_user_code
     from sparkvision.models.weights import check_weights
 
