@@ -22,7 +22,11 @@ from sparkvision.inference.explain import (
     check_target,
 )
 from sparkvision.ml.model import ImageClassificationModel
-from sparkvision.ml.params import add_param_accessors
+from sparkvision.ml.params import (
+    TrainedNetworkParams,
+    add_param_accessors,
+    require_image_column,
+)
 
 #: Default of every ``ImageExplainer`` Param.
 EXPLAINER_DEFAULTS: dict[str, Any] = {
@@ -46,7 +50,7 @@ def _param(name: str, doc: str, converter: Any) -> Param:
 
 
 @add_param_accessors
-class ImageExplainer(Transformer, HasOutputCol, HasLabelCol):
+class ImageExplainer(Transformer, TrainedNetworkParams, HasOutputCol, HasLabelCol):
     """Adds ``outputCol`` (default ``attribution``): ``ARRAY<FLOAT>`` of H·W values, the
     attribution map of the row's image, row-major for the image's (height, width) — the
     shape is ``attributionShape()`` and the column's metadata
@@ -63,20 +67,12 @@ class ImageExplainer(Transformer, HasOutputCol, HasLabelCol):
     ``ImageExplainer.fromModel(model, method="saliency")`` takes the trained model's network,
     weights, image shape, classes and image column."""
 
-    imageCol = _param("imageCol", "column of the images (raw uint8 HWC bytes, or PNG/JPEG)",
-                      TypeConverters.toString)
     method = _param("method", f"attribution method: {', '.join(METHODS)}",
                     TypeConverters.toString)
     target = _param("target", "class explained: predicted (the network's) or true (labelCol)",
                     TypeConverters.toString)
     explainBatchSize = _param("explainBatchSize", "images per Captum call",
                               TypeConverters.toInt)
-    model = _param("model", "network: cnn, simple_cnn, lenet5, resnet8 or "
-                   "'package.module:function'", TypeConverters.toString)
-    imageShape = _param("imageShape", "[height, width, channels] the network takes",
-                        TypeConverters.toListInt)
-    classes = _param("classes", "class names of the network's head, in index order",
-                     TypeConverters.toListString)
 
     @keyword_only
     def __init__(self, *, imageCol: str | None = None, outputCol: str | None = None,
@@ -161,10 +157,7 @@ class ImageExplainer(Transformer, HasOutputCol, HasLabelCol):
 
         get = self.getOrDefault
         image_col = get(self.imageCol)
-        if image_col not in dataset.columns:
-            raise InvalidParameterError(
-                "imageCol", image_col,
-                f"the DataFrame has columns {dataset.columns}; name the image column")
+        require_image_column(dataset, image_col)
         out = get(self.outputCol)
         if not out:
             raise InvalidParameterError("outputCol", out, "name the output column")

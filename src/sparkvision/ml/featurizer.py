@@ -33,7 +33,11 @@ from sparkvision.ml.model import (
     read_model_metadata,
     write_params_and_weights,
 )
-from sparkvision.ml.params import add_param_accessors
+from sparkvision.ml.params import (
+    TrainedNetworkParams,
+    add_param_accessors,
+    require_image_column,
+)
 
 #: Saved-featurizer format (``metadata/part-00000`` + ``weights.safetensors``).
 FEATURIZER_FORMAT = "sparkvision-featurizer/1"
@@ -55,7 +59,8 @@ def _param(name: str, doc: str, converter: Any) -> Param:
 
 
 @add_param_accessors
-class ImageFeaturizer(Transformer, HasOutputCol, MLWritable, MLReadable):
+class ImageFeaturizer(Transformer, TrainedNetworkParams, HasOutputCol, MLWritable,
+                      MLReadable):
     """Adds ``outputCol`` (a pyspark.ml ``DenseVector``) holding the features a trained
     network computes for each image of ``imageCol`` (raw uint8 HWC bytes or PNG/JPEG as
     ``prepare`` stores them); every other column is kept.
@@ -70,19 +75,11 @@ class ImageFeaturizer(Transformer, HasOutputCol, MLWritable, MLReadable):
     ``ImageFeaturizer.fromModelDir(path)`` or ``ImageFeaturizer(modelDir=path)``.
     """
 
-    imageCol = _param("imageCol", "column of the images (raw uint8 HWC bytes, or PNG/JPEG)",
-                      TypeConverters.toString)
     layer = _param("layer", "'' = the classifier head's input (penultimate features), else "
                    "the name of a module (named_modules()) whose output is taken",
                    TypeConverters.toString)
     inferenceBatchSize = _param("inferenceBatchSize", "images per forward pass",
                                 TypeConverters.toInt)
-    model = _param("model", "network: cnn, simple_cnn, lenet5, resnet8 or "
-                   "'package.module:function'", TypeConverters.toString)
-    imageShape = _param("imageShape", "[height, width, channels] the network takes",
-                        TypeConverters.toListInt)
-    classes = _param("classes", "class names of the network's head, in index order",
-                     TypeConverters.toListString)
 
     @keyword_only
     def __init__(self, *, imageCol: str | None = None, outputCol: str | None = None,
@@ -186,11 +183,7 @@ class ImageFeaturizer(Transformer, HasOutputCol, MLWritable, MLReadable):
 
         get = self.getOrDefault
         image_col = get(self.imageCol)
-        if image_col not in dataset.columns:
-            raise InvalidParameterError(
-                "imageCol", image_col,
-                f"the DataFrame has columns {dataset.columns}; name the image column",
-            )
+        require_image_column(dataset, image_col)
         out = get(self.outputCol)
         if not out:
             raise InvalidParameterError("outputCol", out, "name the output column")

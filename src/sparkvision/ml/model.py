@@ -28,7 +28,7 @@ from sparkvision.errors import (
     ModelLoadError,
     UntrustedCodeError,
 )
-from sparkvision.ml.params import ImageClassifierParams
+from sparkvision.ml.params import ImageClassifierParams, require_image_column
 
 WEIGHTS_FILE = "weights.safetensors"
 HISTORY_FILE = "history.json"
@@ -75,11 +75,7 @@ class ImageClassificationModel(Model, ImageClassifierParams, MLWritable, MLReada
 
         get = self.getOrDefault
         image_col = get(self.imageCol)
-        if image_col not in dataset.columns:
-            raise InvalidParameterError(
-                "imageCol", image_col,
-                f"the DataFrame has columns {dataset.columns}; name the image column",
-            )
+        require_image_column(dataset, image_col)
         self.validateInferenceParams()
         config, key = self._predict_config()
         if config.backend == "onnxruntime":  # fail before any job runs

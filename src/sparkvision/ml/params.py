@@ -198,6 +198,28 @@ class ImageClassifierParams(
             )
 
 
+class TrainedNetworkParams(Params):
+    """The image column and the description of a trained network (name, input shape,
+    classes): what a Transformer built from an ``ImageClassificationModel`` carries."""
+
+    imageCol = _param("imageCol", "column of the images (raw uint8 HWC bytes, or PNG/JPEG)",
+                      _S)
+    model = _param("model", "network: cnn, simple_cnn, lenet5, resnet8 or "
+                   "'package.module:function'", _S)
+    imageShape = _param("imageShape", "[height, width, channels] the network takes",
+                        TypeConverters.toListInt)
+    classes = _param("classes", "class names of the network's head, in index order",
+                     TypeConverters.toListString)
+
+
+def require_image_column(dataset: Any, image_col: str) -> None:
+    """``InvalidParameterError`` naming imageCol unless ``dataset`` has that column."""
+    if image_col not in dataset.columns:
+        raise InvalidParameterError(
+            "imageCol", image_col,
+            f"the DataFrame has columns {dataset.columns}; name the image column")
+
+
 def add_param_accessors(cls: type) -> type:
     """``getX``/``setX`` for every Param ``x`` of ``cls``, as pyspark.ml Params have them."""
     for name in dir(cls):
