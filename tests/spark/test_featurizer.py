@@ -5,6 +5,7 @@ plain PyTorch forward with a hook; errors on the driver; `sparkvision featurize`
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -26,7 +27,6 @@ from sparkvision.cli import main
 from sparkvision.ml.evaluator import ImageClassificationEvaluator
 from sparkvision.models import build_model
 from sparkvision.models.weights import load_state_dict_bytes
-from tests.clirun import cli_json
 
 SHAPE = (28, 28, 1)
 
@@ -188,11 +188,12 @@ def _cli_env() -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_cli_featurize_writes_path_label_features(spark, model_dir, digits28_dir, tmp_path):
+def test_cli_featurize_writes_path_label_features(spark, model_dir, digits28_dir, tmp_path,
+                                                  capsys):
     out = tmp_path / "features.parquet"
-    result = cli_json(["featurize", str(model_dir), str(digits28_dir), "--split", "test",
-                       "--out", str(out), "--master", "local[2]"], _cli_env(),
-                      tmp_path / "logs")
+    assert main(["featurize", str(model_dir), str(digits28_dir), "--split", "test",
+                 "--out", str(out), "--json"]) == 0  # in this process: the shared session
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["out"] == str(out) and result["dimension"] == 128 and result["layer"] == ""
     assert result["seconds"] > 0
     written = spark.read.parquet(str(out))

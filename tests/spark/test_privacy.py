@@ -62,7 +62,7 @@ def test_clipping_is_real_and_dp_runs_repeat_exactly(spark, digits):
     assert _accuracy(plain, test) > 0.8
     assert _accuracy(clipped, test) < 0.5  # steps of at most 1e-4 × lr: barely moved
     dp = {"privacy": "dp", "targetEpsilon": 3.0, "maxGradNorm": 1.0, "numWorkers": 2,
-          "seed": 9, "epochs": 2}
+          "seed": 9, "epochs": 1}
     first, second = ImageClassifier(**dp).fit(train), ImageClassifier(**dp).fit(train)
     assert first.weights == second.weights
     assert first.history["privacy"]["epsilon"] <= 3.0
