@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from sparkvision import storage
-from sparkvision.errors import DataError, InvalidParameterError, SparkVisionError
+from sparkvision.errors import InvalidParameterError, SparkVisionError
 
 
 def _read_safetensors(path: str) -> dict[str, Any]:
@@ -107,8 +107,6 @@ def starting_weights(network: str, classes: list[str], shape: tuple[int, int, in
                 "initFrom", init_from, f"{exc.fix} (that model was trained on images "
                 f"{tuple(source.getOrDefault(source.imageShape))}; this data is {shape}: "
                 "prepare it at the same --image-size and --channels)") from None
-    if not kept:
-        raise DataError(f"no tensor of {init_weights or init_from} fits the network")
     info["init"] = report.as_dict()
     info["init_summary"] = report.summary()
     return save(kept), info
