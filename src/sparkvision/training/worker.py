@@ -399,12 +399,14 @@ def _epochs(run: _Run, x_tr, y_tr, x_val, y_val) -> tuple[bytes, dict[str, Any]]
                  "world_size": world})
 
     stopped_early, diverged, record = config.epochs, False, {}
-    privacy_stop = None
+    privacy_stop, spent = None, None
     for epoch in range(run.start_epoch, config.epochs):
-        if dp is not None and dp.epsilon_after((epoch + 1) * steps) > config.target_epsilon:
-            privacy_stop = epoch  # one more epoch would spend more than targetEpsilon
-            stopped_early = epoch
-            break
+        if dp is not None:  # ε spent once this epoch is done
+            spent = dp.epsilon_after((epoch + 1) * steps)
+            if spent > config.target_epsilon:
+                privacy_stop = epoch  # one more epoch would spend more than targetEpsilon
+                stopped_early = epoch
+                break
         t0 = time.monotonic()
         _maybe_inject_fault(config, epoch + 1, rank)
         order = epoch_indices(len(x_tr), steps, config.batch_size, config.seed, epoch, rank)
@@ -433,7 +435,7 @@ def _epochs(run: _Run, x_tr, y_tr, x_val, y_val) -> tuple[bytes, dict[str, Any]]
             "lr": run.optimizer.param_groups[0]["lr"],
         }
         if dp is not None:
-            record["epsilon"] = dp.epsilon_after((epoch + 1) * steps)
+            record["epsilon"] = spent
         _progress(phase="validating")
         if sum(val_rows) > 0:
             v = evaluate(run.model, x_val, y_val, config.loss, device=device,
@@ -478,8 +480,7 @@ def _epochs(run: _Run, x_tr, y_tr, x_val, y_val) -> tuple[bytes, dict[str, Any]]
         "seconds": round(time.monotonic() - run.started, 3),
     }
     if dp is not None:
-        done = run.history[-1]["epoch"] if run.history else 0
-        summary["privacy"] = dict(dp.as_dict(dp.epsilon_after(done * steps)),
-                                  stopped_at_budget=privacy_stop is not None)
+        last = run.history[-1].get("epsilon", 0.0) if run.history else 0.0
+        summary["privacy"] = dict(dp.as_dict(last), stopped_at_budget=privacy_stop is not None)
     weights_bytes = state_dict_bytes(run.model) if rank == 0 else b""
     return weights_bytes, summary
