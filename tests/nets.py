@@ -3,6 +3,12 @@ so ``tests.nets:...`` imports on executors as it does on the driver)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -76,6 +82,74 @@ class _StallsOnRank1(nn.Module):
 
 def stalls_on_rank1(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     return _StallsOnRank1(num_classes, input_shape)
+
+
+#: The Spark local property through which :func:`failing_once` tells ``fails_once``'s tasks
+#: where to fail (local properties of the thread that submits a job reach its tasks).
+FAULT_PROPERTY = "tests.nets.fault"
+
+
+@contextlib.contextmanager
+def failing_once(spark: Any, epoch: int, rank: int, marker: Path) -> Iterator[None]:
+    """While this block runs, a ``tests.nets:fails_once`` network trained by the calling
+    thread raises in the first training step of its ``epoch``-th epoch on rank ``rank``,
+    once: it writes ``marker`` before raising, and a retried task that finds the marker
+    trains on (the way a transient failure of user code meets a task)."""
+    sc = spark.sparkContext
+    sc.setLocalProperty(FAULT_PROPERTY, json.dumps(
+        {"epoch": epoch, "rank": rank, "marker": str(marker)}))
+    try:
+        yield
+    finally:
+        sc.setLocalProperty(FAULT_PROPERTY, None)
+
+
+class _FailsOnce(nn.Module):
+    """The built-in ``cnn``, plus the fault :func:`failing_once` plans. Epochs are counted by
+    the switches to training mode (each epoch's ``train()``, after the last one's
+    validation in eval mode)."""
+
+    def __init__(self, num_classes: int, input_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        from sparkvision.models import build_model
+
+        self.net = build_model("cnn", num_classes, input_shape)
+        self.epoch = 0
+        self.steps_in_epoch = 0
+
+    def train(self, mode: bool = True) -> _FailsOnce:
+        if mode:
+            self.epoch += 1
+            self.steps_in_epoch = 0
+        return super().train(mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.steps_in_epoch += 1
+            if self.steps_in_epoch == 1:
+                self._maybe_fail()
+        return self.net(x)
+
+    def _maybe_fail(self) -> None:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        plan = ctx.getLocalProperty(FAULT_PROPERTY) if ctx is not None else None
+        if not plan:
+            return
+        fault = json.loads(plan)
+        if (self.epoch, ctx.partitionId()) != (fault["epoch"], fault["rank"]):
+            return
+        marker = Path(fault["marker"])
+        if marker.exists():  # the retry of the failed stage
+            return
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        raise RuntimeError(f"injected failure in epoch {self.epoch} on rank {ctx.partitionId()}")
+
+
+def fails_once(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    return _FailsOnce(num_classes, input_shape)
 
 
 def returns_a_string(num_classes: int, input_shape: tuple[int, int, int]) -> str:

@@ -11,13 +11,14 @@ import tempfile
 import pytest
 
 from sparkvision import ImageClassifier
+from tests.nets import failing_once
 
 
 def _spill_dirs() -> set[str]:
     return set(glob.glob(os.path.join(tempfile.gettempdir(), "sparkvision-spill-*")))
 
 
-def test_spilled_training_gives_the_same_weights_and_leaves_no_file(digits, tmp_path):
+def test_spilled_training_gives_the_same_weights_and_leaves_no_file(spark, digits, tmp_path):
     train, val, _ = digits
     before = _spill_dirs()
     common = dict(epochs=2, numWorkers=2, seed=5, validationDf=val)
@@ -30,9 +31,11 @@ def test_spilled_training_gives_the_same_weights_and_leaves_no_file(digits, tmp_
     assert _spill_dirs() == before
 
     # A task that fails (epoch 2, rank 1) is retried; neither attempt leaves its spill.
-    clf = ImageClassifier(memoryBudgetMB=0.01, checkpointDir=str(tmp_path / "ckpt"), **common)
-    clf._fault_injection = (2, 1)
-    retried = clf.fit(train)
+    clf = ImageClassifier(model="tests.nets:fails_once", memoryBudgetMB=0.01,
+                          checkpointDir=str(tmp_path / "ckpt"), **common)
+    with failing_once(spark, epoch=2, rank=1, marker=tmp_path / "fault-e2-r1"):
+        retried = clf.fit(train)
+    assert (tmp_path / "fault-e2-r1").exists()
     assert retried.history["attempts"] >= 2 and retried.history["memory"]["spilled"] == [1, 1]
     assert _spill_dirs() == before
 

@@ -12,6 +12,7 @@ from sparkvision import (
     ImageClassifier,
     InvalidParameterError,
 )
+from tests.nets import failing_once
 
 
 def _accuracy(df) -> float:
@@ -90,18 +91,20 @@ def test_uneven_partitions_take_equal_steps(spark, digits):
     assert steps[0] == steps[1] == -(-max(rows) // 64)
 
 
-def test_failed_task_is_retried_and_resumes_from_checkpoint(digits, tmp_path):
+def test_failed_task_is_retried_and_resumes_from_checkpoint(spark, digits, tmp_path):
     train, val, test = digits
-    clf = ImageClassifier(epochs=4, numWorkers=2, seed=5, validationDf=val,
-                          checkpointDir=str(tmp_path / "ckpt"))
-    clf._fault_injection = (3, 1)  # fail once in epoch 3 on rank 1
-    model = clf.fit(train)
+    # The built-in cnn, whose forward pass raises once in epoch 3 on rank 1.
+    clf = ImageClassifier(model="tests.nets:fails_once", epochs=4, numWorkers=2, seed=5,
+                          validationDf=val, checkpointDir=str(tmp_path / "ckpt"))
+    marker = tmp_path / "fault-e3-r1"
+    with failing_once(spark, epoch=3, rank=1, marker=marker):
+        model = clf.fit(train)
     h = model.history
     assert h["resumed_from_epoch"] == 2
     assert h["attempts"] == 2
     assert [e["epoch"] for e in h["epochs"]] == [1, 2, 3, 4]
     assert (tmp_path / "ckpt" / "epoch-0004.safetensors").exists()
-    assert (tmp_path / "ckpt" / "_fault-injected-e3-r1").exists()
+    assert marker.exists()
     assert h["epochs"][-1]["val_accuracy"] >= 0.9
 
 

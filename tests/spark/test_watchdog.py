@@ -13,7 +13,7 @@ import pytest
 
 from sparkvision import ImageClassifier
 from sparkvision.errors import TrainingStalledError
-from sparkvision.training.progress import MAX_EVENT_BYTES, TOKEN_HEADER, ProgressServer
+from sparkvision.training.transport import MAX_EVENT_BYTES, TOKEN_HEADER, ProgressServer
 from sparkvision.training.watchdog import Watchdog
 
 
@@ -152,7 +152,7 @@ def test_progress_reaches_the_driver_when_executors_cannot_reach_it(digits, monk
 
 
 def test_mailbox_files_without_the_token_are_refused(tmp_path):
-    from sparkvision.training.progress import EVENT_SUFFIX, Mailbox, MailboxReader
+    from sparkvision.training.transport import EVENT_SUFFIX, Mailbox, MailboxReader
 
     seen: list[dict] = []
     refused: list[str] = []

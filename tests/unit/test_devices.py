@@ -208,7 +208,7 @@ def _config(use_gpu):
 
 
 def test_worker_device_uses_the_task_gpu(fake_cuda, monkeypatch):
-    from sparkvision.training.worker import _device
+    from sparkvision.training.process_group import task_device as _device
 
     fake_cuda["count"] = 2
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
@@ -219,7 +219,7 @@ def test_worker_device_uses_the_task_gpu(fake_cuda, monkeypatch):
 
 
 def test_worker_device_local_rank_without_resources(fake_cuda):
-    from sparkvision.training.worker import _device
+    from sparkvision.training.process_group import task_device as _device
 
     fake_cuda["count"] = 2
     ctx = _BarrierCtx({}, ["a:1", "b:1", "a:2"])
@@ -228,7 +228,7 @@ def test_worker_device_local_rank_without_resources(fake_cuda):
 
 
 def test_worker_device_falls_back_to_cpu_when_another_rank_has_no_gpu(fake_cuda):
-    from sparkvision.training.worker import _device
+    from sparkvision.training.process_group import task_device as _device
 
     fake_cuda["count"] = 1
     ctx = _BarrierCtx({}, ["a:1", "b:1"], backends=["nccl", "gloo"])
@@ -237,7 +237,7 @@ def test_worker_device_falls_back_to_cpu_when_another_rank_has_no_gpu(fake_cuda)
 
 
 def test_worker_device_cpu_only(fake_cuda):
-    from sparkvision.training.worker import _device
+    from sparkvision.training.process_group import task_device as _device
 
     ctx = _BarrierCtx({"gpu": SimpleNamespace(addresses=["0"])}, ["a:1"])
     assert _device(_config("auto"), ctx, 0)[1] == "gloo"

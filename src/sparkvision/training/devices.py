@@ -1,9 +1,9 @@
 """Which device (and collective backend) a training rank uses: pure decisions, no Spark and
 no torch at import, so every rule is unit-tested without a GPU.
 
-``worker._device`` feeds these with what the task sees (``torch.cuda.device_count()``, the
-task's Spark ``gpu`` resource, ``CUDA_VISIBLE_DEVICES``, its rank among the tasks on its host)
-and sets the chosen CUDA device.
+``process_group.task_device`` feeds these with what the task sees
+(``torch.cuda.device_count()``, the task's Spark ``gpu`` resource, ``CUDA_VISIBLE_DEVICES``,
+its rank among the tasks on its host) and sets the chosen CUDA device.
 """
 
 from __future__ import annotations

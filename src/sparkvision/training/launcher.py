@@ -23,7 +23,8 @@ from sparkvision.errors import (
     user_error_message,
 )
 from sparkvision.session import add_job_tag, cancel_job_tag, remove_job_tag
-from sparkvision.training.progress import MailboxReader, ProgressBar, ProgressServer
+from sparkvision.training.progress import ProgressBar
+from sparkvision.training.transport import MailboxReader, ProgressServer
 from sparkvision.training.watchdog import Watchdog
 from sparkvision.training.worker import FLAG_COL, RESULT_DDL, train_partition
 

@@ -1,0 +1,214 @@
+"""One rank's training once its process group stands: build the network (or resume it from
+the last checkpoint), wrap it in DDP, and run the epoch loop — equal steps per rank,
+all-reduced metrics, rank-0 checkpoints and progress events, this rank's heartbeat updated
+as it goes."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sparkvision.config import TrainConfig
+from sparkvision.training.transport import EventSender
+from sparkvision.training.watchdog import Heartbeat
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class Run:
+    """What one rank's training needs besides the data."""
+
+    config: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    model: torch.nn.Module
+    ddp: Any
+    optimizer: Any
+    start_epoch: int
+    history: list[dict[str, Any]]
+    resumed_from: int | None
+    started: float
+    allreduce: str
+
+
+def train(x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
+          config: TrainConfig, rank: int, world: int, device: torch.device,
+          beat: Heartbeat) -> tuple[bytes, dict[str, Any]]:
+    """Build (or resume) the model, wrap it in DDP and run the epochs: rank 0's weights
+    (safetensors; empty on the other ranks) and the training's summary."""
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from sparkvision.models import build_model
+    from sparkvision.training.loop import make_optimizer
+    from sparkvision.training.resume import restore, transfer
+    from sparkvision.training.shm_allreduce import install_shm_allreduce
+
+    started = time.monotonic()
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, config.num_classes, config.image_shape)
+    params = transfer(model, config)
+    model = model.to(device)
+    optimizer = make_optimizer(config, params)
+
+    beat.phase = "looking for a checkpoint"
+    resumed = restore(config, rank, model, optimizer)
+    # Small buckets let the all-reduce of the last layers overlap the backward pass of the
+    # first ones (one 25 MB bucket would serialise communication after the whole backward).
+    beat.phase = "wrapping the network in DDP"
+    shm = None
+    if config.privacy == "dp":  # Opacus wraps it once the steps are known (run_epochs)
+        ddp = model
+    else:
+        ddp = DDP(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            bucket_cap_mb=1, gradient_as_bucket_view=True,
+        )
+        # Same-host CPU ranks average gradients through shared memory (~3x cheaper than
+        # gloo's TCP loopback); collective, every rank takes the same decision.
+        beat.phase = "setting up the gradient all-reduce"
+        shm = install_shm_allreduce(ddp) if dist.get_backend() == "gloo" else None
+    beat.phase = "exchanging row counts"
+    run = Run(
+        config, rank, world, device, model, ddp, optimizer, resumed.start_epoch,
+        resumed.history, resumed.resumed_from, started,
+        "dp-sgd" if config.privacy == "dp" else "shm" if shm is not None else dist.get_backend(),
+    )
+    try:
+        return run_epochs(run, x_tr, y_tr, x_val, y_val, beat)
+    finally:
+        if shm is not None:
+            shm.close()
+        run.ddp = None
+
+
+def run_epochs(run: Run, x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Tensor,
+               y_val: torch.Tensor, beat: Heartbeat) -> tuple[bytes, dict[str, Any]]:
+    """The epoch loop: equal steps per rank, all-reduced metrics, rank-0 checkpoints."""
+    import torch
+    import torch.distributed as dist
+
+    from sparkvision.errors import TrainingError
+    from sparkvision.models.weights import state_dict_bytes
+    from sparkvision.training import checkpoint as ckpt
+    from sparkvision.training.loop import epoch_indices, evaluate, steps_per_epoch, train_epoch
+    from sparkvision.training.process_group import allgather_int, allreduce
+    from sparkvision.training.resume import fingerprint
+    config, rank, world, device = run.config, run.rank, run.world, run.device
+    train_rows = allgather_int(len(x_tr))
+    val_rows = allgather_int(len(x_val))
+    if min(train_rows) == 0:
+        raise TrainingError(
+            f"a worker got no training rows (rows per worker: {train_rows}): use fewer "
+            "workers or more data"
+        )
+    steps = steps_per_epoch(max(train_rows), config.batch_size)
+    total_steps = steps * config.epochs
+    weights = None
+    if config.class_weights is not None:
+        weights = torch.tensor(config.class_weights, dtype=torch.float32, device=device)
+    dp = None
+    if config.privacy == "dp":  # noise calibrated on all ranks' rows and every step
+        from sparkvision.training.privacy import make_private, plan
+
+        dp = plan(sum(train_rows), config.batch_size * world, steps, config.epochs,
+                  config.target_epsilon, config.target_delta, config.max_grad_norm)
+        run.ddp, run.optimizer = make_private(run.model, run.optimizer, config.batch_size, dp)
+    seed = config.seed * 1000 + rank + 7919 * run.start_epoch
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    url = config.progress_url if rank == 0 else ""
+    events = EventSender(url, config.progress_token, config.progress_mailbox)
+    events.send({"type": "start", "steps_per_epoch": steps, "start_epoch": run.start_epoch,
+                 "world_size": world})
+
+    stopped_early, diverged, record = config.epochs, False, {}
+    privacy_stop, spent = None, None
+    for epoch in range(run.start_epoch, config.epochs):
+        if dp is not None:  # ε spent once this epoch is done
+            spent = dp.epsilon_after((epoch + 1) * steps)
+            if spent > config.target_epsilon:
+                privacy_stop = epoch  # one more epoch would spend more than targetEpsilon
+                stopped_early = epoch
+                break
+        t0 = time.monotonic()
+        order = epoch_indices(len(x_tr), steps, config.batch_size, config.seed, epoch, rank)
+        base = epoch * steps
+
+        beat.phase, beat.epoch = "training", epoch + 1
+
+        def on_step(step: int, base: int = base) -> None:
+            beat.global_step = base + step
+            if url and (step % config.progress_every_steps == 0 or step == steps):
+                events.send({"type": "step", "global_step": base + step})
+
+        tot = train_epoch(
+            run.ddp, run.optimizer, x_tr, y_tr, order, config, gen, base, total_steps, weights,
+            on_step, device,
+        )
+        loss_sum, correct, count = allreduce([tot.loss_sum, tot.correct, tot.count])
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / count,
+            "train_accuracy": correct / count,
+            "val_loss": None,
+            "val_accuracy": None,
+            "steps_per_rank": [steps] * world,
+            "lr": run.optimizer.param_groups[0]["lr"],
+        }
+        if dp is not None:
+            record["epsilon"] = spent
+        beat.phase = "validating"
+        if sum(val_rows) > 0:
+            v = evaluate(run.model, x_val, y_val, config.loss, device=device,
+                         gamma=config.focal_gamma)
+            vl, vc, vn = allreduce([v.loss_sum, v.correct, v.count])
+            record["val_loss"], record["val_accuracy"] = vl / vn, vc / vn
+        record["seconds"] = round(time.monotonic() - t0, 3)
+        samples = steps * config.batch_size * world
+        record["samples_per_second"] = round(samples / max(record["seconds"], 1e-9), 1)
+        run.history.append(record)
+        stop = 0.0
+        beat.phase = "checkpointing and reporting the epoch"
+        if rank == 0:
+            if config.checkpoint_dir:
+                ckpt.save_checkpoint(
+                    config.checkpoint_dir, epoch + 1, run.model, run.optimizer,
+                    {"history": run.history, "fingerprint": fingerprint(config)},
+                )
+            stop = float(events.ask_stop(dict(record, type="epoch")))
+        diverged = not math.isfinite(record["train_loss"])
+        # One collective tells every rank whether the driver asked to stop (a pruned trial):
+        # they all leave the loop after this epoch, and the barrier job ends normally.
+        if allreduce([stop])[0] > 0 or diverged:
+            stopped_early = epoch + 1
+            break
+
+    events.close()
+    summary = {
+        "world_size": world,
+        "ranks": list(range(world)),
+        "backend": dist.get_backend(),
+        "allreduce": run.allreduce,
+        "device": str(device),
+        "train_rows_per_rank": train_rows,
+        "val_rows_per_rank": val_rows,
+        "steps_per_epoch": steps,
+        "resumed_from_epoch": run.resumed_from,
+        "stopped_early": stopped_early if stopped_early < config.epochs else None,
+        "diverged": (f"the training loss is {record['train_loss']} in epoch "
+                     f"{record['epoch']}") if diverged else None,
+        "epochs": run.history,
+        "seconds": round(time.monotonic() - run.started, 3),
+    }
+    if dp is not None:
+        last = run.history[-1].get("epsilon", 0.0) if run.history else 0.0
+        summary["privacy"] = dict(dp.as_dict(last), stopped_at_budget=privacy_stop is not None)
+    weights_bytes = state_dict_bytes(run.model) if rank == 0 else b""
+    return weights_bytes, summary
