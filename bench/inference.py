@@ -58,11 +58,11 @@ def main() -> None:
     from pyspark.sql.types import ArrayType, FloatType
 
     from sparkvision import ImageClassifier, PrepareConfig, get_spark, load_prepared, prepare
-    from sparkvision.config import OUTPUT_DEFAULTS
     from sparkvision.inference.batch import predict_logits_array, softmax64
     from sparkvision.models import build_model
     from sparkvision.models.export import onnx_bytes
     from sparkvision.models.weights import load_state_dict_bytes
+    from sparkvision.settings import OutputSettings, row
 
     spark = get_spark("local[2]", app_name="bench-inference")
     data_dir = tempfile.mkdtemp(prefix="sv-bench-")
@@ -148,7 +148,7 @@ def main() -> None:
     targets = {"transform_vs_plain_pytorch": 1.0, "transform_vs_predict_batch_udf": 1.5}
     path = write_result("inference", {
         "network": "simple_cnn", "rows": rows, "spark_master": "local[2]",
-        "repeats": args.repeats, "default_backend": OUTPUT_DEFAULTS["inferenceBackend"],
+        "repeats": args.repeats, "default_backend": row(OutputSettings, "inferenceBackend").default,
         "onnx_export": {"seconds": round(export_seconds, 3), "bytes": onnx_size},
         "seconds_median": seconds, "images_per_s": rates, "ratios": ratios,
         "targets": {k: f">= {v}" for k, v in targets.items()},

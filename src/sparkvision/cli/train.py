@@ -7,11 +7,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sparkvision import settings
 from sparkvision.cli.common import accuracy, add_common, emit, spark_session
 from sparkvision.cli.tracking import Tracking, add_mlflow_flags, tracked
-from sparkvision.config import CLASSIFIER_DEFAULTS as D
+from sparkvision.settings import TrainSettings
+
+#: the training settings that have a CLI flag
+_FLAG_ROWS = tuple(r for r in settings.rows(TrainSettings) if r.setting.flag)
 
 HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "seconds", "steps_per_rank")
+
+
+def _flag_value(r: settings.Row, value: Any) -> Any:
+    """A flag's parsed value as its Param takes it."""
+    if r.base_type is bool:
+        return value == "true"
+    if r.param == "classWeights":
+        return _class_weights(value)
+    return value
 
 
 def _class_weights(text: str | None) -> Any:
@@ -31,27 +44,16 @@ def _class_weights(text: str | None) -> Any:
 
 def classifier_params(args: argparse.Namespace, manifest: dict[str, Any]) -> dict[str, Any]:
     """ImageClassifier Params from the train flags (shared by commands that train)."""
-    model = args.model
-    if model is None:  # --init-from without --model: the network of that model
+    if args.model is None:  # --init-from without --model: the network of that model
         from sparkvision.ml.transfer import saved_network
 
-        model = saved_network(args.init_from) if args.init_from else D["model"]
-        args.model = model
-    return {
-        "model": model, "epochs": args.epochs, "batchSize": args.batch_size,
-        "learningRate": args.lr, "optimizer": args.optimizer, "loss": args.loss,
-        "focalGamma": args.focal_gamma, "numWorkers": args.workers, "seed": args.seed,
-        "checkpointDir": args.checkpoint_dir or "", "balance": args.balance,
-        "classes": list(manifest["classes"]), "imageShape": list(manifest["image_shape"]),
-        "classWeights": _class_weights(args.class_weights), "augment": args.augment,
-        "stallTimeout": args.timeout, "memoryBudgetMB": args.memory_budget,
-        "initWeights": args.init_weights or "", "initStrict": args.init_strict == "true",
-        "initFrom": args.init_from or "", "freeze": args.freeze,
-        "backboneLrScale": args.backbone_lr_scale,
-        "privacy": "dp" if args.dp_epsilon is not None else "none",
-        "targetEpsilon": args.dp_epsilon if args.dp_epsilon is not None else D["targetEpsilon"],
-        "targetDelta": args.dp_delta, "maxGradNorm": args.max_grad_norm,
-    }
+        args.model = (saved_network(args.init_from) if args.init_from
+                      else settings.row(TrainSettings, "model").default)
+    params = {r.param: _flag_value(r, getattr(args, r.field)) for r in _FLAG_ROWS}
+    params.update(classes=list(manifest["classes"]), imageShape=list(manifest["image_shape"]))
+    if args.dp_epsilon is not None:
+        params.update(privacy="dp", targetEpsilon=args.dp_epsilon)
+    return params
 
 
 @tracked
@@ -114,54 +116,24 @@ def run(args: argparse.Namespace, tracking: Tracking) -> int:
 
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
-    """The flags that set ImageClassifier Params (defaults: config.CLASSIFIER_DEFAULTS)."""
-    from sparkvision.ml.params import AUGMENTS, BALANCES, FREEZE_CHOICES, LOSSES, OPTIMIZERS
-
-    p.add_argument("--model", default=None,
-                   help="cnn | simple_cnn | lenet5 | resnet8 | pkg.mod:fn (default: "
-                   f"{D['model']}, or the network of --init-from)")
-    p.add_argument("--epochs", type=int, default=D["epochs"])
-    p.add_argument("--batch-size", type=int, default=D["batchSize"], help="per worker")
-    p.add_argument("--lr", type=float, default=D["learningRate"])
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=D["optimizer"])
-    p.add_argument("--loss", choices=LOSSES, default=D["loss"])
-    p.add_argument("--focal-gamma", type=float, default=D["focalGamma"],
-                   help="gamma of --loss focal")
-    p.add_argument("--augment", choices=AUGMENTS, default=D["augment"])
-    p.add_argument("--workers", type=int, default=D["numWorkers"])
-    p.add_argument("--seed", type=int, default=D["seed"])
-    p.add_argument("--checkpoint-dir", default=None, help="shared folder; resumes from it")
-    p.add_argument("--class-weights", default=None, help="'balanced' or w0,w1,...")
-    p.add_argument("--memory-budget", type=float, default=D["memoryBudgetMB"], metavar="MB",
-                   help="MB of images a training task keeps in memory; more is spilled to "
-                        "the executor's local dir and memory-mapped (default 0: auto)")
-    p.add_argument("--timeout", type=float, default=D["stallTimeout"], metavar="S",
-                   help="fail the training when a worker makes no progress (or does not "
-                   "start) for S seconds, naming it (default %(default)g)")
-    p.add_argument("--init-weights", default=None, metavar="FILE.safetensors",
-                   help="start from this state dict (strict unless --init-strict false)")
-    p.add_argument("--init-strict", choices=("true", "false"),
-                   default="true" if D["initStrict"] else "false",
-                   help="false: load the tensors that fit and print what did not")
-    p.add_argument("--init-from", default=None, metavar="MODEL_DIR",
-                   help="start from a trained model (its head is re-initialised when its "
-                   "classes differ)")
-    p.add_argument("--freeze", choices=FREEZE_CHOICES, default=D["freeze"],
-                   help="backbone: train only the classifier head")
-    p.add_argument("--backbone-lr-scale", type=float, default=D["backboneLrScale"],
-                   metavar="F", help="the backbone's learning rate = F × --lr")
+    """A flag for every row of ``settings.TrainSettings`` that names one, and --dp-epsilon
+    (which sets privacy and targetEpsilon)."""
+    for r in _FLAG_ROWS:
+        s = r.setting
+        kw: dict[str, Any] = {"dest": r.field, "help": s.help or s.doc, "metavar": s.metavar}
+        if r.base_type is bool:
+            kw.update(choices=("true", "false"), default="true" if r.default else "false")
+        elif r.base_type in (int, float):
+            kw.update(type=r.base_type, default=r.default)
+        else:
+            kw.update(default=None if r.param == "model" else (r.default or None))
+        if s.choices:
+            kw["choices"] = s.choices
+        p.add_argument(s.flag, **kw)
+    eps = settings.row(TrainSettings, "targetEpsilon")
     p.add_argument("--dp-epsilon", type=float, default=None, metavar="E",
                    help="train with differential privacy (Opacus DP-SGD) spending at most "
-                   "ε = E")
-    p.add_argument("--dp-delta", type=float, default=D["targetDelta"], metavar="D",
-                   help="δ of the privacy guarantee, below 1/training rows (default "
-                   "%(default)g)")
-    p.add_argument("--max-grad-norm", type=float, default=D["maxGradNorm"], metavar="C",
-                   help="clip each example's gradient to L2 norm C under --dp-epsilon "
-                   "(default %(default)g)")
-    p.add_argument("--balance", choices=BALANCES, default=D["balance"],
-                   help="class imbalance: over/under-sample the training rows, or "
-                   "weights (= --class-weights balanced)")
+                   f"ε = E (privacy='dp', targetEpsilon=E; {eps.setting.doc})")
 
 
 def register(sub) -> None:

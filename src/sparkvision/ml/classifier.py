@@ -13,12 +13,14 @@ from pyspark import keyword_only
 from pyspark.ml import Estimator
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
+from sparkvision import settings
 from sparkvision.config import TrainConfig
 from sparkvision.errors import DataError, InvalidParameterError, TrainingError
 from sparkvision.ml.balancer import ClassBalancer, class_counts
 from sparkvision.ml.model import ImageClassificationModel
-from sparkvision.ml.params import ImageClassifierParams
+from sparkvision.ml.params import ImageClassifierParams, set_known
 from sparkvision.ml.transfer import starting_weights
+from sparkvision.settings import OutputSettings, TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +109,8 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
                       DefaultParamsReadable):
     """Trains a PyTorch CNN data-parallel inside one Spark barrier stage.
 
-    Defaults: ``sparkvision.config.CLASSIFIER_DEFAULTS``. ``batchSize`` is per worker.
+    Params and defaults: the rows of ``sparkvision.settings.TrainSettings`` (``batchSize``
+    is per worker).
     ``validationDf`` (a DataFrame) and ``onEpochEnd`` (called on the driver with each
     epoch's metrics while training runs; returning True stops training after that epoch,
     on every worker, and the model records ``history["stopped_early"]``) are not persisted
@@ -115,36 +118,15 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
     """
 
     @keyword_only
-    def __init__(
-        self, *, model: str | None = None, numWorkers: int | None = None,
-        epochs: int | None = None, batchSize: int | None = None,
-        learningRate: float | None = None, optimizer: str | None = None,
-        weightDecay: float | None = None, loss: str | None = None,
-        focalGamma: float | None = None, lrSchedule: str | None = None,
-        augment: str | None = None, seed: int | None = None, imageCol: str | None = None,
-        labelCol: str | None = None, validationFraction: float | None = None,
-        checkpointDir: str | None = None, classWeights: Any = None,
-        balance: str | None = None, useGpu: str | None = None,
-        stallTimeout: float | None = None, repartition: bool | None = None,
-        memoryBudgetMB: float | None = None,
-        initWeights: str | None = None, initStrict: bool | None = None,
-        initFrom: str | None = None, freeze: str | None = None,
-        backboneLrScale: float | None = None, privacy: str | None = None,
-        targetEpsilon: float | None = None, targetDelta: float | None = None,
-        maxGradNorm: float | None = None,
-        imageShape: list[int] | None = None,
-        classes: list[str] | None = None, predictionCol: str | None = None,
-        rawPredictionCol: str | None = None, probabilityCol: str | None = None,
-        predictedLabelCol: str | None = None, confidenceCol: str | None = None,
-        inferenceBatchSize: int | None = None, inferenceBackend: str | None = None,
-        validationDf: Any = None,
-        onEpochEnd: Callable[[dict[str, Any]], Any] | None = None,
-    ) -> None:
+    def __init__(self, *, validationDf: Any = None,
+                 onEpochEnd: Callable[[dict[str, Any]], Any] | None = None,
+                 **params: Any) -> None:
+        """Params by keyword (one per row of ``settings.TrainSettings`` and
+        ``settings.OutputSettings``); None leaves a Param at its default."""
         super().__init__()
         self._validation_df = None
         self._on_epoch_end = None
         self._show_progress = True
-        self._fault_injection: tuple[int, int] | None = None  # test hook
         self.setParams(**self._input_kwargs)
 
     @keyword_only
@@ -155,7 +137,8 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
             self._validation_df = kwargs.pop("validationDf")
         if "onEpochEnd" in kwargs:
             self._on_epoch_end = kwargs.pop("onEpochEnd")
-        return self._set(**{k: v for k, v in kwargs.items() if v is not None})
+        set_known(self, kwargs, TrainSettings, OutputSettings)
+        return self
 
     def setValidationDf(self, df: Any) -> ImageClassifier:
         self._validation_df = df
@@ -174,7 +157,6 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
         that._validation_df = self._validation_df
         that._on_epoch_end = self._on_epoch_end
         that._show_progress = self._show_progress
-        that._fault_injection = self._fault_injection
         return that
 
     # ------------------------------------------------------------------ fit
@@ -209,22 +191,9 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
         own_dir = not get(self.checkpointDir)
         checkpoint_dir = get(self.checkpointDir) or tempfile.mkdtemp(prefix="sparkvision-ckpt-")
         config = TrainConfig(
-            model=network, num_classes=len(classes), image_shape=shape,
-            num_workers=get(self.numWorkers), epochs=get(self.epochs),
-            batch_size=get(self.batchSize), learning_rate=get(self.learningRate),
-            optimizer=get(self.optimizer), weight_decay=get(self.weightDecay),
-            loss=get(self.loss), focal_gamma=get(self.focalGamma),
-            lr_schedule=get(self.lrSchedule), augment=get(self.augment),
-            seed=get(self.seed), class_weights=weights, checkpoint_dir=checkpoint_dir,
-            use_gpu=get(self.useGpu), fault_injection=self._fault_injection,
-            stall_timeout_s=float(get(self.stallTimeout)),
-            memory_budget_mb=float(get(self.memoryBudgetMB)),
-            init_state=init_state, freeze=get(self.freeze),
-            backbone_lr_scale=float(get(self.backboneLrScale)),
-            privacy=get(self.privacy), target_epsilon=float(get(self.targetEpsilon)),
-            target_delta=float(get(self.targetDelta)),
-            max_grad_norm=float(get(self.maxGradNorm)),
-        )
+            **dict(settings.values(TrainSettings, get)), model=network,
+            num_classes=len(classes), image_shape=shape, classes=tuple(classes),
+            class_weights=weights, checkpoint_dir=checkpoint_dir, init_state=init_state)
         data = layout(train_df, val_df, image_col, label_col, config.num_workers,
                       get(self.repartition))
         log.info("training %s on %d workers for %d epochs", config.model,

@@ -1,215 +1,122 @@
-"""pyspark.ml Params: one class shared by ``ImageClassifier`` and ``ImageClassificationModel``
-(as pyspark.ml's own classifiers do), so ``_copyValues`` carries every Param to the model."""
+"""pyspark.ml Params generated from the tables of ``sparkvision.settings``: one class shared
+by ``ImageClassifier`` and ``ImageClassificationModel`` (as pyspark.ml's own classifiers
+do), so ``_copyValues`` carries every Param to the model; ``TrainedNetworkParams`` is its
+base and that of the featurizer and explainer."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import (
     HasLabelCol,
+    HasOutputCol,
     HasPredictionCol,
     HasProbabilityCol,
     HasRawPredictionCol,
     HasSeed,
 )
 
-from sparkvision.config import CLASSIFIER_DEFAULTS, OUTPUT_DEFAULTS
+from sparkvision import settings
 from sparkvision.errors import InvalidParameterError
+from sparkvision.settings import (
+    ExplainerSettings,
+    FeaturizerSettings,
+    NetworkSettings,
+    OutputSettings,
+    Row,
+    TrainSettings,
+)
 
-OPTIMIZERS = ("adam", "sgd")
-LOSSES = ("cross_entropy", "mse", "focal")
-SCHEDULES = ("cosine", "constant")
-AUGMENTS = ("shift", "none")
-GPU_CHOICES = ("auto", "true", "false")
-BALANCES = ("none", "oversample", "undersample", "weights")
-INFERENCE_BACKENDS = ("auto", "torch", "onnxruntime")
-FREEZE_CHOICES = ("none", "backbone")
-PRIVACY_CHOICES = ("none", "dp")
-
-
-def _to_class_weights(value: Any) -> Any:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        if value != "balanced":
-            raise TypeError(f"classWeights must be 'balanced' or a list of floats, got {value!r}")
-        return value
-    return TypeConverters.toListFloat(value)
+_CONVERTERS: dict[Any, Any] = {
+    int: TypeConverters.toInt, float: TypeConverters.toFloat, str: TypeConverters.toString,
+    bool: TypeConverters.toBoolean,
+}
 
 
-def _param(name: str, doc: str, converter: Any) -> Param:
-    return Param(Params._dummy(), name, doc, typeConverter=converter)
+def _converter(r: Row) -> Any:
+    if r.setting.converter is not None:
+        return r.setting.converter
+    if r.base_type is tuple:
+        item = r.type.__args__[0]
+        return TypeConverters.toListInt if item is int else TypeConverters.toListString
+    return _CONVERTERS[r.base_type]
 
 
-_S, _I, _F, _B = (TypeConverters.toString, TypeConverters.toInt, TypeConverters.toFloat,
-                  TypeConverters.toBoolean)
+def declare_params(cls: type, *tables: type) -> type:
+    """Declare on ``cls`` a Param for every row of ``tables`` (unless ``cls`` has it, e.g.
+    from a shared pyspark.ml mixin), and ``getX``/``setX`` accessors."""
+    for table in tables:
+        for r in settings.rows(table):
+            if not isinstance(getattr(cls, r.param, None), Param):
+                if r.setting.shared:
+                    raise TypeError(f"{cls.__name__} lacks the shared Param {r.param}")
+                setattr(cls, r.param, Param(Params._dummy(), r.param, r.setting.doc,
+                                            typeConverter=_converter(r)))
+    return add_param_accessors(cls)
 
 
-class ImageClassifierParams(
-    HasLabelCol, HasSeed, HasPredictionCol, HasRawPredictionCol, HasProbabilityCol
-):
-    """Training Params, and the output-column Params of the model."""
+class _TableParams(Params):
+    """Params whose defaults come from the class's ``_tables``."""
 
-    imageCol = _param("imageCol", "column of raw uint8 HWC image bytes", _S)
-    model = _param("model", "network: cnn, simple_cnn, lenet5, resnet8 or "
-                   "'package.module:function'", _S)
-    imageShape = _param("imageShape", "[height, width, channels]; empty = read from the "
-                        "data's columns", TypeConverters.toListInt)
-    classes = _param("classes", "class names in label-index order; empty = '0', '1', ...",
-                     TypeConverters.toListString)
-    numWorkers = _param("numWorkers", "training tasks (one barrier task each)", _I)
-    epochs = _param("epochs", "passes over the training data", _I)
-    batchSize = _param("batchSize", "mini-batch size per worker", _I)
-    learningRate = _param("learningRate", "peak learning rate", _F)
-    optimizer = _param("optimizer", "adam or sgd (momentum 0.9)", _S)
-    weightDecay = _param("weightDecay", "L2 weight decay", _F)
-    loss = _param("loss", "cross_entropy, mse (softmax vs one-hot) or focal", _S)
-    focalGamma = _param("focalGamma", "focusing parameter gamma of loss=focal (>= 0)", _F)
-    lrSchedule = _param("lrSchedule", "cosine (with warm-up) or constant", _S)
-    augment = _param("augment", "shift (random translation) or none", _S)
-    validationFraction = _param("validationFraction", "fraction of the input held out for "
-                                "validation when no validationDf is given", _F)
-    checkpointDir = _param("checkpointDir", "shared folder for per-epoch checkpoints; training "
-                           "resumes from the latest one in it; empty = a fresh temporary "
-                           "folder", _S)
-    classWeights = _param("classWeights", "per-class loss weights, or 'balanced'",
-                          _to_class_weights)
-    balance = _param("balance", "class imbalance handling: none, oversample, undersample "
-                     "(of the training rows, by Spark) or weights (classWeights='balanced')", _S)
-    useGpu = _param("useGpu", "auto, true or false", _S)
-    stallTimeout = _param("stallTimeout", "seconds a training rank may make no progress (or "
-                          "not start) before the driver cancels the training with an error "
-                          "naming the rank, its host and its last step", _F)
-    memoryBudgetMB = _param("memoryBudgetMB", "MB of images a training task keeps in "
-                            "memory; a larger partition is written once to the executor's "
-                            "local dir (spark.local.dir) and memory-mapped; 0 = auto (half "
-                            "the memory available on the executor's host, shared by the "
-                            "training tasks there)", _F)
-    repartition = _param("repartition", "spread rows evenly over numWorkers (a shuffle); false "
-                         "keeps the input partitions (coalesced to numWorkers)", _B)
-    initWeights = _param("initWeights", "a .safetensors state dict the network starts from "
-                         "(path or URL); empty = a fresh initialisation", _S)
-    initStrict = _param("initStrict", "initWeights/initFrom must fit the network exactly "
-                        "(every key and shape); false loads what fits and records a report "
-                        "of the missing, unexpected and shape-mismatched keys", _B)
-    initFrom = _param("initFrom", "a model folder (sparkvision train --out) the network "
-                      "starts from; its classifier head is re-initialised when its classes "
-                      "differ from the data's", _S)
-    freeze = _param("freeze", "none, or backbone: only the classifier head trains (the "
-                    "backbone's weights and batch-norm statistics stay bit-identical)", _S)
-    backboneLrScale = _param("backboneLrScale", "the backbone's learning rate as a multiple "
-                             "of learningRate (the head's); 1 = one rate for all", _F)
-    privacy = _param("privacy", "none, or dp: differentially private training (Opacus "
-                     "DP-SGD: per-example gradients clipped to maxGradNorm, Gaussian noise "
-                     "calibrated to spend at most targetEpsilon at targetDelta)", _S)
-    targetEpsilon = _param("targetEpsilon", "privacy budget ε of the whole training (> 0)", _F)
-    targetDelta = _param("targetDelta", "δ of the (ε, δ) guarantee; below 1 / training rows",
-                         _F)
-    maxGradNorm = _param("maxGradNorm", "L2 norm each example's gradient is clipped to under "
-                         "privacy='dp'", _F)
-    predictedLabelCol = _param("predictedLabelCol", "output column of the class name", _S)
-    confidenceCol = _param("confidenceCol", "output column of the top class's probability", _S)
-    inferenceBatchSize = _param("inferenceBatchSize", "images per forward pass in transform",
-                                _I)
-    inferenceBackend = _param("inferenceBackend", "what runs the network in transform: "
-                              "torch, onnxruntime (the network exported to ONNX once per "
-                              "Python worker) or auto (onnxruntime where it is installed and "
-                              "the network exports, else torch)", _S)
+    _tables: tuple[type, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()
-        self._setDefault(**CLASSIFIER_DEFAULTS, **OUTPUT_DEFAULTS)
+        self._setDefault(**settings.param_defaults(*self._tables))
 
-    def validateParams(self) -> None:
-        """Raise InvalidParameterError for any out-of-range Param (driver side)."""
+    def checkTables(self) -> None:
+        """Check every table Param's value against its row's choices and range."""
+        for table in self._tables:
+            settings.check_all(table, self.getOrDefault)
+
+    if TYPE_CHECKING:  # the Params are declared from the tables at import time
+        def __getattr__(self, name: str) -> Any: ...
+
+
+class TrainedNetworkParams(_TableParams):
+    """The image column and the description of a trained network (name, input shape,
+    classes): what the classifier's model, the featurizer and the explainer carry."""
+
+    _tables = (NetworkSettings,)
+
+    def validateNetworkParams(self) -> None:
+        """One check of the network name and image shape (driver side)."""
         from sparkvision.models.registry import validate_model_name
 
         get = self.getOrDefault
-        validate_model_name(get(self.model))
-        self.validateInferenceParams()
-        for name in ("numWorkers", "epochs", "batchSize"):
-            value = get(getattr(self, name))
-            if value < 1:
-                raise InvalidParameterError(name, value, "use 1 or more")
-        lr = get(self.learningRate)
-        if not 0 < lr < 10:
-            raise InvalidParameterError("learningRate", lr, "use a value in (0, 10), e.g. 0.003")
-        for name in ("weightDecay", "focalGamma"):
-            if get(getattr(self, name)) < 0:
-                raise InvalidParameterError(name, get(getattr(self, name)), "use 0 or more")
-        if not get(self.memoryBudgetMB) >= 0:
-            raise InvalidParameterError("memoryBudgetMB", get(self.memoryBudgetMB),
-                                        "give MB >= 0 (0 = auto), e.g. 2048")
-        if not get(self.stallTimeout) > 0:
-            raise InvalidParameterError("stallTimeout", get(self.stallTimeout),
-                                        "give seconds > 0, e.g. 600")
-        frac = get(self.validationFraction)
-        if not 0 <= frac < 1:
-            raise InvalidParameterError("validationFraction", frac, "use a value in [0, 1)")
-        for name, choices in (("optimizer", OPTIMIZERS), ("loss", LOSSES),
-                              ("lrSchedule", SCHEDULES), ("augment", AUGMENTS),
-                              ("useGpu", GPU_CHOICES), ("balance", BALANCES)):
-            value = get(getattr(self, name))
-            if value not in choices:
-                raise InvalidParameterError(name, value, f"use one of {', '.join(choices)}")
-        if get(self.balance) == "weights" and get(self.classWeights) not in ([], "balanced"):
+        validate_model_name(get("model"))
+        shape = get("imageShape")
+        if shape and (len(shape) != 3 or min(shape) < 1 or shape[2] not in (1, 3)):
+            raise InvalidParameterError("imageShape", shape, "use [height, width, 1 or 3]")
+
+
+class ImageClassifierParams(
+    TrainedNetworkParams, HasLabelCol, HasSeed, HasPredictionCol, HasRawPredictionCol,
+    HasProbabilityCol,
+):
+    """Training Params, and the output-column Params of the model."""
+
+    _tables = (TrainSettings, OutputSettings)
+
+    def validateParams(self) -> None:
+        """Raise InvalidParameterError for any out-of-range Param (driver side)."""
+        get = self.getOrDefault
+        self.validateNetworkParams()
+        self.checkTables()
+        if get("balance") == "weights" and get("classWeights") not in ([], "balanced"):
             raise InvalidParameterError(
                 "balance", "weights", "balance='weights' sets classWeights='balanced'; do not "
                 "also give explicit classWeights"
             )
-        if get(self.freeze) not in FREEZE_CHOICES:
-            raise InvalidParameterError("freeze", get(self.freeze),
-                                        f"use one of {', '.join(FREEZE_CHOICES)}")
-        scale = get(self.backboneLrScale)
-        if not 0 <= scale <= 100:
-            raise InvalidParameterError("backboneLrScale", scale,
-                                        "use a factor in [0, 100], e.g. 0.1")
-        if get(self.privacy) not in PRIVACY_CHOICES:
-            raise InvalidParameterError("privacy", get(self.privacy),
-                                        f"use one of {', '.join(PRIVACY_CHOICES)}")
-        if not get(self.targetEpsilon) > 0:
-            raise InvalidParameterError("targetEpsilon", get(self.targetEpsilon),
-                                        "give ε > 0, e.g. 8 (smaller: more privacy, more noise)")
-        if not 0 < get(self.targetDelta) < 1:
-            raise InvalidParameterError("targetDelta", get(self.targetDelta),
-                                        "give δ in (0, 1 / training rows), e.g. 1e-5")
-        if not get(self.maxGradNorm) > 0:
-            raise InvalidParameterError("maxGradNorm", get(self.maxGradNorm),
-                                        "give a clipping norm > 0, e.g. 1.0")
-        if get(self.initWeights) and get(self.initFrom):
+        if get("initWeights") and get("initFrom"):
             raise InvalidParameterError(
-                "initFrom", get(self.initFrom), "give either initWeights (a safetensors file) "
+                "initFrom", get("initFrom"), "give either initWeights (a safetensors file) "
                 "or initFrom (a model folder), not both")
-        shape = get(self.imageShape)
-        if shape and (len(shape) != 3 or min(shape) < 1 or shape[2] not in (1, 3)):
-            raise InvalidParameterError("imageShape", shape, "use [height, width, 1 or 3]")
 
     def validateInferenceParams(self) -> None:
         """Raise InvalidParameterError for a bad Param of ``transform`` (driver side)."""
-        get = self.getOrDefault
-        size = get(self.inferenceBatchSize)
-        if size < 1:
-            raise InvalidParameterError("inferenceBatchSize", size, "use 1 or more")
-        backend = get(self.inferenceBackend)
-        if backend not in INFERENCE_BACKENDS:
-            raise InvalidParameterError(
-                "inferenceBackend", backend, f"use one of {', '.join(INFERENCE_BACKENDS)}"
-            )
-
-
-class TrainedNetworkParams(Params):
-    """The image column and the description of a trained network (name, input shape,
-    classes): what a Transformer built from an ``ImageClassificationModel`` carries."""
-
-    imageCol = _param("imageCol", "column of the images (raw uint8 HWC bytes, or PNG/JPEG)",
-                      _S)
-    model = _param("model", "network: cnn, simple_cnn, lenet5, resnet8 or "
-                   "'package.module:function'", _S)
-    imageShape = _param("imageShape", "[height, width, channels] the network takes",
-                        TypeConverters.toListInt)
-    classes = _param("classes", "class names of the network's head, in index order",
-                     TypeConverters.toListString)
+        settings.check_all(OutputSettings, self.getOrDefault)
 
 
 def require_image_column(dataset: Any, image_col: str) -> None:
@@ -242,4 +149,26 @@ def add_param_accessors(cls: type) -> type:
     return cls
 
 
-add_param_accessors(ImageClassifierParams)
+def table_params(table: type) -> tuple[str, ...]:
+    """The Param names of a table's rows (what a constructor's ``**params`` may hold)."""
+    return tuple(r.param for r in settings.rows(table))
+
+
+def set_known(instance: Params, params: dict[str, Any], *tables: type) -> None:
+    """``instance._set`` the non-None ``params``; a name no table has is a TypeError, as
+    for any unknown keyword argument."""
+    known = {p for t in tables for p in table_params(t)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise TypeError(f"{type(instance).__name__} got unexpected keyword argument(s) "
+                        f"{', '.join(unknown)}; its Params are {', '.join(sorted(known))}")
+    instance._set(**{k: v for k, v in params.items() if v is not None})
+
+
+declare_params(TrainedNetworkParams, NetworkSettings)
+declare_params(ImageClassifierParams, TrainSettings, OutputSettings)
+# the featurizer's and explainer's extra rows go on their own classes (ml/featurizer.py,
+# ml/explainer.py) through declare_params as well
+__all__ = ["ExplainerSettings", "FeaturizerSettings", "HasOutputCol", "ImageClassifierParams",
+           "TrainedNetworkParams", "add_param_accessors", "declare_params",
+           "require_image_column", "set_known"]

@@ -97,11 +97,11 @@ def start(
     if max_files_per_trigger is not None and max_files_per_trigger < 1:
         raise InvalidParameterError("max_files_per_trigger", max_files_per_trigger,
                                     "use 1 or more")
-    from sparkvision.ml.params import INFERENCE_BACKENDS
+    from sparkvision.settings import OutputSettings, row
 
-    if backend is not None and backend not in INFERENCE_BACKENDS:
-        raise InvalidParameterError("backend", backend,
-                                    f"use one of {', '.join(INFERENCE_BACKENDS)}")
+    backends = row(OutputSettings, "inferenceBackend").setting.choices
+    if backend is not None and backend not in backends:
+        raise InvalidParameterError("backend", backend, f"use one of {', '.join(backends)}")
     if isinstance(model, str | os.PathLike):
         from sparkvision.ml.model import check_model_folder
 

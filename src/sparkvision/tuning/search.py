@@ -30,13 +30,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparkvision.config import CLASSIFIER_DEFAULTS
 from sparkvision.errors import (
     InvalidParameterError,
     SparkVisionError,
     TrainingCancelledError,
     user_error_message,
 )
+from sparkvision.settings import TrainSettings, row
 from sparkvision.tuning.space import Dimension, grid_of, grid_size, parse_space
 
 log = logging.getLogger(__name__)
@@ -292,8 +292,8 @@ class _Search:
         metric = self.config.metric
         values = {d.name: d.suggest(trial) for d in self.space}
         params = {**self.params, **values}
-        workers = int(params.get("numWorkers", CLASSIFIER_DEFAULTS["numWorkers"]))
-        epochs = int(params.get("epochs", CLASSIFIER_DEFAULTS["epochs"]))
+        workers = int(params.get("numWorkers", row(TrainSettings, "numWorkers").default))
+        epochs = int(params.get("epochs", row(TrainSettings, "epochs").default))
         curve: list[float] = []
         pruned_at: list[float] = []
 
@@ -428,7 +428,7 @@ def tune(
                                     "give validation data (val_df) or use a train_* metric")
     spark = train_df.sparkSession
     slots = available_slots(spark)
-    most = max([int(params.get("numWorkers", CLASSIFIER_DEFAULTS["numWorkers"]))]
+    most = max([int(params.get("numWorkers", row(TrainSettings, "numWorkers").default))]
                + [int(v) for d in dims if d.name == "numWorkers"
                   for v in (d.choices or (d.high,))])
     if most > slots:

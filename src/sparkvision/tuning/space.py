@@ -13,16 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sparkvision.config import CLASSIFIER_DEFAULTS
 from sparkvision.errors import InvalidParameterError
+from sparkvision.settings import TrainSettings, rows
 
-#: Params a space may search: everything that changes training, not data plumbing.
-TUNABLE = (
-    "model", "numWorkers", "epochs", "batchSize", "learningRate", "optimizer", "weightDecay",
-    "loss", "focalGamma", "lrSchedule", "augment", "balance", "seed",
-)
+_ROWS = {r.param: r for r in rows(TrainSettings) if r.setting.tunable}
+#: Params a space may search: the rows of ``TrainSettings`` marked tunable (what changes
+#: training, not data plumbing).
+TUNABLE = tuple(_ROWS)
 RANGE_KINDS = ("uniform", "log", "int", "int_log")
-_INT_PARAMS = {"numWorkers", "epochs", "batchSize", "seed"}
+_INT_PARAMS = {name for name, r in _ROWS.items() if r.base_type is int}
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ def _check_value(name: str, value: Any) -> Any:
     """A choice must fit the Param's type (as its default does) and pass its own check."""
     from sparkvision.ml.classifier import ImageClassifier
 
-    default = CLASSIFIER_DEFAULTS[name]
+    default = _ROWS[name].default
     if isinstance(default, bool) or value is None or isinstance(value, (list, dict)):
         raise _bad(name, value, "give plain numbers or strings")
     if name in _INT_PARAMS and not (isinstance(value, int) and not isinstance(value, bool)):
@@ -99,7 +98,7 @@ def _dimension(name: str, spec: Any) -> Dimension:
         if name not in _INT_PARAMS or low != int(low) or high != int(high):
             raise _bad(name, spec, f"integer ranges are for {', '.join(sorted(_INT_PARAMS))}"
                                    " with integer bounds")
-    elif isinstance(CLASSIFIER_DEFAULTS[name], str) or name in _INT_PARAMS:
+    elif _ROWS[name].base_type is str or name in _INT_PARAMS:
         raise _bad(name, spec, f"{name} is not a real number: use a list of choices"
                                + (' or {"int": [lo, hi]}' if name in _INT_PARAMS else ""))
     step = spec.get("step")
