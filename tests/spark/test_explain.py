@@ -107,7 +107,7 @@ def gradcam_run(spark, mnist_dir, mnist_model_dir, tmp_path_factory):
     """Grad-CAM of the mnist cnn on the test split, spread over 7 partitions, through the
     library call, with every row that reaches the driver counted."""
     from sparkvision import load_prepared
-    from sparkvision.ml.explain_run import explain
+    from sparkvision.explaining import explain
     from sparkvision.ml.model import ImageClassificationModel
 
     model = ImageClassificationModel.load(str(mnist_model_dir))

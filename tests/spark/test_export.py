@@ -171,6 +171,7 @@ def test_executor_runner_choice(monkeypatch, caplog):
     without it names the fix."""
     from sparkvision.config import PredictConfig
     from sparkvision.inference import batch
+    from sparkvision.inference.network_cache import TrainedNetwork
     from sparkvision.models import build_model
 
     def config(name: str, backend: str) -> PredictConfig:
@@ -179,21 +180,24 @@ def test_executor_runner_choice(monkeypatch, caplog):
                              weights=state_dict_bytes(net), classes=("a", "b", "c"),
                              backend=backend)
 
+    def build(config: PredictConfig) -> tuple[str, batch.Runner]:
+        return batch.build_runner(config, TrainedNetwork.of(config).build())
+
     monkeypatch.setattr(batch, "_WARNED", [])
     images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)
     with caplog.at_level("WARNING", logger="sparkvision.inference.batch"):
-        used, run = batch.build_runner(config("tests.nets:spectral", "auto"))
+        used, run = build(config("tests.nets:spectral", "auto"))
         assert used == "torch" and run(images).shape == (5, 3)
-        assert batch.build_runner(config("tests.nets:spectral", "auto"))[0] == "torch"
+        assert build(config("tests.nets:spectral", "auto"))[0] == "torch"
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "tests.nets:spectral" in warnings[0]
-    assert batch.build_runner(config("cnn", "auto"))[0] == "onnxruntime"
+    assert build(config("cnn", "auto"))[0] == "onnxruntime"
 
     monkeypatch.setattr(export_module, "missing_onnx_packages",
                         lambda runtime=True: ["onnxruntime"])
-    assert batch.build_runner(config("cnn", "auto"))[0] == "torch"
+    assert build(config("cnn", "auto"))[0] == "torch"
     with pytest.raises(MissingDependencyError, match=r"pip install 'sparkvision\[onnx\]'"):
-        batch.build_runner(config("cnn", "onnxruntime"))
+        build(config("cnn", "onnxruntime"))
 
 
 def test_cli_choices_are_the_librarys():

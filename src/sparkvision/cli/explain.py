@@ -18,8 +18,8 @@ EXPLANATIONS_DIR = "explanations"
 
 
 def run(args: argparse.Namespace) -> int:
+    from sparkvision.explaining.job import check_explain, explain
     from sparkvision.inference.explain import require_captum
-    from sparkvision.ml.explain_run import check_explain, explain
     from sparkvision.ml.model import ImageClassificationModel, check_model_folder
 
     # Every check that needs no data runs before Spark starts: K, captum, the model folder

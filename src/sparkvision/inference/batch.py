@@ -1,9 +1,10 @@
 """Executor side of ``ImageClassificationModel.transform``: Arrow batches in, predictions out.
 
-The network is built, its weights loaded and its runner made (eager torch, or the network
-exported to ONNX and run by ONNX Runtime) once per Python worker (cached by key). Only the
-image column travels to Python; logits and probabilities come back as ``array<double>`` and
-become pyspark.ml vectors in the JVM (``array_to_vector``), where that is cheapest.
+The network and its runner (eager torch, or the network exported to ONNX and run by ONNX
+Runtime) come from the worker's network cache (``network_cache.py``: built once per Python
+worker, keyed by the weights' content). Only the image column travels to Python; logits and
+probabilities come back as ``array<double>`` and become pyspark.ml vectors in the JVM
+(``array_to_vector``), where that is cheapest.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import numpy as np
 import pyarrow as pa
 
 from sparkvision.config import PredictConfig
+from sparkvision.inference.arrays import image_batch, list_array
+from sparkvision.inference.network_cache import NETWORKS, TrainedNetwork
 
-_CACHE: dict[str, dict[str, Any]] = {}  # model key → {inferenceBackend: runner}
 _WARNED: list[bool] = []  # the auto backend's fallback warning, once per Python worker
 _log = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ RESULT_DDL = (
 )
 
 
-def torch_runner(net, batch_size: int) -> Runner:
+def torch_runner(net: Any, batch_size: int) -> Runner:
     """Eager PyTorch on the calling thread(s)."""
 
     def run(images_nhwc: np.ndarray) -> np.ndarray:
@@ -42,7 +44,7 @@ def torch_runner(net, batch_size: int) -> Runner:
 
 
 def onnxruntime_runner(
-    net, image_shape: tuple[int, int, int], batch_size: int, name: str = ""
+    net: Any, image_shape: tuple[int, int, int], batch_size: int, name: str = ""
 ) -> Runner:
     """The network exported to ONNX (uint8 NHWC in, logits out; the scaling is in the
     graph) and run by ONNX Runtime on one thread, ``batch_size`` images per call, straight
@@ -67,19 +69,18 @@ def onnxruntime_runner(
     return run
 
 
-def build_runner(config: PredictConfig) -> tuple[str, Runner]:
-    """(backend that runs, runner) for ``config.backend``: ``torch``, ``onnxruntime`` (a
-    MissingDependencyError naming the install command when it is not installed here), or
-    ``auto``: onnxruntime when it is installed, the network exports and the exported graph
-    agrees with torch on a probe batch; else torch, with one warning saying why."""
+def build_runner(config: PredictConfig, net: Any) -> tuple[str, Runner]:
+    """(backend that runs, runner) of the network ``net`` (``config``'s, eval mode) for
+    ``config.backend``: ``torch``, ``onnxruntime`` (a MissingDependencyError naming the
+    install command when it is not installed here), or ``auto``: onnxruntime when it is
+    installed, the network exports and the exported graph agrees with torch on a probe
+    batch; else torch, with one warning saying why."""
     from sparkvision.models.export import (
         ONNX_INSTALL_HINT,
         missing_onnx_packages,
         require_onnx,
     )
-    from sparkvision.models.weights import trained_network
 
-    net = trained_network(config.model, config.num_classes, config.image_shape, config.weights)
     torch_run = torch_runner(net, config.batch_size)
     if config.backend == "torch":
         return "torch", torch_run
@@ -116,17 +117,14 @@ def _disagreement(a: Runner, b: Runner, image_shape: tuple[int, int, int]) -> st
     return f"the ONNX graph's logits differ from torch's by {diff:.3g} on a probe batch"
 
 
-def _runner_for(config: PredictConfig, key: str) -> Runner:
-    runners = _CACHE.get(key)
-    if runners is None:  # keep one model per worker, with a runner per backend asked for
-        _CACHE.clear()
-        runners = _CACHE[key] = {}
-    if config.backend not in runners:
-        runners[config.backend] = build_runner(config)[1]
-    return runners[config.backend]
+def runner_for(config: PredictConfig, trained: TrainedNetwork) -> Runner:
+    """This worker's runner of ``trained`` for ``config``'s backend and batch size (built
+    once, on the worker's cached network)."""
+    return NETWORKS.part(trained, f"predict:{config.backend}:{config.batch_size}",
+                         lambda net: build_runner(config, net)[1])
 
 
-def predict_logits_array(model, images_nhwc: np.ndarray, batch_size: int) -> np.ndarray:
+def predict_logits_array(model: Any, images_nhwc: np.ndarray, batch_size: int) -> np.ndarray:
     """uint8 (N, H, W, C) numpy → float32 logits numpy (N, K)."""
     import torch
 
@@ -148,12 +146,6 @@ def softmax64(logits: np.ndarray) -> np.ndarray:
     return z
 
 
-def _list_array(values: np.ndarray) -> pa.ListArray:
-    n, k = values.shape
-    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1), pa.float64()))
-
-
 def result_struct(logits: np.ndarray, classes: pa.Array) -> pa.StructArray:
     """The UDF's output for one batch of logits (N, K)."""
     n = logits.shape[0]
@@ -161,8 +153,8 @@ def result_struct(logits: np.ndarray, classes: pa.Array) -> pa.StructArray:
     pred = probs.argmax(axis=1)
     return pa.StructArray.from_arrays(
         [
-            _list_array(logits.astype(np.float64)),
-            _list_array(probs),
+            list_array(logits, pa.float64()),
+            list_array(probs, pa.float64()),
             pa.array(pred.astype(np.float64), pa.float64()),
             classes.take(pa.array(pred)),
             pa.array(probs[np.arange(n), pred], pa.float64()),
@@ -172,32 +164,30 @@ def result_struct(logits: np.ndarray, classes: pa.Array) -> pa.StructArray:
 
 
 def predict_arrays_iter(
-    arrays: Iterator[pa.Array], config: PredictConfig, key: str
+    arrays: Iterator[pa.Array], config: PredictConfig, trained: TrainedNetwork
 ) -> Iterator[pa.Array]:
     """Arrow UDF body: image Binary arrays in, struct arrays of predictions out."""
     import torch
 
-    from sparkvision.data.feed import binary_column_to_array
-
     torch.set_num_threads(1)
-    runner = _runner_for(config, key)
-    h, w, c = config.image_shape
+    runner = runner_for(config, trained)
     classes = pa.array(config.classes, pa.string())
     for arr in arrays:
-        n = len(arr)
-        if n:
-            images = binary_column_to_array(arr, h * w * c, (h, w, c))
-            logits = runner(images.reshape(n, h, w, c))
+        if len(arr):
+            logits = runner(image_batch(arr, config.image_shape))
         else:
             logits = np.zeros((0, config.num_classes), dtype=np.float32)
         yield result_struct(logits, classes)
 
 
-def make_predict_udf(config: PredictConfig, key: str):
-    """A non-deterministic (so evaluated once per row) iterator Arrow UDF."""
+def make_predict_udf(config: PredictConfig) -> Any:
+    """A non-deterministic (so evaluated once per row) iterator Arrow UDF. The weights are
+    hashed here, on the driver, once."""
     from pyspark.sql.functions import arrow_udf
 
+    trained = TrainedNetwork.of(config)
+
     def predict(arrays: Iterator[pa.Array]) -> Iterator[pa.Array]:
-        return predict_arrays_iter(arrays, config, key)
+        return predict_arrays_iter(arrays, config, trained)
 
     return arrow_udf(predict, RESULT_DDL).asNondeterministic()

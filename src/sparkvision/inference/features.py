@@ -1,15 +1,14 @@
 """Executor side of ``ImageFeaturizer.transform``: Arrow batches of images in, feature
 vectors out (the classifier head's input, or the output of a named module).
 
-The network is built and its weights loaded once per Python worker (cached by key: the
-weights' SHA-1, the layer, the network); only the image column travels to Python, and the
-features come back as ``array<float>``, made pyspark.ml vectors in the JVM
+The network comes from the worker's network cache (``network_cache.py``: built once per
+Python worker, keyed by the weights' content); only the image column travels to Python,
+and the features come back as ``array<float>``, made pyspark.ml vectors in the JVM
 (``array_to_vector``), as ``inference/batch.py`` does for predictions.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,13 +16,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from sparkvision.inference.arrays import image_batch, list_array
+from sparkvision.inference.network_cache import NETWORKS, TrainedNetwork
+
 #: A feature extractor maps uint8 (N, H, W, C) images (numpy) to float32 (N, D) features.
 Extractor = Callable[[np.ndarray], np.ndarray]
 
 #: The UDF's return type.
 FEATURES_DDL = "ARRAY<FLOAT>"
-
-_CACHE: dict[str, Extractor] = {}  # feature key → extractor (one network per worker)
 
 
 @dataclass(frozen=True)
@@ -37,14 +37,8 @@ class FeatureConfig:
     layer: str = ""  # "" = the classifier head's input (penultimate features)
     batch_size: int = 1024
 
-    def key(self) -> str:
-        """The per-worker cache key: weights' SHA-1, layer and network."""
-        h, w, c = self.image_shape
-        return (f"{hashlib.sha1(self.weights).hexdigest()}:{self.layer}:{self.model}:"
-                f"{self.num_classes}:{h}x{w}x{c}")
 
-
-def extract_features(net, images_nhwc: np.ndarray, layer: str, num_classes: int,
+def extract_features(net: Any, images_nhwc: np.ndarray, layer: str, num_classes: int,
                      batch_size: int) -> np.ndarray:
     """uint8 (N, H, W, C) numpy → float32 (N, D) features of ``net`` (eval mode) at
     ``layer``, ``batch_size`` images per forward pass, scaled as in training
@@ -66,12 +60,8 @@ def extract_features(net, images_nhwc: np.ndarray, layer: str, num_classes: int,
     return feats.to(torch.float32).numpy()
 
 
-def build_extractor(config: FeatureConfig) -> Extractor:
-    """The network of ``config`` with its weights, in eval mode, as an extractor."""
-    from sparkvision.models.weights import trained_network
-
-    net = trained_network(config.model, config.num_classes, config.image_shape,
-                          config.weights)
+def build_extractor(config: FeatureConfig, net: Any) -> Extractor:
+    """The network ``net`` (``config``'s, eval mode) as an extractor at ``config.layer``."""
 
     def run(images_nhwc: np.ndarray) -> np.ndarray:
         return extract_features(net, images_nhwc, config.layer, config.num_classes,
@@ -81,58 +71,48 @@ def build_extractor(config: FeatureConfig) -> Extractor:
 
 
 def feature_dimension(config: FeatureConfig) -> int:
-    """Length of one feature vector (driver side: builds the network and runs one blank
-    image through it; an unknown layer raises ``InvalidParameterError`` here, before any
-    job)."""
+    """Length of one feature vector (driver side: builds the network, uncached, and runs one
+    blank image through it; an unknown layer raises ``InvalidParameterError`` here, before
+    any job)."""
     probe = np.zeros((1, *config.image_shape), dtype=np.uint8)
-    return int(build_extractor(config)(probe).shape[1])
+    net = TrainedNetwork.of(config).build()
+    return int(build_extractor(config, net)(probe).shape[1])
 
 
-def _extractor_for(config: FeatureConfig, key: str) -> Extractor:
-    extractor = _CACHE.get(key)
-    if extractor is None:  # keep one network per worker
-        _CACHE.clear()
-        extractor = _CACHE[key] = build_extractor(config)
-    return extractor
-
-
-def _list_array(values: np.ndarray) -> pa.ListArray:
-    n, d = values.shape
-    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * d)
-    return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1), pa.float32()))
+def extractor_for(config: FeatureConfig, trained: TrainedNetwork) -> Extractor:
+    """This worker's extractor of ``trained`` at ``config``'s layer and batch size (built
+    once, on the worker's cached network)."""
+    return NETWORKS.part(trained, f"features:{config.layer}:{config.batch_size}",
+                         lambda net: build_extractor(config, net))
 
 
 def features_arrays_iter(arrays: Iterator[pa.Array], config: FeatureConfig,
-                         key: str) -> Iterator[pa.Array]:
+                         trained: TrainedNetwork) -> Iterator[pa.Array]:
     """Arrow UDF body: image Binary arrays (raw or encoded) in, ``list<float>`` arrays of
     features out, one per ``batch_size`` images (so a wide layer's features of a whole
     Arrow batch are never in memory at once)."""
     import torch
 
-    from sparkvision.data.feed import binary_column_to_array
-
     torch.set_num_threads(1)
-    extractor = _extractor_for(config, key)
-    h, w, c = config.image_shape
+    extractor = extractor_for(config, trained)
     step = config.batch_size
     for arr in arrays:
-        n = len(arr)
-        if not n:
-            yield _list_array(np.zeros((0, 0), dtype=np.float32))
+        if not len(arr):
+            yield list_array(np.zeros((0, 0), dtype=np.float32), pa.float32())
             continue
-        images = binary_column_to_array(arr, h * w * c, (h, w, c)).reshape(n, h, w, c)
-        for s in range(0, n, step):
-            yield _list_array(np.ascontiguousarray(extractor(images[s : s + step])))
+        images = image_batch(arr, config.image_shape)
+        for s in range(0, len(images), step):
+            yield list_array(extractor(images[s : s + step]), pa.float32())
 
 
-def make_features_udf(config: FeatureConfig, key: str | None = None) -> Any:
+def make_features_udf(config: FeatureConfig) -> Any:
     """A non-deterministic (so evaluated once per row) iterator Arrow UDF returning
-    ``array<float>``."""
+    ``array<float>``. The weights are hashed here, on the driver, once."""
     from pyspark.sql.functions import arrow_udf
 
-    cache_key = key or config.key()
+    trained = TrainedNetwork.of(config)
 
     def features(arrays: Iterator[pa.Array]) -> Iterator[pa.Array]:
-        return features_arrays_iter(arrays, config, cache_key)
+        return features_arrays_iter(arrays, config, trained)
 
     return arrow_udf(features, FEATURES_DDL).asNondeterministic()

@@ -138,8 +138,10 @@ class ImageExplainer(Transformer, TrainedNetworkParams, HasOutputCol, HasLabelCo
         """Grad-CAM's layer (the network's last ``nn.Conv2d``; '' for other methods), found
         on the driver by building the network (cached): InvalidParameterError when there
         is none, MissingDependencyError without captum."""
+        from sparkvision.inference.network_cache import TrainedNetwork
+
         config = self.explainConfig()
-        key = config.key()
+        key = f"{TrainedNetwork.of(config).key}:{config.method}"
         if self._layer is None or self._layer[0] != key:
             self._layer = (key, check_config(config))
         return self._layer[1]

@@ -166,10 +166,11 @@ class ImageFeaturizer(Transformer, TrainedNetworkParams, HasOutputCol, MLWritabl
         pass of a blank image (cached); ``InvalidParameterError`` for an unknown layer."""
         return self._dimension(self._feature_config())
 
-    def _dimension(self, config) -> int:
+    def _dimension(self, config: Any) -> int:
         from sparkvision.inference.features import feature_dimension
+        from sparkvision.inference.network_cache import TrainedNetwork
 
-        key = config.key()
+        key = f"{TrainedNetwork.of(config).key}:{config.layer}"
         if self._probed is None or self._probed[0] != key:
             self._probed = (key, feature_dimension(config))
         return self._probed[1]
@@ -191,8 +192,7 @@ class ImageFeaturizer(Transformer, TrainedNetworkParams, HasOutputCol, MLWritabl
         dim = self._dimension(config)  # the layer is checked here, before any job
         # Only the image column travels to Python; the vector is built in the JVM. The
         # ml_attr metadata gives MLlib the vector's size without a pass over the data.
-        features = array_to_vector(make_features_udf(config, config.key())(
-            F.col(f"`{image_col}`")))
+        features = array_to_vector(make_features_udf(config)(F.col(f"`{image_col}`")))
         kept = [F.col(f"`{c}`") for c in dataset.columns if c != out]
         return dataset.select(*kept, features.alias(
             out, metadata={"ml_attr": {"num_attrs": dim}}))

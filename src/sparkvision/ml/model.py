@@ -57,15 +57,14 @@ class ImageClassificationModel(Model, ImageClassifierParams, MLWritable, MLReada
     def numClasses(self) -> int:
         return len(self.getOrDefault(self.classes))
 
-    def _predict_config(self) -> tuple[PredictConfig, str]:
+    def _predict_config(self) -> PredictConfig:
         get = self.getOrDefault
-        config = PredictConfig(
+        return PredictConfig(
             model=get(self.model), num_classes=self.numClasses,
             image_shape=tuple(get(self.imageShape)),  # type: ignore[arg-type]
             weights=self.weights, classes=tuple(get(self.classes)),
             batch_size=get(self.inferenceBatchSize), backend=get(self.inferenceBackend),
         )
-        return config, hashlib.sha1(self.weights).hexdigest() + self.uid
 
     def _transform(self, dataset):
         from pyspark.ml.functions import array_to_vector
@@ -77,7 +76,7 @@ class ImageClassificationModel(Model, ImageClassifierParams, MLWritable, MLReada
         image_col = get(self.imageCol)
         require_image_column(dataset, image_col)
         self.validateInferenceParams()
-        config, key = self._predict_config()
+        config = self._predict_config()
         if config.backend == "onnxruntime":  # fail before any job runs
             from sparkvision.models.export import require_onnx
 
@@ -95,7 +94,7 @@ class ImageClassificationModel(Model, ImageClassifierParams, MLWritable, MLReada
         outputs.pop("", None)
         kept = [c for c in dataset.columns if c not in outputs]
         with_struct = dataset.withColumn(f"_sv_pred_{self.uid}",
-                                         make_predict_udf(config, key)(image_col))
+                                         make_predict_udf(config)(image_col))
         return with_struct.select(
             *[F.col(f"`{c}`") for c in kept],
             *[col.alias(name) for name, col in outputs.items()],
@@ -128,7 +127,7 @@ class ImageClassificationModel(Model, ImageClassifierParams, MLWritable, MLReada
             raise InvalidParameterError("output", output, "use probability or logits")
         if not self.weights:
             raise DataError("this model has no weights: fit or load it before exporting")
-        config, _ = self._predict_config()
+        config = self._predict_config()
         net = trained_network(config.model, config.num_classes, config.image_shape,
                               config.weights)
         build = onnx_bytes if format == "onnx" else torchscript_bytes

@@ -1,0 +1,30 @@
+"""Arrow in and out of the inference UDFs: an image Binary column → uint8 (N, H, W, C)
+numpy, and rows of numbers → the ``list<float>`` / ``list<double>`` columns the UDFs emit
+(``rawPrediction`` and ``probability``, features, attribution maps), which the JVM turns
+into pyspark.ml vectors with ``array_to_vector`` where a vector is wanted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+
+def image_batch(column: Any, image_shape: tuple[int, int, int]) -> np.ndarray:
+    """uint8 (N, H, W, C) images of a Binary column (raw HWC bytes, or PNG/JPEG as
+    ``prepare --store encoded`` writes them; a view of the Arrow buffer when raw)."""
+    from sparkvision.data.feed import binary_column_to_array
+
+    h, w, c = image_shape
+    return binary_column_to_array(column, h * w * c, (h, w, c)).reshape(-1, h, w, c)
+
+
+def list_array(values: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
+    """Row ``i`` of ``values`` (N, …), flattened row-major, as item ``i`` of a
+    ``list<value_type>`` array (``pa.float32()`` or ``pa.float64()``). An offset beyond
+    int32 (more than 2³¹ numbers in one batch) is an error, not a wrap-around."""
+    n, width = values.shape[0], int(np.prod(values.shape[1:]))
+    offsets = pa.array(np.arange(n + 1, dtype=np.int64) * width, pa.int32())
+    flat = np.ascontiguousarray(values, dtype=value_type.to_pandas_dtype()).reshape(-1)
+    return pa.ListArray.from_arrays(offsets, pa.array(flat, value_type))
