@@ -7,6 +7,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from pyspark import keyword_only
@@ -21,6 +22,7 @@ from sparkvision.ml.model import ImageClassificationModel
 from sparkvision.ml.params import ImageClassifierParams, set_known
 from sparkvision.ml.transfer import starting_weights
 from sparkvision.settings import OutputSettings, TrainSettings
+from sparkvision.training.history import BalanceRecord
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +115,7 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
     is per worker).
     ``validationDf`` (a DataFrame) and ``onEpochEnd`` (called on the driver with each
     epoch's metrics while training runs; returning True stops training after that epoch,
-    on every worker, and the model records ``history["stopped_early"]``) are not persisted
+    on every worker, and the model records ``history.stopped_early``) are not persisted
     Params; nor is ``showProgress`` (the tqdm bar).
     """
 
@@ -190,10 +192,11 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
             get(self.initStrict), get(self.freeze), float(get(self.backboneLrScale)))
         own_dir = not get(self.checkpointDir)
         checkpoint_dir = get(self.checkpointDir) or tempfile.mkdtemp(prefix="sparkvision-ckpt-")
-        config = TrainConfig(
-            **dict(settings.values(TrainSettings, get)), model=network,
-            num_classes=len(classes), image_shape=shape, classes=tuple(classes),
-            class_weights=weights, checkpoint_dir=checkpoint_dir, init_state=init_state)
+        resolved = {  # the settings as the data and the run resolve them
+            "model": network, "image_shape": shape, "classes": tuple(classes),
+            "class_weights": weights, "checkpoint_dir": checkpoint_dir}
+        config = TrainConfig(**{**dict(settings.values(TrainSettings, get)), **resolved},
+                             num_classes=len(classes), init_state=init_state)
         data = layout(train_df, val_df, image_col, label_col, config.num_workers,
                       get(self.repartition))
         log.info("training %s on %d workers for %d epochs", config.model,
@@ -204,19 +207,18 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
         finally:
             if own_dir:  # a temporary folder only serves retries within this fit
                 shutil.rmtree(checkpoint_dir, ignore_errors=True)
-        history = dict(out.history)
-        if history.get("diverged"):
-            raise TrainingError(f"training diverged: {history['diverged']}: lower "
+        if out.history.diverged:
+            raise TrainingError(f"training diverged: {out.history.diverged}: lower "
                                 f"learningRate (now {config.learning_rate})")
-        history["checkpoint_dir"] = None if own_dir else checkpoint_dir
-        history["transfer"] = transfer
-        history["balance"] = {
-            "strategy": balance,
-            "class_counts": {classes[c]: n for c, n in sorted(counts.items())},
-            "class_counts_seen": {classes[c]: n for c, n in sorted(seen.items())},
-            "class_weights": list(weights) if weights else None,
-            "loss": config.loss,
-        }
+        history = replace(
+            out.history, checkpoint_dir=None if own_dir else checkpoint_dir, transfer=transfer,
+            balance=BalanceRecord(
+                strategy=balance,
+                class_counts={classes[c]: n for c, n in sorted(counts.items())},
+                class_counts_seen={classes[c]: n for c, n in sorted(seen.items())},
+                class_weights=list(weights) if weights else None,
+                loss=config.loss,
+            ))
         model = ImageClassificationModel(weights=out.weights, history=history)
         self._copyValues(model)
         # under privacy="dp" the network is Opacus's fix of it ("dp:NAME")
