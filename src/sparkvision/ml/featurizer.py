@@ -12,35 +12,32 @@ from pyspark import keyword_only
 from pyspark.ml import Transformer
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasOutputCol
-from pyspark.ml.util import (
-    DefaultParamsReader,
-    MLReadable,
-    MLReader,
-    MLWritable,
-    MLWriter,
-)
+from pyspark.ml.util import MLReadable, MLWritable
 
-from sparkvision import storage
-from sparkvision.errors import (
-    DataError,
-    InvalidParameterError,
-)
-from sparkvision.ml.model import (
-    METADATA_DIR,
-    WEIGHTS_FILE,
-    ImageClassificationModel,
-    check_saved_weights,
-    read_model_metadata,
-    write_params_and_weights,
-)
+from sparkvision.errors import DataError, InvalidParameterError
+from sparkvision.ml.model import ImageClassificationModel
 from sparkvision.ml.params import (
     TrainedNetworkParams,
     add_param_accessors,
     require_image_column,
 )
+from sparkvision.ml.persistence import FolderKind, FolderReader, FolderWriter
 
 #: Saved-featurizer format (``metadata/part-00000`` + ``weights.safetensors``).
 FEATURIZER_FORMAT = "sparkvision-featurizer/1"
+#: A featurizer folder (``ml/persistence.py``) and its errors.
+FEATURIZER_FOLDER = FolderKind(
+    format=FEATURIZER_FORMAT,
+    missing="no featurizer at {path} ({weights} missing): give a folder written by "
+            "ImageFeaturizer.save",
+    exists="something is already saved at {path}: use "
+           "featurizer.write().overwrite().save(path) or another path",
+    wrong_format="the folder {path} has format {found!r}, not a featurizer "
+                 f"({FEATURIZER_FORMAT!r}): load a model folder with "
+                 "ImageFeaturizer.fromModelDir(path)",
+    no_weights="this featurizer has no weights to save: make it with "
+               "ImageFeaturizer.fromModel(model) or fromModelDir(path)",
+)
 
 #: Default of every ``ImageFeaturizer`` Param.
 FEATURIZER_DEFAULTS: dict[str, Any] = {
@@ -205,62 +202,12 @@ class ImageFeaturizer(Transformer, TrainedNetworkParams, HasOutputCol, MLWritabl
         against the network. A network named by an import path (``pkg.mod:fn``) runs that
         code, so it needs ``trust_code=True`` (or ``SPARKVISION_TRUST_CODE=1``)."""
         reader = cls.read()
-        reader.trust_code = trust_code  # type: ignore[attr-defined]
+        reader.trust_code = trust_code
         return reader.load(path)
 
-    def write(self) -> MLWriter:
-        return FeaturizerWriter(self)
+    def write(self) -> FolderWriter:
+        return FolderWriter(self, FEATURIZER_FOLDER)
 
     @classmethod
-    def read(cls) -> MLReader:
-        return FeaturizerReader(cls)
-
-
-class FeaturizerWriter(MLWriter):
-    """Writes the folder through :mod:`sparkvision.storage` (no Spark job):
-    ``metadata/part-00000`` (pyspark's Params JSON, with the weights' size and SHA-256) and
-    ``weights.safetensors``; each file atomically, the metadata last."""
-
-    def __init__(self, instance: ImageFeaturizer) -> None:
-        super().__init__()
-        self.instance = instance
-
-    def _handleOverwrite(self, path: str) -> None:
-        storage.remove(path)
-
-    def saveImpl(self, path: str) -> None:
-        if not self.shouldOverwrite and storage.exists(storage.join(path, METADATA_DIR)):
-            raise DataError(
-                f"something is already saved at {path}: use "
-                "featurizer.write().overwrite().save(path) or another path")
-        if not self.instance.weights:
-            raise DataError("this featurizer has no weights to save: make it with "
-                            "ImageFeaturizer.fromModel(model) or fromModelDir(path)")
-        write_params_and_weights(self.instance, path, FEATURIZER_FORMAT)
-
-
-class FeaturizerReader(MLReader):
-    def __init__(self, cls: type[ImageFeaturizer]) -> None:
-        super().__init__()
-        self.cls = cls
-        self.trust_code = False
-
-    def load(self, path: str) -> ImageFeaturizer:
-        weights_path = storage.join(path, WEIGHTS_FILE)
-        if not storage.exists(weights_path):
-            raise DataError(f"no featurizer at {path} ({WEIGHTS_FILE} missing): give a "
-                            "folder written by ImageFeaturizer.save")
-        metadata = read_model_metadata(path)
-        found = metadata.get("format")
-        if found != FEATURIZER_FORMAT:
-            raise DataError(
-                f"the folder {path} has format {found!r}, not a featurizer "
-                f"({FEATURIZER_FORMAT!r}): load a model folder with "
-                "ImageFeaturizer.fromModelDir(path)")
-        instance = self.cls()
-        instance._resetUid(metadata["uid"])
-        DefaultParamsReader.getAndSetParams(instance, metadata)
-        instance.weights = storage.read_bytes(weights_path)
-        check_saved_weights(path, weights_path, instance, metadata.get("weights"),
-                            self.trust_code)
-        return instance
+    def read(cls) -> FolderReader:
+        return FolderReader(cls, FEATURIZER_FOLDER)

@@ -5,36 +5,39 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from types import SimpleNamespace
 from typing import Any
 
 from pyspark import keyword_only
 from pyspark.ml import Model
-from pyspark.ml.util import (
-    DefaultParamsReader,
-    DefaultParamsWriter,
-    MLReadable,
-    MLReader,
-    MLWritable,
-    MLWriter,
-)
+from pyspark.ml.util import MLReadable, MLWritable
 
 from sparkvision import storage
 from sparkvision.config import PredictConfig
-from sparkvision.errors import (
-    DataError,
-    InvalidParameterError,
-    ModelLoadError,
-    UntrustedCodeError,
-)
+from sparkvision.errors import DataError, InvalidParameterError
 from sparkvision.ml.params import ImageClassifierParams, require_image_column
+from sparkvision.ml.persistence import (
+    WEIGHTS_FILE,
+    FolderKind,
+    FolderReader,
+    FolderWriter,
+    read_model_metadata,
+    weights_file,
+)
 
-WEIGHTS_FILE = "weights.safetensors"
 HISTORY_FILE = "history.json"
-METADATA_DIR = "metadata"
 #: Saved-model format. 2: rawPrediction/probability vectors, prediction double.
 MODEL_FORMAT = "sparkvision/2"
+#: A model folder (``ml/persistence.py``) and its errors.
+MODEL_FOLDER = FolderKind(
+    format=MODEL_FORMAT,
+    missing="no model at {path} ({weights} missing): give a folder written by "
+            "ImageClassificationModel.save or `sparkvision train --out`",
+    exists="a model is already saved at {path}: use model.write().overwrite().save(path) "
+           "or another path",
+    wrong_format="the model at {path} has format {found!r} but this sparkvision reads "
+                 f"{MODEL_FORMAT!r} (probability vectors, double prediction): retrain it "
+                 "with `sparkvision train` (or ImageClassifier.fit) and save it again",
+)
 
 
 class ImageClassificationModel(Model, ImageClassifierParams, MLWritable, MLReadable):
@@ -163,148 +166,47 @@ class ImageClassificationModel(Model, ImageClassifierParams, MLWritable, MLReada
         against the network. A network named by an import path (``pkg.mod:fn``) runs that
         code, so it needs ``trust_code=True`` (or ``SPARKVISION_TRUST_CODE=1``)."""
         reader = cls.read()
-        reader.trust_code = trust_code  # type: ignore[attr-defined]
+        reader.trust_code = trust_code
         return reader.load(path)
 
-    def write(self) -> MLWriter:
+    def write(self) -> FolderWriter:
         return _ModelWriter(self)
 
     @classmethod
-    def read(cls) -> MLReader:
+    def read(cls) -> FolderReader:
         return _ModelReader(cls)
 
 
 def check_model_folder(path: str) -> str:
     """The weights file of the model folder ``path``; DataError when there is none (cheap,
     no Spark: commands call it before starting a session)."""
-    weights_path = storage.join(path, WEIGHTS_FILE)
-    if not storage.exists(weights_path):
-        raise DataError(
-            f"no model at {path} ({WEIGHTS_FILE} missing): give a folder written by "
-            "ImageClassificationModel.save or `sparkvision train --out`"
-        )
-    return weights_path
+    return weights_file(path, MODEL_FOLDER)
 
 
-def _metadata_json(instance: Any, extra: dict[str, Any]) -> str:
-    """pyspark's ``DefaultParamsWriter`` metadata line (class, uid, Params, sparkVersion)."""
-    import pyspark
-
-    version = SimpleNamespace(version=pyspark.__version__)
-    return DefaultParamsWriter._get_metadata_to_save(instance, version,  # type: ignore[arg-type]
-                                                     extraMetadata=extra)
-
-
-def read_model_metadata(path: str) -> dict[str, Any]:
-    """The metadata line of a model folder: ``metadata/part-*`` as pyspark writes it (a
-    folder saved by Spark's text writer reads the same)."""
-    folder = storage.join(path, METADATA_DIR)
-    parts = [n for n in storage.listdir(folder) if n.startswith("part-")]
-    for name in parts:
-        for line in storage.read_text(storage.join(folder, name)).splitlines():
-            if line.strip():
-                return DefaultParamsReader._parseMetaData(line)
-    raise ModelLoadError(
-        f"the model folder {path} has no {METADATA_DIR}/part-* file (its Params): copy the "
-        "whole folder written by ImageClassificationModel.save or `sparkvision train --out`")
-
-
-class _ModelWriter(MLWriter):
-    """Writes the folder itself through :mod:`sparkvision.storage` (no Spark job, so the
-    same on Spark Connect and on any filesystem): ``metadata/part-00000`` (pyspark's Params
-    JSON), ``weights.safetensors``, ``history.json``; every file atomically, the metadata
-    last."""
+class _ModelWriter(FolderWriter):
+    """The model folder (``ml/persistence.py``) with ``history.json``."""
 
     def __init__(self, instance: ImageClassificationModel) -> None:
-        super().__init__()
-        self.instance = instance
+        super().__init__(instance, MODEL_FOLDER)
 
-    def _handleOverwrite(self, path: str) -> None:
-        storage.remove(path)
-
-    def saveImpl(self, path: str) -> None:
-        if not self.shouldOverwrite and storage.exists(storage.join(path, METADATA_DIR)):
-            raise DataError(
-                f"a model is already saved at {path}: use model.write().overwrite().save(path) "
-                "or another path")
-        write_params_and_weights(self.instance, path, MODEL_FORMAT, {
-            HISTORY_FILE: json.dumps(self.instance.history, indent=2)})
+    def extra_files(self) -> dict[str, str]:
+        return {HISTORY_FILE: json.dumps(self.instance.history, indent=2)}
 
 
-def write_params_and_weights(instance: Any, path: str, fmt: str,
-                             extra_files: dict[str, str] | None = None) -> None:
-    """A saved folder of ``instance`` (Params + ``weights`` bytes) through storage:
-    ``weights.safetensors``, ``extra_files`` (name → text), then ``metadata/part-00000``
-    (pyspark's Params JSON with ``format`` and the weights' size and SHA-256), each file
-    atomically, the metadata last."""
-    weights = instance.weights
-    metadata = _metadata_json(instance, {
-        "format": fmt,
-        "weights": {"file": WEIGHTS_FILE, "bytes": len(weights),
-                    "sha256": hashlib.sha256(weights).hexdigest()},
-    })
-    storage.makedirs(path)
-    storage.write_bytes(storage.join(path, WEIGHTS_FILE), weights)
-    for name, text in (extra_files or {}).items():
-        storage.write_text(storage.join(path, name), text)
-    storage.write_text(storage.join(path, METADATA_DIR, "part-00000"), metadata + "\n")
-    storage.write_bytes(storage.join(path, METADATA_DIR, "_SUCCESS"), b"")
+class _ModelReader(FolderReader):
+    """A model folder (``ml/persistence.py``) and its ``history.json`` (none: no history)."""
 
-
-class _ModelReader(MLReader):
     def __init__(self, cls: type[ImageClassificationModel]) -> None:
-        super().__init__()
-        self.cls = cls
-        self.trust_code = False
+        super().__init__(cls, MODEL_FOLDER)
 
     def load(self, path: str) -> ImageClassificationModel:
-        weights_path = check_model_folder(path)
-        metadata = read_model_metadata(path)
-        found = metadata.get("format")
-        if found != MODEL_FORMAT:
-            raise DataError(
-                f"the model at {path} has format {found!r} but this sparkvision reads "
-                f"{MODEL_FORMAT!r} (probability vectors, double prediction): retrain it with "
-                "`sparkvision train` (or ImageClassifier.fit) and save it again"
-            )
-        instance = self.cls()
-        instance._resetUid(metadata["uid"])
-        DefaultParamsReader.getAndSetParams(instance, metadata)
-        instance.weights = storage.read_bytes(weights_path)
-        check_saved_weights(path, weights_path, instance, metadata.get("weights"),
-                             self.trust_code)
+        instance = super().load(path)
         history = storage.join(path, HISTORY_FILE)
         instance.history = json.loads(storage.read_text(history)) if storage.exists(
             history) else {}
         return instance
 
 
-def check_saved_weights(path: str, weights_path: str, model: Any,
-                        recorded: dict[str, Any] | None, trust_code: bool) -> None:
-    """Refuse damaged, tampered or mismatched weights, and untrusted code (driver side).
-    ``model``: anything with ``weights``, ``numClasses`` and the ``model``/``imageShape``
-    Params (a model, a featurizer)."""
-    from sparkvision.models.registry import runs_user_code
-    from sparkvision.models.weights import check_weights
-
-    data = model.weights
-    if recorded:
-        if len(data) != recorded.get("bytes"):
-            raise ModelLoadError(
-                f"{weights_path} has {len(data)} bytes but the model was saved with "
-                f"{recorded.get('bytes')}: the file is truncated or was replaced; copy the "
-                "model folder again or re-train it")
-        if hashlib.sha256(data).hexdigest() != recorded.get("sha256"):
-            raise ModelLoadError(
-                f"{weights_path} does not match the SHA-256 recorded when the model was saved "
-                "(the file was modified): restore the original or re-train the model")
-    name = model.getOrDefault(model.model)
-    trusted = trust_code or os.environ.get("SPARKVISION_TRUST_CODE", "") in ("1", "true")
-    if runs_user_code(name) and not trusted:
-        raise UntrustedCodeError(
-            f"the model at {path} uses the network {name!r}, code that loading would import "
-            "and run: pass --trust-code (trust_code=True, or SPARKVISION_TRUST_CODE=1) if "
-            "you trust that module")
-    check_weights(data, name, model.numClasses,
-                  tuple(model.getOrDefault(model.imageShape)),  # type: ignore[arg-type]
-                  weights_path)
+#: ``WEIGHTS_FILE`` and ``read_model_metadata`` (``ml/persistence.py``) are read from here too.
+__all__ = ["HISTORY_FILE", "MODEL_FOLDER", "MODEL_FORMAT", "WEIGHTS_FILE",
+           "ImageClassificationModel", "check_model_folder", "read_model_metadata"]
