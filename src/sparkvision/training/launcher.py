@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import re
 import threading
@@ -23,6 +22,7 @@ from sparkvision.errors import (
     user_error_message,
 )
 from sparkvision.session import add_job_tag, cancel_job_tag, remove_job_tag
+from sparkvision.training.history import TrainingHistory
 from sparkvision.training.progress import ProgressBar
 from sparkvision.training.transport import MailboxReader, ProgressServer
 from sparkvision.training.watchdog import Watchdog
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TrainOutput:
     weights: bytes  # safetensors
-    history: dict[str, Any]
+    history: TrainingHistory
 
 
 def available_slots(spark) -> int:
@@ -159,12 +159,13 @@ def run_distributed(
         finally:
             bar.close()
     chunks = sorted((r.seq, bytes(r.payload)) for r in rows if r.kind == "weights")
-    histories = [json.loads(bytes(r.payload)) for r in rows if r.kind == "history"]
+    histories = [bytes(r.payload) for r in rows if r.kind == "history"]
     if not chunks or len(histories) != 1:
         raise TrainingError("training finished without a result from rank 0")
-    history = histories[0]
-    history["progress_events"] = sum(1 for e in bar.events if e.get("type") == "epoch")
-    history["attempts"] = max(1, sum(1 for e in bar.events if e.get("type") == "start"))
+    history = replace(
+        TrainingHistory.from_json(histories[0], "rank 0's training history"),
+        progress_events=sum(1 for e in bar.events if e.get("type") == "epoch"),
+        attempts=max(1, sum(1 for e in bar.events if e.get("type") == "start")))
     return TrainOutput(b"".join(c for _, c in chunks), history)
 
 

@@ -336,7 +336,7 @@ class _Search:
         trial.set_user_attr("seconds", round(freed - started, 3))
         trial.set_user_attr("curve", curve)
         if model is not None:
-            trial.set_user_attr("epochs_run", len(model.history["epochs"]))
+            trial.set_user_attr("epochs_run", len(model.history.epochs))
         if error is not None and (self.interrupted or cancelled):
             # Its job was cancelled (Ctrl-C, or by hand): not a result. Queue it again.
             log.warning("trial %d interrupted; queued again", trial.number)
@@ -350,15 +350,15 @@ class _Search:
             self.study.tell(trial, state=TrialState.FAIL)
             return
         assert model is not None
-        if model.history.get("stopped_early"):
+        if model.history.stopped_early:
             trial.set_user_attr("outcome", "pruned")
             if pruned_at:
                 trial.set_user_attr("prune_to_free_s", round(freed - pruned_at[0], 3))
             log.info("trial %d pruned after epoch %s", trial.number,
-                     model.history["stopped_early"])
+                     model.history.stopped_early)
             self.study.tell(trial, state=TrialState.PRUNED)
             return
-        value = model.history["epochs"][-1].get(metric)
+        value = getattr(model.history.epochs[-1], metric)  # METRICS are EpochRecord fields
         if value is None or not math.isfinite(value):
             trial.set_user_attr("outcome", "failed")
             trial.set_user_attr("error", f"{metric} is {value}")
