@@ -24,8 +24,8 @@ SETTINGS = {"digits": {"epochs": 15, "learningRate": 0.01},
 
 
 def _samples_per_s(model) -> float:
-    epochs = model.history["epochs"]
-    return sum(e["samples_per_second"] for e in epochs) / len(epochs)
+    epochs = model.history.epochs
+    return sum(e.samples_per_second for e in epochs) / len(epochs)
 
 
 def run(spark, name: str, root: str) -> list[dict]:
@@ -45,9 +45,10 @@ def run(spark, name: str, root: str) -> list[dict]:
         model = ImageClassifier(**params).setShowProgress(False).fit(train)
         acc = ImageClassificationEvaluator(metricName="accuracy").evaluate(
             model.transform(test))
-        privacy = model.history.get("privacy") or {}
-        row = {"data": name, "target_epsilon": eps, "epsilon": privacy.get("epsilon"),
-               "noise_multiplier": privacy.get("noise_multiplier"),
+        privacy = model.history.privacy
+        row = {"data": name, "target_epsilon": eps,
+               "epsilon": privacy.epsilon if privacy else None,
+               "noise_multiplier": privacy.noise_multiplier if privacy else None,
                "test_accuracy": round(acc, 4), "samples_per_s": round(_samples_per_s(model)),
                **SETTINGS[name]}
         print(row, flush=True)

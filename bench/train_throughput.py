@@ -131,8 +131,8 @@ def sparkvision_fit(spark, data_dir: str, epochs: int, cache: bool = True,
     model = clf.fit(train)
     end_to_end = time.perf_counter() - started
     history = model.history
-    steps = history["steps_per_epoch"]
-    loop = sum(e["seconds"] for e in history["epochs"])
+    steps = history.steps_per_epoch
+    loop = sum(e.seconds for e in history.epochs)
     return {"samples": steps * GLOBAL_BATCH * epochs, "loop_seconds": loop,
             "end_to_end_seconds": end_to_end, "rows": rows}
 

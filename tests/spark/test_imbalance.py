@@ -66,7 +66,7 @@ def test_balancer_in_a_pipeline_and_bad_params(skewed, tmp_path):
         ImageClassifier(epochs=1, model="simple_cnn", seed=2),
     ])
     model = pipe.fit(skewed)
-    seen = model.stages[-1].history["balance"]["class_counts_seen"]
+    seen = model.stages[-1].history.balance.class_counts_seen
     assert max(seen.values()) - min(seen.values()) <= 0.5 * max(seen.values())
     ClassBalancer(strategy="undersample", targetRatio=0.5).write().overwrite().save(
         str(tmp_path / "b"))
@@ -83,17 +83,17 @@ def test_balancer_in_a_pipeline_and_bad_params(skewed, tmp_path):
 def test_balance_param_records_what_the_model_saw(skewed):
     before = _counts(skewed)
     over = ImageClassifier(epochs=1, balance="oversample", seed=1).fit(skewed)
-    record = over.history["balance"]
-    assert record["strategy"] == "oversample"
-    assert record["class_counts"] == {str(k): v for k, v in sorted(before.items())}
-    assert sum(over.history["train_rows_per_rank"]) == sum(record["class_counts_seen"].values())
-    assert min(record["class_counts_seen"].values()) > min(before.values())
+    record = over.history.balance
+    assert record.strategy == "oversample"
+    assert record.class_counts == {str(k): v for k, v in sorted(before.items())}
+    assert sum(over.history.train_rows_per_rank) == sum(record.class_counts_seen.values())
+    assert min(record.class_counts_seen.values()) > min(before.values())
     weights = ImageClassifier(epochs=1, balance="weights", loss="focal", focalGamma=1.5,
                               seed=1).fit(skewed)
-    w = weights.history["balance"]
-    assert w["class_counts_seen"] == w["class_counts"] and w["loss"] == "focal"
+    w = weights.history.balance
+    assert w.class_counts_seen == w.class_counts and w.loss == "focal"
     total = sum(before.values())
-    assert w["class_weights"] == pytest.approx(
+    assert w.class_weights == pytest.approx(
         [total / (10 * before[k]) for k in range(10)])
     assert weights.getFocalGamma() == 1.5 and weights.uid == weights.uid
     with pytest.raises(InvalidParameterError, match="balance"):

@@ -58,14 +58,14 @@ def test_clipping_is_real_and_dp_runs_repeat_exactly(spark, digits):
     # ε so large that the noise is negligible: what is left of DP is the clipping
     clipped = ImageClassifier(privacy="dp", targetEpsilon=1e5, maxGradNorm=1e-4,
                               **sgd).fit(train)
-    assert clipped.history["privacy"]["noise_multiplier"] < 0.05
+    assert clipped.history.privacy.noise_multiplier < 0.05
     assert _accuracy(plain, test) > 0.8
     assert _accuracy(clipped, test) < 0.5  # steps of at most 1e-4 × lr: barely moved
     dp = {"privacy": "dp", "targetEpsilon": 3.0, "maxGradNorm": 1.0, "numWorkers": 2,
           "seed": 9, "epochs": 1}
     first, second = ImageClassifier(**dp).fit(train), ImageClassifier(**dp).fit(train)
     assert first.weights == second.weights
-    assert first.history["privacy"]["epsilon"] <= 3.0
+    assert first.history.privacy.epsilon <= 3.0
 
 
 def test_bad_privacy_inputs_are_clear_errors(spark, digits, digits_dir, tmp_path, capsys):

@@ -24,9 +24,9 @@ def test_spilled_training_gives_the_same_weights_and_leaves_no_file(spark, digit
     common = dict(epochs=2, numWorkers=2, seed=5, validationDf=val)
     in_memory = ImageClassifier(memoryBudgetMB=1000, **common).fit(train)
     spilled = ImageClassifier(memoryBudgetMB=0.01, **common).fit(train)
-    assert in_memory.history["memory"]["spilled"] == [0, 0]
-    assert spilled.history["memory"]["spilled"] == [1, 1]
-    assert spilled.history["memory"]["budget_mb"] == 0.01
+    assert in_memory.history.memory.spilled == [0, 0]
+    assert spilled.history.memory.spilled == [1, 1]
+    assert spilled.history.memory.budget_mb == 0.01
     assert spilled.weights == in_memory.weights
     assert _spill_dirs() == before
 
@@ -36,7 +36,7 @@ def test_spilled_training_gives_the_same_weights_and_leaves_no_file(spark, digit
     with failing_once(spark, epoch=2, rank=1, marker=tmp_path / "fault-e2-r1"):
         retried = clf.fit(train)
     assert (tmp_path / "fault-e2-r1").exists()
-    assert retried.history["attempts"] >= 2 and retried.history["memory"]["spilled"] == [1, 1]
+    assert retried.history.attempts >= 2 and retried.history.memory.spilled == [1, 1]
     assert _spill_dirs() == before
 
 
@@ -70,9 +70,9 @@ def test_a_partition_far_past_the_budget_is_not_loaded_into_memory(spark):
                                 augment="none").fit(df)
     finally:
         spark.conf.set(key, old)
-    memory = model.history["memory"]
-    partition_mb = memory["partition_kb"][0] / 1024
-    growth_mb = memory["rss_anon_growth_kb"][0] / 1024
-    assert memory["spilled"] == [1] and partition_mb > 39, memory
+    memory = model.history.memory
+    partition_mb = memory.partition_kb[0] / 1024
+    growth_mb = memory.rss_anon_growth_kb[0] / 1024
+    assert memory.spilled == [1] and partition_mb > 39, memory
     assert growth_mb < partition_mb / 2, memory
-    assert model.history["epochs"][-1]["train_loss"] < 0.7
+    assert model.history.epochs[-1].train_loss < 0.7

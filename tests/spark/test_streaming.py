@@ -104,7 +104,7 @@ def _perturbed(model, scale: float):
                for k, v in state.items()}
     other = model.copy()
     other.weights = save(changed)
-    other.history = dict(model.history)
+    other.history = model.history
     return other
 
 

@@ -22,16 +22,19 @@ def _accuracy(df) -> float:
 def test_two_workers_reach_95_percent_and_record_distribution(trained, digits):
     model, events = trained
     history = model.history
-    assert history["world_size"] == 2 and history["ranks"] == [0, 1]
-    assert history["backend"] == "gloo" and history["allreduce"] == "shm"
-    epochs = history["epochs"]
-    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5]
-    assert epochs[-1]["val_accuracy"] >= 0.95
-    assert all(e["steps_per_rank"][0] == e["steps_per_rank"][1] > 0 for e in epochs)
-    assert sum(history["train_rows_per_rank"]) == digits[0].count()
+    assert history.world_size == 2 and history.ranks == [0, 1]
+    assert history.backend == "gloo" and history.allreduce == "shm"
+    epochs = history.epochs
+    assert [e.epoch for e in epochs] == [1, 2, 3, 4, 5]
+    assert epochs[-1].val_accuracy >= 0.95
+    assert all(e.steps_per_rank[0] == e.steps_per_rank[1] > 0 for e in epochs)
+    assert sum(history.train_rows_per_rank) == digits[0].count()
     # Progress reached the driver while training ran, once per epoch, in order.
     assert [e["epoch"] for e in events] == [1, 2, 3, 4, 5]
-    assert events[-1]["val_accuracy"] == epochs[-1]["val_accuracy"]
+    assert events[-1]["val_accuracy"] == epochs[-1].val_accuracy
+    # the callback gets each epoch's record as a plain dict, as history.json holds it
+    assert [{k: v for k, v in e.items() if k != "type"} for e in events] == [
+        e.to_dict() for e in epochs]
     assert _accuracy(model.transform(digits[2])) >= 0.93
 
 
@@ -52,7 +55,7 @@ def test_transform_adds_columns_and_save_load_gives_identical_predictions(
         assert int(r.rawPrediction.argmax()) == int(r.prediction) == r.probability.argmax()
     model.write().overwrite().save(str(tmp_path / "m"))
     loaded = ImageClassificationModel.load(str(tmp_path / "m"))
-    assert loaded.history["world_size"] == 2
+    assert loaded.history == model.history and loaded.history.world_size == 2
     again = loaded.transform(test).orderBy("path").collect()
     assert [r.prediction for r in again] == [r.prediction for r in rows]
     assert [r.probability for r in again] == [r.probability for r in rows]
@@ -85,9 +88,9 @@ def test_uneven_partitions_take_equal_steps(spark, digits):
     sizes = sorted(r["count"] for r in uneven.groupBy(F.spark_partition_id()).count().collect())
     assert len(sizes) == 2 and sizes[1] >= 8 * sizes[0]  # ~90/10
     model = ImageClassifier(epochs=1, numWorkers=2, repartition=False, seed=2).fit(uneven)
-    rows = model.history["train_rows_per_rank"]
+    rows = model.history.train_rows_per_rank
     assert sorted(rows) == sizes
-    steps = model.history["epochs"][0]["steps_per_rank"]
+    steps = model.history.epochs[0].steps_per_rank
     assert steps[0] == steps[1] == -(-max(rows) // 64)
 
 
@@ -100,12 +103,12 @@ def test_failed_task_is_retried_and_resumes_from_checkpoint(spark, digits, tmp_p
     with failing_once(spark, epoch=3, rank=1, marker=marker):
         model = clf.fit(train)
     h = model.history
-    assert h["resumed_from_epoch"] == 2
-    assert h["attempts"] == 2
-    assert [e["epoch"] for e in h["epochs"]] == [1, 2, 3, 4]
+    assert h.resumed_from_epoch == 2
+    assert h.attempts == 2
+    assert [e.epoch for e in h.epochs] == [1, 2, 3, 4]
     assert (tmp_path / "ckpt" / "epoch-0004.safetensors").exists()
     assert marker.exists()
-    assert h["epochs"][-1]["val_accuracy"] >= 0.9
+    assert h.epochs[-1].val_accuracy >= 0.9
 
 
 def test_same_seed_same_workers_same_weights(digits):
@@ -125,9 +128,9 @@ def test_mse_class_weights_and_user_network_by_import_path(digits):
         validationDf=val, seed=4,
     )
     model = clf.fit(train)
-    losses = [e["train_loss"] for e in model.history["epochs"]]
+    losses = [e.train_loss for e in model.history.epochs]
     assert losses[-1] < losses[0]
-    assert model.history["epochs"][-1]["val_accuracy"] > 0.5
+    assert model.history.epochs[-1].val_accuracy > 0.5
 
 
 def test_more_workers_than_slots_fails_fast(digits):
@@ -157,9 +160,9 @@ def test_validation_fraction_holds_out_rows(digits):
     n = train.count()
     model = ImageClassifier(epochs=1, validationFraction=0.25, seed=9).fit(train)
     h = model.history
-    assert 0.15 * n < sum(h["val_rows_per_rank"]) < 0.35 * n
-    assert sum(h["train_rows_per_rank"]) + sum(h["val_rows_per_rank"]) == n
-    assert h["epochs"][0]["val_accuracy"] is not None
+    assert 0.15 * n < sum(h.val_rows_per_rank) < 0.35 * n
+    assert sum(h.train_rows_per_rank) + sum(h.val_rows_per_rank) == n
+    assert h.epochs[0].val_accuracy is not None
 
 
 def test_single_worker_and_checkpoint_dir_of_another_training(digits, tmp_path):
@@ -168,12 +171,12 @@ def test_single_worker_and_checkpoint_dir_of_another_training(digits, tmp_path):
     train = digits[0]
     ckpt = tmp_path / "ckpt"
     model = ImageClassifier(epochs=2, numWorkers=1, checkpointDir=str(ckpt)).fit(train)
-    assert model.history["world_size"] == 1 and model.history["allreduce"] == "gloo"
+    assert model.history.world_size == 1 and model.history.allreduce == "gloo"
     assert sorted(p.name for p in ckpt.glob("*.safetensors")) == [
         "epoch-0001.safetensors", "epoch-0002.safetensors"]
     # Same training again: everything is already done, it resumes after the last epoch.
     again = ImageClassifier(epochs=2, numWorkers=1, checkpointDir=str(ckpt)).fit(train)
-    assert again.history["resumed_from_epoch"] == 2 and again.weights == model.weights
+    assert again.history.resumed_from_epoch == 2 and again.weights == model.weights
     # Another network must not silently load these weights.
     with pytest.raises(TrainingError, match="another training"):
         ImageClassifier(epochs=2, numWorkers=1, model="lenet5",
@@ -203,7 +206,7 @@ def test_on_epoch_end_returning_true_stops_every_worker_after_that_epoch(digits)
     model = ImageClassifier(epochs=5, numWorkers=2, seed=1, validationDf=val,
                             onEpochEnd=stop_after_two).fit(train)
     assert seen == [1, 2]
-    assert model.history["stopped_early"] == 2 and len(model.history["epochs"]) == 2
+    assert model.history.stopped_early == 2 and len(model.history.epochs) == 2
     assert model.transform(digits[2]).count() == digits[2].count()
 
 

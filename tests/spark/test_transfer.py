@@ -39,13 +39,12 @@ def test_fine_tuning_from_mnist_beats_training_from_scratch(spark, mnist_model_d
                             **common).fit(train)
     acc_scratch, acc_tuned = _accuracy(scratch, test), _accuracy(tuned, test)
     assert acc_tuned >= acc_scratch + 0.1, (acc_scratch, acc_tuned)
-    transfer = tuned.history["transfer"]
-    assert transfer["backbone_lr_scale"] == 0.5 and transfer["head"] == HEAD
+    transfer = tuned.history.transfer
+    assert transfer.backbone_lr_scale == 0.5 and transfer.head == HEAD
     # digits and MNIST both name their classes 0..9: the head is kept
-    assert transfer["init"]["loaded"] == len(load_file(str(mnist_model_dir /
-                                                           "weights.safetensors")))
-    assert not transfer["init"]["head_reinitialised"] and not transfer["init"]["missing"]
-    assert scratch.history["transfer"]["init"] is None
+    assert transfer.init.loaded == len(load_file(str(mnist_model_dir / "weights.safetensors")))
+    assert not transfer.init.head_reinitialised and not transfer.init.missing
+    assert scratch.history.transfer.init is None
 
 
 def test_frozen_backbone_is_bit_identical_after_training_through_the_cli(
@@ -122,9 +121,8 @@ def test_bad_transfer_inputs_are_clear_errors(spark, mnist_model_dir, digits28_d
     # other class names: the head is re-initialised, the backbone loaded
     state, info = starting_weights("cnn", [f"c{i}" for i in range(10)], (28, 28, 1), "",
                                    str(mnist_model_dir), True, "none", 1.0)
-    assert info["init"]["head_reinitialised"]
-    assert info["init"]["loaded"] == len(load_file(str(mnist_model_dir /
-                                                       "weights.safetensors"))) - 2
+    assert info.init.head_reinitialised
+    assert info.init.loaded == len(load_file(str(mnist_model_dir / "weights.safetensors"))) - 2
 
 
 def test_timm_networks_need_an_importable_timm(tmp_path, digits28_dir, capsys):

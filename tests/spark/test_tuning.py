@@ -41,7 +41,7 @@ def test_grid_runs_every_point_and_beats_or_ties_the_defaults(digits_dir, digits
     # The grid holds the default configuration (lr 0.003, batch 64): the best is at least it.
     train, val, _ = digits
     default = ImageClassifier(epochs=2, numWorkers=1, validationDf=val).fit(train)
-    assert result["best_value"] >= default.history["epochs"][-1]["val_accuracy"]
+    assert result["best_value"] >= default.history.epochs[-1].val_accuracy
     # Evaluate works on the best model folder.
     assert main(["evaluate", result["best_model"], str(digits_dir), "--split", "val",
                  "--no-plots", "--json"]) == 0

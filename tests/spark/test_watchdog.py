@@ -38,7 +38,7 @@ def test_a_normal_training_is_not_stopped_by_a_short_timeout(digits):
     train, val, _ = digits
     model = ImageClassifier(epochs=2, numWorkers=2, seed=2, validationDf=val,
                             stallTimeout=8).fit(train)
-    assert len(model.history["epochs"]) == 2
+    assert len(model.history.epochs) == 2
 
 
 def _post(url: str, body: bytes, token: str | None) -> int:
@@ -146,7 +146,7 @@ def test_progress_reaches_the_driver_when_executors_cannot_reach_it(digits, monk
         model = ImageClassifier(epochs=4, numWorkers=2, seed=3, validationDf=val,
                                 onEpochEnd=stop_after_two, stallTimeout=60).fit(train)
     assert seen == [1, 2]
-    assert model.history["stopped_early"] == 2 and len(model.history["epochs"]) == 2
+    assert model.history.stopped_early == 2 and len(model.history.epochs) == 2
     assert {b["rank"] for b in beats} == {0, 1}
     assert any("came through the mailbox" in r.getMessage() for r in caplog.records)
 

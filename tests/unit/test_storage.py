@@ -95,11 +95,16 @@ def _model():
     from sparkvision.ml.model import ImageClassificationModel
     from sparkvision.models.registry import build_model
     from sparkvision.models.weights import state_dict_bytes
+    from sparkvision.training.history import EpochRecord, TrainingHistory
 
     torch.manual_seed(0)
     net = build_model("simple_cnn", 3, (8, 8, 1))
+    epoch = EpochRecord(epoch=1, train_loss=1.1, train_accuracy=0.4, val_loss=None,
+                        val_accuracy=None, steps_per_rank=[1], lr=0.001, seconds=0.1,
+                        samples_per_second=640.0)
     return ImageClassificationModel(
-        weights=state_dict_bytes(net), history={"epochs": [{"epoch": 1}]},
+        weights=state_dict_bytes(net),
+        history=TrainingHistory(world_size=1, ranks=[0], epochs=[epoch]),
         model="simple_cnn", classes=["a", "b", "c"], imageShape=[8, 8, 1])
 
 
@@ -115,7 +120,7 @@ def test_model_folder_round_trip_without_spark(root):
     loaded = ImageClassificationModel.load(path)
     assert loaded.uid == model.uid and loaded.weights == model.weights
     assert loaded.getOrDefault(loaded.classes) == ["a", "b", "c"]
-    assert loaded.history == {"epochs": [{"epoch": 1}]}
+    assert loaded.history == model.history and loaded.history.epochs[0].epoch == 1
     with pytest.raises(DataError, match="already saved at .*overwrite"):
         model.save(path)
     model.write().overwrite().save(path)

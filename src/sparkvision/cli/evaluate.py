@@ -39,7 +39,8 @@ def run(args: argparse.Namespace, tracking: Tracking) -> int:
     payload = result.to_dict()
     payload["rejected"] = rejected
     # a model trained with privacy="dp": the (ε, δ) its training data is protected by
-    payload["privacy"] = model.history.get("privacy")
+    privacy = model.history.privacy
+    payload["privacy"] = privacy.to_dict() if privacy else None
     with storage.staged_folder(out) as local:  # uploaded at the end when OUT is a URL
         with open(os.path.join(local, METRICS_FILE), "w", encoding="utf-8") as fh:
             fh.write(json.dumps(payload, indent=2) + "\n")

@@ -128,11 +128,11 @@ class Tracking:
         if not self:
             return {}
         run = self.run
-        for event in model.history["epochs"]:
-            run.log_epoch(event)  # each epoch once: only those not logged yet
-        run.log_params({"world_size": model.history["world_size"]})
+        for epoch in model.history.epochs:
+            run.log_epoch(epoch.to_dict())  # each epoch once: only those not logged yet
+        run.log_params({"world_size": model.history.world_size})
         run.log_metrics({"test_accuracy": payload.get("test_accuracy"),
-                         "epochs_run": len(model.history["epochs"])})
+                         "epochs_run": len(model.history.epochs)})
         run.log_model_folder(self.args.out)
         return self._done()
 

@@ -11,11 +11,17 @@ from sparkvision import settings
 from sparkvision.cli.common import accuracy, add_common, emit, spark_session
 from sparkvision.cli.tracking import Tracking, add_mlflow_flags, tracked
 from sparkvision.settings import TrainSettings
+from sparkvision.training.history import EpochRecord
 
 #: the training settings that have a CLI flag
 _FLAG_ROWS = tuple(r for r in settings.rows(TrainSettings) if r.setting.flag)
 
-HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "seconds", "steps_per_rank")
+
+def _epoch_row(e: EpochRecord) -> dict[str, Any]:
+    """One epoch as ``train --json`` lists it under ``history``."""
+    return {"epoch": e.epoch, "train_loss": e.train_loss, "val_loss": e.val_loss,
+            "val_accuracy": e.val_accuracy, "seconds": e.seconds,
+            "steps_per_rank": e.steps_per_rank}
 
 
 def _flag_value(r: settings.Row, value: Any) -> Any:
@@ -74,43 +80,45 @@ def run(args: argparse.Namespace, tracking: Tracking) -> int:
     model = clf.fit(train_df)
     model.write().overwrite().save(args.out)
     copy_manifest(args.data, args.out)  # `report MODEL_DIR` shows the data set
-    history = [{k: e.get(k) for k in HISTORY_KEYS} for e in model.history["epochs"]]
+    h = model.history
     test_acc = None
     if manifest["splits"].get("test"):
         test_acc = accuracy(model.transform(load_prepared(spark, args.data, "test")))
+    last = h.last_epoch
+    privacy = h.privacy
     payload: dict[str, Any] = {
         "model": str(Path(args.out)),
-        "world_size": model.history["world_size"],
-        "epochs": len(history),
-        "history": history,
-        "val_accuracy": history[-1]["val_accuracy"] if history else None,
+        "world_size": h.world_size,
+        "epochs": len(h.epochs),
+        "history": [_epoch_row(e) for e in h.epochs],
+        "val_accuracy": last.val_accuracy if last else None,
         "test_accuracy": test_acc,
-        "balance": model.history.get("balance"),
-        "resumed_from_epoch": model.history.get("resumed_from_epoch"),
-        "transfer": model.history.get("transfer"),
-        "privacy": model.history.get("privacy"),
-        "epsilon": (model.history.get("privacy") or {}).get("epsilon"),
-        "delta": (model.history.get("privacy") or {}).get("delta"),
+        "balance": h.balance.to_dict() if h.balance else None,
+        "resumed_from_epoch": h.resumed_from_epoch,
+        "transfer": h.transfer.to_dict() if h.transfer else None,
+        "privacy": privacy.to_dict() if privacy else None,
+        "epsilon": privacy.epsilon if privacy else None,
+        "delta": privacy.delta if privacy else None,
         "seconds": round(time.monotonic() - started, 3),
     }
     payload.update(tracking.train_finished(model, payload))  # + mlflow_run_id
-    lines = [f"trained {args.model} on {payload['world_size']} workers → {args.out}"]
-    transfer = model.history.get("transfer") or {}
-    if transfer.get("init_summary"):
-        lines.append(f"  started from: {transfer['init_summary']}")
-    if transfer.get("freeze") == "backbone":
-        lines.append(f"  frozen: the backbone ({transfer.get('frozen_tensors')} tensors); "
-                     f"trained: {transfer.get('head')}")
+    lines = [f"trained {args.model} on {h.world_size} workers → {args.out}"]
+    transfer = h.transfer
+    if transfer and transfer.init_summary:
+        lines.append(f"  started from: {transfer.init_summary}")
+    if transfer and transfer.freeze == "backbone":
+        lines.append(f"  frozen: the backbone ({transfer.frozen_tensors} tensors); "
+                     f"trained: {transfer.head}")
     lines += [
-        f"  epoch {e['epoch']}: train_loss={e['train_loss']:.4f} val_accuracy={e['val_accuracy']}"
-        for e in history
+        f"  epoch {e.epoch}: train_loss={e.train_loss:.4f} val_accuracy={e.val_accuracy}"
+        for e in h.epochs
     ]
     lines.append(f"  test accuracy: {test_acc}")
-    if payload["privacy"]:
-        lines.append(f"  privacy: (ε = {payload['epsilon']:.2f}, δ = {payload['delta']:g})-"
-                     f"differentially private ({payload['privacy']['accountant']} accountant, "
-                     f"noise multiplier {payload['privacy']['noise_multiplier']:.3f}, "
-                     f"clipping norm {payload['privacy']['max_grad_norm']:g})")
+    if privacy:
+        lines.append(f"  privacy: (ε = {privacy.epsilon:.2f}, δ = {privacy.delta:g})-"
+                     f"differentially private ({privacy.accountant} accountant, "
+                     f"noise multiplier {privacy.noise_multiplier:.3f}, "
+                     f"clipping norm {privacy.max_grad_norm:g})")
     emit(args, payload, "\n".join(lines))
     return 0
 

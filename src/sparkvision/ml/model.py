@@ -23,6 +23,7 @@ from sparkvision.ml.persistence import (
     read_model_metadata,
     weights_file,
 )
+from sparkvision.training.history import TrainingHistory
 
 HISTORY_FILE = "history.json"
 #: Saved-model format. 2: rawPrediction/probability vectors, prediction double.
@@ -48,12 +49,13 @@ class ImageClassificationModel(Model, ImageClassifierParams, MLWritable, MLReada
     and only the image column travels to Python."""
 
     @keyword_only
-    def __init__(self, *, weights: bytes = b"", history: dict[str, Any] | None = None,
+    def __init__(self, *, weights: bytes = b"", history: TrainingHistory | None = None,
                  **params: Any) -> None:
         super().__init__()
         kwargs = dict(self._input_kwargs)
         self.weights: bytes = kwargs.pop("weights", b"")
-        self.history: dict[str, Any] = kwargs.pop("history", None) or {}
+        #: the record of the fit that made this model (empty when it was not trained)
+        self.history: TrainingHistory = kwargs.pop("history", None) or TrainingHistory()
         self._set(**{k: v for k, v in kwargs.items() if v is not None})
 
     @property
@@ -190,7 +192,7 @@ class _ModelWriter(FolderWriter):
         super().__init__(instance, MODEL_FOLDER)
 
     def extra_files(self) -> dict[str, str]:
-        return {HISTORY_FILE: json.dumps(self.instance.history, indent=2)}
+        return {HISTORY_FILE: self.instance.history.to_json()}
 
 
 class _ModelReader(FolderReader):
@@ -202,8 +204,8 @@ class _ModelReader(FolderReader):
     def load(self, path: str) -> ImageClassificationModel:
         instance = super().load(path)
         history = storage.join(path, HISTORY_FILE)
-        instance.history = json.loads(storage.read_text(history)) if storage.exists(
-            history) else {}
+        instance.history = (TrainingHistory.from_json(storage.read_text(history), history)
+                            if storage.exists(history) else TrainingHistory())
         return instance
 
 

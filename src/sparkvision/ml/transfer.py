@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from sparkvision import storage
 from sparkvision.errors import InvalidParameterError, SparkVisionError
+from sparkvision.training.history import InitRecord, TransferRecord
 
 
 def _read_safetensors(path: str) -> dict[str, Any]:
@@ -63,7 +65,7 @@ def saved_network(path: str) -> str:
 
 def starting_weights(network: str, classes: list[str], shape: tuple[int, int, int],
                      init_weights: str, init_from: str, strict: bool, freeze: str,
-                     backbone_lr_scale: float) -> tuple[bytes, dict[str, Any]]:
+                     backbone_lr_scale: float) -> tuple[bytes, TransferRecord]:
     """(safetensors bytes of the tensors that start the network — empty for a fresh one —,
     what was done: the init report, the head, the frozen tensor count). Builds the network
     once on the driver; every error names the Param and the fix."""
@@ -73,17 +75,15 @@ def starting_weights(network: str, classes: list[str], shape: tuple[int, int, in
     from sparkvision.models.registry import build_model
     from sparkvision.models.weights import load_state_dict_bytes
 
-    info: dict[str, Any] = {"freeze": freeze, "backbone_lr_scale": backbone_lr_scale,
-                            "init": None, "head": None}
+    info = TransferRecord(freeze=freeze, backbone_lr_scale=backbone_lr_scale)
     needs_head = freeze != "none" or backbone_lr_scale != 1.0
     if not (init_weights or init_from or needs_head):
         return b"", info
     net = build_model(network, len(classes), shape)
     if needs_head:
-        info["head"] = head_name(net, len(classes),
-                                 "freeze" if freeze != "none" else "backboneLrScale")
-    if freeze == "backbone":
-        info["frozen_tensors"] = freeze_backbone(net, info["head"])
+        head = head_name(net, len(classes), "freeze" if freeze != "none" else "backboneLrScale")
+        frozen = freeze_backbone(net, head) if freeze == "backbone" else None
+        info = replace(info, head=head, frozen_tensors=frozen)
     if not (init_weights or init_from):
         return b"", info
     if init_weights:
@@ -107,6 +107,7 @@ def starting_weights(network: str, classes: list[str], shape: tuple[int, int, in
                 "initFrom", init_from, f"{exc.fix} (that model was trained on images "
                 f"{tuple(source.getOrDefault(source.imageShape))}; this data is {shape}: "
                 "prepare it at the same --image-size and --channels)") from None
-    info["init"] = report.as_dict()
-    info["init_summary"] = report.summary()
-    return save(kept), info
+    init = InitRecord(source=report.source, loaded=report.loaded, missing=report.missing,
+                      unexpected=report.unexpected, shape_mismatched=report.shape_mismatched,
+                      head_reinitialised=report.head_reinitialised)
+    return save(kept), replace(info, init=init, init_summary=report.summary())

@@ -116,7 +116,8 @@ def capture_features(net: nn.Module, layer: str = "", num_classes: int | None = 
 
 @dataclass
 class InitReport:
-    """What starting weights did to a network (recorded in the training history)."""
+    """What starting weights did to a network (recorded in the training history as
+    ``training.history.InitRecord``)."""
 
     source: str
     loaded: int = 0
@@ -124,11 +125,6 @@ class InitReport:
     unexpected: list[str] = field(default_factory=list)
     shape_mismatched: list[str] = field(default_factory=list)
     head_reinitialised: bool = False
-
-    def as_dict(self) -> dict:
-        return {"source": self.source, "loaded": self.loaded, "missing": self.missing,
-                "unexpected": self.unexpected, "shape_mismatched": self.shape_mismatched,
-                "head_reinitialised": self.head_reinitialised}
 
     def problems(self) -> list[str]:
         """The keys that did not load, by kind (empty when everything fit)."""

@@ -22,6 +22,7 @@ from typing import Any
 
 from sparkvision.errors import DataError
 from sparkvision.reporting.reading import read_json, read_params, study_metric
+from sparkvision.training.history import TrainingHistory
 
 HISTORY_FILE = "history.json"
 METADATA_DIR = "metadata"
@@ -100,7 +101,7 @@ class Model:
     path: Path
     params: dict[str, Any]
     explicit: set[str]
-    history: dict[str, Any]
+    history: TrainingHistory
     dataset: Dataset | None
     evaluations: list[Evaluation]
     role: str = "model"
@@ -220,7 +221,9 @@ class _Finder:
         return data
 
     def model(self, folder: Path, role: str = "model") -> Model:
-        history = read_json(folder / HISTORY_FILE)
+        found = read_json(folder / HISTORY_FILE)
+        history = (TrainingHistory.from_dict(found, str(folder / HISTORY_FILE))
+                   if isinstance(found, dict) else TrainingHistory())
         params, explicit = read_params(folder)
         manifest = folder / DATASET_FILE
         dataset = self.dataset(manifest) if manifest.is_file() else None
@@ -234,8 +237,8 @@ class _Finder:
         if explain_root.is_dir():
             explanations = [_explanation(d) for d in sorted(explain_root.iterdir())
                             if d.is_dir() and (d / EXPLAIN_FILE).is_file()]
-        return Model(folder, params, explicit, history if isinstance(history, dict) else {},
-                     dataset, evaluations, role, explanations)
+        return Model(folder, params, explicit, history, dataset, evaluations, role,
+                     explanations)
 
     def study(self, folder: Path) -> Study:
         trials = read_json(folder / TRIALS_FILE)

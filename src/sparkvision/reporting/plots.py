@@ -4,7 +4,11 @@ training curves, class counts before/after balancing, streaming latency, tuning 
 from __future__ import annotations
 
 import io
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sparkvision.training.history import EpochRecord
 
 
 def _pyplot():
@@ -34,30 +38,37 @@ def _integer_x(ax: Any) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _series(epochs: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+def _series(epochs: list[EpochRecord], value: Callable[[EpochRecord], float | None]
+            ) -> tuple[list[int], list[float]]:
     xs, ys = [], []
-    for i, e in enumerate(epochs):
-        value = e.get(key)
-        if isinstance(value, int | float):
-            xs.append(int(e.get("epoch", i + 1)))
-            ys.append(float(value))
+    for e in epochs:
+        v = value(e)
+        if v is not None:
+            xs.append(e.epoch)
+            ys.append(float(v))
     return xs, ys
 
 
-def training_curves(epochs: list[dict[str, Any]], title: str = "Training") -> bytes | None:
-    """Train/val loss and train/val accuracy per epoch (``history["epochs"]``); None when
+#: The two panels of the training curves: (name, ((label, value of an epoch), ...)).
+_CURVES = (
+    ("loss", (("train loss", lambda e: e.train_loss), ("val loss", lambda e: e.val_loss))),
+    ("accuracy", (("train accuracy", lambda e: e.train_accuracy),
+                  ("val accuracy", lambda e: e.val_accuracy))),
+)
+
+
+def training_curves(epochs: list[EpochRecord], title: str = "Training") -> bytes | None:
+    """Train/val loss and train/val accuracy per epoch (``history.epochs``); None when
     no epoch has a number to plot."""
-    panels = (("loss", ("train_loss", "val_loss")),
-              ("accuracy", ("train_accuracy", "val_accuracy")))
-    if not any(_series(epochs, k)[0] for _, keys in panels for k in keys):
+    if not any(_series(epochs, value)[0] for _, curves in _CURVES for _, value in curves):
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, (name, keys) in zip(axes, panels, strict=True):
-        for key, style in zip(keys, ("o-", "s--"), strict=True):
-            xs, ys = _series(epochs, key)
+    for ax, (name, curves) in zip(axes, _CURVES, strict=True):
+        for (label, value), style in zip(curves, ("o-", "s--"), strict=True):
+            xs, ys = _series(epochs, value)
             if xs:
-                ax.plot(xs, ys, style, label=key.replace("_", " "), markersize=4)
+                ax.plot(xs, ys, style, label=label, markersize=4)
         ax.set_xlabel("epoch")
         _integer_x(ax)
         ax.set_ylabel(name)

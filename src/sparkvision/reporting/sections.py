@@ -32,22 +32,18 @@ from sparkvision.reporting.html import (
     thumbs,
 )
 from sparkvision.reporting.reading import read_png
+from sparkvision.training.history import EpochRecord, TrainingHistory
 
 #: Rejected files listed at most (the total is always given).
 MAX_REJECTED = 50
 #: Per-micro-batch rows listed at most (the latency plot shows all).
 MAX_BATCH_ROWS = 100
+#: The per-epoch table's columns (``_epoch_row``), then ``epsilon`` under privacy="dp".
 EPOCH_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                  "seconds", "samples_per_second", "steps_per_rank")
-DISTRIBUTION_KEYS = ("world_size", "ranks", "train_rows_per_rank", "val_rows_per_rank",
-                     "steps_per_epoch", "backend", "allreduce", "device", "attempts",
-                     "resumed_from_epoch", "stopped_early", "diverged", "progress_events",
-                     "checkpoint_dir", "seconds")
 METRIC_KEYS = ("n", "accuracy", "macro_precision", "macro_recall", "macro_f1",
                "weighted_precision", "weighted_recall", "weighted_f1", "log_loss",
                "top_k_accuracy", "macro_roc_auc", "macro_pr_auc")
-PRIVACY_KEYS = ("epsilon", "delta", "target_epsilon", "accountant", "noise_multiplier",
-                "sample_rate", "max_grad_norm", "stopped_at_budget")
 PER_CLASS_KEYS = ("precision", "recall", "f1", "support", "roc_auc", "pr_auc")
 #: Explained images shown per class and group (right, wrong, unlabelled); explain.json
 #: lists them all.
@@ -75,9 +71,32 @@ def _figure(path: Path, root: Path) -> str:
     return image(png, path.stem.replace("_", " "), where(path, root)) if png else ""
 
 
-def _last_epoch(model: Model) -> dict[str, Any]:
-    epochs = model.history.get("epochs") or []
-    return epochs[-1] if epochs and isinstance(epochs[-1], dict) else {}
+def _val_accuracy(model: Model) -> float | None:
+    """The last epoch's validation accuracy (None without epochs or validation)."""
+    last = model.history.last_epoch
+    return last.val_accuracy if last else None
+
+
+def _epoch_row(e: EpochRecord, dp: bool) -> list[Any]:
+    """One row of the per-epoch table: ``EPOCH_COLUMNS``, then ε when ``dp``."""
+    row = [e.epoch, e.train_loss, e.train_accuracy, e.val_loss, e.val_accuracy, e.lr,
+           e.seconds, e.samples_per_second, e.steps_per_rank]
+    return [*row, e.epsilon] if dp else row
+
+
+def _distribution(h: TrainingHistory) -> list[tuple[str, Any]]:
+    """The "Distributed run" table: where and how the training ran (empty when the history
+    is: a model that was not trained)."""
+    if not h.world_size:
+        return []
+    return [("world_size", h.world_size), ("ranks", h.ranks),
+            ("train_rows_per_rank", h.train_rows_per_rank),
+            ("val_rows_per_rank", h.val_rows_per_rank), ("steps_per_epoch", h.steps_per_epoch),
+            ("backend", h.backend), ("allreduce", h.allreduce), ("device", h.device),
+            ("attempts", h.attempts), ("resumed_from_epoch", h.resumed_from_epoch),
+            ("stopped_early", h.stopped_early), ("diverged", h.diverged),
+            ("progress_events", h.progress_events), ("checkpoint_dir", h.checkpoint_dir),
+            ("seconds", h.seconds)]
 
 
 # --- summary ---------------------------------------------------------------------------------
@@ -94,9 +113,8 @@ def summary(found: Artefacts) -> Section:
             prefix = f"{where(model.path, root)} · {evaluation.name}"
             numbers.append((f"{prefix} accuracy", evaluation.metrics.get("accuracy")))
             numbers.append((f"{prefix} macro F1", evaluation.metrics.get("macro_f1")))
-        elif _last_epoch(model).get("val_accuracy") is not None:
-            numbers.append((f"{where(model.path, root)} · val accuracy",
-                            _last_epoch(model)["val_accuracy"]))
+        elif _val_accuracy(model) is not None:
+            numbers.append((f"{where(model.path, root)} · val accuracy", _val_accuracy(model)))
     for evaluation in found.evaluations:
         numbers.append((f"{where(evaluation.path, root)} accuracy",
                         evaluation.metrics.get("accuracy")))
@@ -121,12 +139,11 @@ def summary(found: Artefacts) -> Section:
                      f"{sum((m.get('splits') or {}).values())} images, "
                      f"source {m.get('source')}"))
     for model in models:
-        last = _last_epoch(model)
         evals = ", ".join(e.name for e in model.evaluations) or "none"
         rows.append((model.role, where(model.path, root),
-                     f"{model.params.get('model', '?')}, {len(model.history.get('epochs') or [])}"
-                     f" epochs on {model.history.get('world_size', '?')} workers, val accuracy "
-                     f"{_num(last.get('val_accuracy'))}; evaluations: {evals}"))
+                     f"{model.params.get('model', '?')}, {len(model.history.epochs)}"
+                     f" epochs on {model.history.world_size or '?'} workers, val accuracy "
+                     f"{_num(_val_accuracy(model))}; evaluations: {evals}"))
     for explanation in [e for m in models for e in m.explanations] + found.explanations:
         x = explanation.summary
         rows.append(("explanation", where(explanation.path, root),
@@ -211,59 +228,59 @@ def _suffix(index: int, path: Path, root: Path) -> str:
 def training(model: Model, index: int, root: Path) -> Section:
     """Params, the distribution record, balancing, per-epoch table and plots."""
     h = model.history
-    epochs = [e for e in h.get("epochs") or [] if isinstance(e, dict)]
+    epochs = h.epochs
     parts = [paragraph(f"{model.role} at {where(model.path, root)}", "muted")]
     curves = plots.training_curves(epochs, title=model.path.name)
     if curves:
         parts.append(image(curves, "training curves", "loss and accuracy per epoch"))
     if epochs:
-        extra = sorted({k for e in epochs for k in e} - set(EPOCH_COLUMNS))
-        columns = [c for c in EPOCH_COLUMNS if any(c in e for e in epochs)] + extra
-        parts += [heading(3, "Per epoch"),
-                  table(columns, [[e.get(c) for c in columns] for e in epochs])]
-    parts += [heading(3, "Distributed run"),
-              kv_table((k, h.get(k)) for k in DISTRIBUTION_KEYS if k in h)]
-    balance = h.get("balance")
-    if isinstance(balance, dict):
-        parts.append(heading(3, "Class balance", f"strategy {balance.get('strategy')}"))
-        parts.append(kv_table([("strategy", balance.get("strategy")),
-                               ("loss", balance.get("loss")),
-                               ("class weights", balance.get("class_weights"))]))
-        before = balance.get("class_counts") or {}
-        seen = balance.get("class_counts_seen") or {}
+        dp = any(e.epsilon is not None for e in epochs)
+        columns = [*EPOCH_COLUMNS, "epsilon"] if dp else list(EPOCH_COLUMNS)
+        parts += [heading(3, "Per epoch"), table(columns, [_epoch_row(e, dp) for e in epochs])]
+    parts += [heading(3, "Distributed run"), kv_table(_distribution(h))]
+    balance = h.balance
+    if balance is not None:
+        parts.append(heading(3, "Class balance", f"strategy {balance.strategy}"))
+        parts.append(kv_table([("strategy", balance.strategy), ("loss", balance.loss),
+                               ("class weights", balance.class_weights)]))
+        before, seen = balance.class_counts, balance.class_counts_seen
         if before:
-            weights = balance.get("class_weights")
-            names = list(before)
+            weights = balance.class_weights
             rows = []
-            for i, name in enumerate(names):
-                w = weights.get(name) if isinstance(weights, dict) else (
-                    weights[i] if isinstance(weights, list) and i < len(weights) else None)
+            for i, name in enumerate(before):
+                w = weights[i] if weights is not None and i < len(weights) else None
                 rows.append((name, before.get(name), seen.get(name), w))
             parts.append(table(("class", "rows before", "rows seen", "loss weight"), rows))
             parts.append(image(plots.class_distribution(before, seen or None),
                                "class distribution", "training rows per class, before "
                                "balancing and as the training saw them"))
-    privacy = h.get("privacy")
-    if isinstance(privacy, dict):
+    privacy = h.privacy
+    if privacy is not None:
         parts.append(heading(3, "Differential privacy",
-                             f"ε = {privacy.get('epsilon')} at δ = {privacy.get('delta')}"))
+                             f"ε = {privacy.epsilon} at δ = {privacy.delta}"))
         parts.append(paragraph(
             "Trained with DP-SGD (Opacus): the model behaves almost the same whether or not "
             "any one training image was used — at most a factor e^ε, except with "
             "probability δ.", "muted"))
-        parts.append(kv_table((k, privacy.get(k)) for k in PRIVACY_KEYS if k in privacy))
-    transfer = h.get("transfer")
-    if isinstance(transfer, dict) and (transfer.get("init") or transfer.get("head")):
-        init = transfer.get("init") or {}
+        budget = privacy.stopped_at_budget  # None: a history from before it was recorded
+        parts.append(kv_table([
+            ("epsilon", privacy.epsilon), ("delta", privacy.delta),
+            ("target_epsilon", privacy.target_epsilon), ("accountant", privacy.accountant),
+            ("noise_multiplier", privacy.noise_multiplier),
+            ("sample_rate", privacy.sample_rate), ("max_grad_norm", privacy.max_grad_norm),
+            ("stopped_at_budget", ... if budget is None else budget)]))
+    transfer = h.transfer
+    if transfer is not None and (transfer.init is not None or transfer.head):
+        init = transfer.init
         parts.append(heading(3, "Transfer learning"))
         parts.append(kv_table([
-            ("started from", init.get("source")), ("tensors loaded", init.get("loaded")),
-            ("missing", init.get("missing")), ("unexpected", init.get("unexpected")),
-            ("shape-mismatched", init.get("shape_mismatched")),
-            ("head re-initialised", init.get("head_reinitialised")),
-            ("head", transfer.get("head")), ("freeze", transfer.get("freeze")),
-            ("frozen tensors", transfer.get("frozen_tensors")),
-            ("backbone lr scale", transfer.get("backbone_lr_scale"))]))
+            ("started from", init and init.source), ("tensors loaded", init and init.loaded),
+            ("missing", init and init.missing), ("unexpected", init and init.unexpected),
+            ("shape-mismatched", init and init.shape_mismatched),
+            ("head re-initialised", init and init.head_reinitialised),
+            ("head", transfer.head), ("freeze", transfer.freeze),
+            ("frozen tensors", transfer.frozen_tensors),
+            ("backbone lr scale", transfer.backbone_lr_scale)]))
     parts.append(heading(3, "Params"))
     parts.append(table(
         ("Param", "value", "set"),

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sparkvision.config import TrainConfig
+from sparkvision.training.history import EpochRecord, TrainingHistory
 from sparkvision.training.transport import EventSender
 from sparkvision.training.watchdog import Heartbeat
 
@@ -30,7 +31,7 @@ class Run:
     ddp: Any
     optimizer: Any
     start_epoch: int
-    history: list[dict[str, Any]]
+    history: list[EpochRecord]
     resumed_from: int | None
     started: float
     allreduce: str
@@ -38,9 +39,10 @@ class Run:
 
 def train(x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
           config: TrainConfig, rank: int, world: int, device: torch.device,
-          beat: Heartbeat) -> tuple[bytes, dict[str, Any]]:
+          beat: Heartbeat) -> tuple[bytes, TrainingHistory]:
     """Build (or resume) the model, wrap it in DDP and run the epochs: rank 0's weights
-    (safetensors; empty on the other ranks) and the training's summary."""
+    (safetensors; empty on the other ranks) and the training's history (what the driver
+    adds to it left empty)."""
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -89,7 +91,7 @@ def train(x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Tensor, y_val: to
 
 
 def run_epochs(run: Run, x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Tensor,
-               y_val: torch.Tensor, beat: Heartbeat) -> tuple[bytes, dict[str, Any]]:
+               y_val: torch.Tensor, beat: Heartbeat) -> tuple[bytes, TrainingHistory]:
     """The epoch loop: equal steps per rank, all-reduced metrics, rank-0 checkpoints."""
     import torch
     import torch.distributed as dist
@@ -128,7 +130,7 @@ def run_epochs(run: Run, x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Te
     events.send({"type": "start", "steps_per_epoch": steps, "start_epoch": run.start_epoch,
                  "world_size": world})
 
-    stopped_early, diverged, record = config.epochs, False, {}
+    stopped_early, diverged, record = config.epochs, False, None
     privacy_stop, spent = None, None
     for epoch in range(run.start_epoch, config.epochs):
         if dp is not None:  # ε spent once this epoch is done
@@ -153,26 +155,22 @@ def run_epochs(run: Run, x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Te
             on_step, device,
         )
         loss_sum, correct, count = allreduce([tot.loss_sum, tot.correct, tot.count])
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / count,
-            "train_accuracy": correct / count,
-            "val_loss": None,
-            "val_accuracy": None,
-            "steps_per_rank": [steps] * world,
-            "lr": run.optimizer.param_groups[0]["lr"],
-        }
-        if dp is not None:
-            record["epsilon"] = spent
+        lr = run.optimizer.param_groups[0]["lr"]
         beat.phase = "validating"
+        val_loss = val_accuracy = None
         if sum(val_rows) > 0:
             v = evaluate(run.model, x_val, y_val, config.loss, device=device,
                          gamma=config.focal_gamma)
             vl, vc, vn = allreduce([v.loss_sum, v.correct, v.count])
-            record["val_loss"], record["val_accuracy"] = vl / vn, vc / vn
-        record["seconds"] = round(time.monotonic() - t0, 3)
+            val_loss, val_accuracy = vl / vn, vc / vn
+        seconds = round(time.monotonic() - t0, 3)
         samples = steps * config.batch_size * world
-        record["samples_per_second"] = round(samples / max(record["seconds"], 1e-9), 1)
+        record = EpochRecord(
+            epoch=epoch + 1, train_loss=loss_sum / count, train_accuracy=correct / count,
+            val_loss=val_loss, val_accuracy=val_accuracy, steps_per_rank=[steps] * world,
+            lr=lr, seconds=seconds, samples_per_second=round(samples / max(seconds, 1e-9), 1),
+            epsilon=spent if dp is not None else None,
+        )
         run.history.append(record)
         stop = 0.0
         beat.phase = "checkpointing and reporting the epoch"
@@ -180,10 +178,11 @@ def run_epochs(run: Run, x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Te
             if config.checkpoint_dir:
                 ckpt.save_checkpoint(
                     config.checkpoint_dir, epoch + 1, run.model, run.optimizer,
-                    {"history": run.history, "fingerprint": fingerprint(config)},
+                    {"history": [e.to_dict() for e in run.history],
+                     "fingerprint": fingerprint(config)},
                 )
-            stop = float(events.ask_stop(dict(record, type="epoch")))
-        diverged = not math.isfinite(record["train_loss"])
+            stop = float(events.ask_stop(dict(record.to_dict(), type="epoch")))
+        diverged = not math.isfinite(record.train_loss)
         # One collective tells every rank whether the driver asked to stop (a pruned trial):
         # they all leave the loop after this epoch, and the barrier job ends normally.
         if allreduce([stop])[0] > 0 or diverged:
@@ -191,24 +190,26 @@ def run_epochs(run: Run, x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Te
             break
 
     events.close()
-    summary = {
-        "world_size": world,
-        "ranks": list(range(world)),
-        "backend": dist.get_backend(),
-        "allreduce": run.allreduce,
-        "device": str(device),
-        "train_rows_per_rank": train_rows,
-        "val_rows_per_rank": val_rows,
-        "steps_per_epoch": steps,
-        "resumed_from_epoch": run.resumed_from,
-        "stopped_early": stopped_early if stopped_early < config.epochs else None,
-        "diverged": (f"the training loss is {record['train_loss']} in epoch "
-                     f"{record['epoch']}") if diverged else None,
-        "epochs": run.history,
-        "seconds": round(time.monotonic() - run.started, 3),
-    }
+    privacy = None
     if dp is not None:
-        last = run.history[-1].get("epsilon", 0.0) if run.history else 0.0
-        summary["privacy"] = dict(dp.as_dict(last), stopped_at_budget=privacy_stop is not None)
+        last = run.history[-1].epsilon if run.history else None
+        privacy = dp.record(last or 0.0, stopped_at_budget=privacy_stop is not None)
+    summary = TrainingHistory(
+        world_size=world,
+        ranks=list(range(world)),
+        backend=dist.get_backend(),
+        allreduce=run.allreduce,
+        device=str(device),
+        train_rows_per_rank=train_rows,
+        val_rows_per_rank=val_rows,
+        steps_per_epoch=steps,
+        resumed_from_epoch=run.resumed_from,
+        stopped_early=stopped_early if stopped_early < config.epochs else None,
+        diverged=(f"the training loss is {record.train_loss} in epoch "
+                  f"{record.epoch}") if diverged and record is not None else None,
+        epochs=run.history,
+        seconds=round(time.monotonic() - run.started, 3),
+        privacy=privacy,
+    )
     weights_bytes = state_dict_bytes(run.model) if rank == 0 else b""
     return weights_bytes, summary

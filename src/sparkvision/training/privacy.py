@@ -13,7 +13,8 @@ approximation (Opacus's ``poisson_sampling=False``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+from sparkvision.training.history import PrivacyRecord
 
 ACCOUNTANT = "rdp"
 #: RDP orders searched for the tightest ε: Opacus's defaults plus larger ones (small
@@ -43,10 +44,13 @@ class PrivacyPlan:
         accountant.history = [(self.noise_multiplier, self.sample_rate, steps)]
         return float(accountant.get_epsilon(delta=self.target_delta, alphas=ALPHAS))
 
-    def as_dict(self, epsilon: float) -> dict[str, Any]:
-        return {"accountant": ACCOUNTANT, "epsilon": epsilon, "delta": self.target_delta,
-                "target_epsilon": self.target_epsilon, "max_grad_norm": self.max_grad_norm,
-                "noise_multiplier": self.noise_multiplier, "sample_rate": self.sample_rate}
+    def record(self, epsilon: float, stopped_at_budget: bool) -> PrivacyRecord:
+        """The training history's privacy record once ``epsilon`` has been spent."""
+        return PrivacyRecord(
+            accountant=ACCOUNTANT, epsilon=epsilon, delta=self.target_delta,
+            target_epsilon=self.target_epsilon, max_grad_norm=self.max_grad_norm,
+            noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate,
+            stopped_at_budget=stopped_at_budget)
 
 
 def plan(total_rows: int, global_batch: int, steps_per_epoch: int, epochs: int,

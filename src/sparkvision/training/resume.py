@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sparkvision.config import TrainConfig
+from sparkvision.training.history import EpochRecord
 
 if TYPE_CHECKING:
     import torch
@@ -52,7 +53,7 @@ class Resumed:
     """The epoch a rank starts after (0: from the start) and the history so far."""
 
     start_epoch: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[EpochRecord] = field(default_factory=list)
     resumed_from: int | None = None
 
 
@@ -80,4 +81,6 @@ def restore(config: TrainConfig, rank: int, model: torch.nn.Module,
     optimizer.load_state_dict(opt_state)
     if rank == 0:
         log.warning("resuming from checkpoint after epoch %d", start_epoch)
-    return Resumed(start_epoch, info.get("history", []), start_epoch)
+    where = f"the checkpoint of epoch {start_epoch} in {config.checkpoint_dir}"
+    history = [EpochRecord.from_dict(e, where) for e in info.get("history", [])]
+    return Resumed(start_epoch, history, start_epoch)

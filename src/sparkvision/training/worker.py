@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from sparkvision.config import TrainConfig
+from sparkvision.training.history import MemoryRecord
 from sparkvision.training.transport import EventSender
 from sparkvision.training.watchdog import Heartbeat
 
@@ -110,9 +110,11 @@ def _train_task(batches: Iterator[Any], config: TrainConfig, ctx: Any, rank: int
         dist.destroy_process_group()
         if rank == 0:
             weights, history = result
-            history["memory"] = {"budget_mb": memory["budget_mb"], **{
-                k: gathered[k] for k in ("spilled", "partition_kb", "rss_anon_growth_kb")}}
-            rows: list[tuple[str, int, bytes]] = [("history", 0, json.dumps(history).encode())]
+            history = replace(history, memory=MemoryRecord(
+                memory["budget_mb"], gathered["spilled"], gathered["partition_kb"],
+                gathered["rss_anon_growth_kb"]))
+            rows: list[tuple[str, int, bytes]] = [
+                ("history", 0, history.to_json(indent=None).encode())]
             rows += [
                 ("weights", i, weights[off : off + CHUNK])
                 for i, off in enumerate(range(0, len(weights), CHUNK))
