@@ -202,6 +202,11 @@ class TrainSettings(NetworkSettings):
                              choices=("adam", "sgd"), flag="--optimizer", tunable=True)
     weight_decay: float = setting(0.0, "weightDecay", "L2 weight decay", low=0,
                                   flag="--weight-decay", tunable=True)
+    gradient_clip_norm: float = setting(
+        0.0, "gradientClipNorm", "clip the global L2 norm of the gradient to this before each "
+        "optimizer step (under privacy='dp' each example is clipped to maxGradNorm instead); "
+        "0 = no clipping", low=0, example="1.0", flag="--gradient-clip-norm", metavar="C",
+        tunable=True)
     loss: str = setting("cross_entropy", "loss", "cross_entropy, mse (softmax vs one-hot) "
                         "or focal", choices=("cross_entropy", "mse", "focal"), flag="--loss",
                         tunable=True)

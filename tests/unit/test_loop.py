@@ -17,6 +17,7 @@ from sparkvision.training.loop import (
     make_optimizer,
     shift_augment,
     steps_per_epoch,
+    train_epoch,
 )
 
 
@@ -118,3 +119,42 @@ def test_focal_loss_is_cross_entropy_at_gamma_0_and_down_weights_easy_rows():
     w = torch.linspace(0.5, 2.0, 5)
     weighted = compute_loss(logits, y, "focal", w, gamma=2.0, reduction="sum")
     assert torch.allclose(weighted, (expected * w[y]).sum(), atol=1e-5)
+
+
+def _one_sgd_step(clip: float) -> float:
+    """L2 norm of the change of the weights after one plain-SGD step at lr 0.1."""
+    torch.manual_seed(0)
+    config = TrainConfig(model="cnn", num_classes=3, image_shape=(8, 8, 1), optimizer="sgd",
+                         learning_rate=0.1, lr_schedule="constant", augment="none", epochs=1,
+                         batch_size=16, gradient_clip_norm=clip)
+    model = build_model("cnn", 3, (8, 8, 1))
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8, generator=gen)
+    y = torch.randint(0, 3, (16,), generator=gen)
+    train_epoch(model, make_optimizer(config, model.parameters()), x, y, np.arange(16), config,
+                gen, 0, 1, None)
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    return float((after - before).norm())
+
+
+def test_gradient_clip_norm_bounds_the_step_from_the_api_cli_and_tuning_space():
+    from sparkvision.cli import build_parser
+    from sparkvision.cli.train import classifier_params
+    from sparkvision.errors import InvalidParameterError
+    from sparkvision.ml.classifier import ImageClassifier
+    from sparkvision.tuning.space import parse_space
+
+    # SGD's first step moves the weights by lr × the gradient: clipped, by lr × the norm
+    assert _one_sgd_step(1e-3) == pytest.approx(0.1 * 1e-3, rel=1e-3)
+    assert _one_sgd_step(0.0) > 10 * 0.1 * 1e-3  # 0 = no clipping
+    clf = ImageClassifier(gradientClipNorm=2.5)
+    assert clf.getGradientClipNorm() == 2.5
+    with pytest.raises(InvalidParameterError, match="gradientClipNorm"):
+        ImageClassifier(gradientClipNorm=-1.0).validateParams()
+    args = build_parser().parse_args(["train", "data", "--out", "m",
+                                      "--gradient-clip-norm", "0.5"])
+    manifest = {"classes": ["a", "b"], "image_shape": [8, 8, 1]}
+    assert classifier_params(args, manifest)["gradientClipNorm"] == 0.5
+    (dim,) = parse_space({"gradientClipNorm": {"uniform": [0.5, 5.0]}})
+    assert (dim.name, dim.low, dim.high) == ("gradientClipNorm", 0.5, 5.0)

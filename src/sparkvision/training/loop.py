@@ -169,6 +169,8 @@ def train_epoch(
         loss = compute_loss(logits, yb, config.loss, class_weights, gamma=config.focal_gamma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if config.gradient_clip_norm > 0 and config.privacy == "none":
+            nn.utils.clip_grad_norm_(model.parameters(), config.gradient_clip_norm)
         optimizer.step()
         totals.loss_sum += float(loss.detach()) * len(idx)
         totals.correct += int((logits.detach().argmax(1) == yb).sum())
