@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := demo-output
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast lint typecheck bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,16 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 
-test: $(STAMP) lint
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+# everything: lint, types, every test (CI runs this)
+test: $(STAMP) lint typecheck
 	$(VENV)/bin/pytest -q
+
+# the edit-run loop: lint, types, the unit tests and the fast Spark tests (not `slow`)
+test-fast: $(STAMP) lint typecheck
+	$(VENV)/bin/pytest -q -m "not slow and not cluster" tests/unit tests/spark
 
 bench: $(STAMP)
 	$(PY) bench/tfrecord_read.py --rows 200000 --files 4
