@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sparkvision.session import GLIBC_TUNABLES
+from sparkvision.session.conf import GLIBC_TUNABLES
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]

@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import write_result  # noqa: E402
-from sparkvision.session import GLIBC_TUNABLES  # noqa: E402
+from sparkvision.session.conf import GLIBC_TUNABLES  # noqa: E402
 
 WORLD = 2
 BATCH = 64

@@ -17,11 +17,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from sparkvision.session import DEFAULT_CONF, GLIBC_TUNABLES
+from sparkvision.session.conf import GLIBC_TUNABLES, session_conf
 
 REPO = Path(__file__).resolve().parents[1]
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 LOG4J = REPO / "src" / "sparkvision" / "log4j2.properties"
+#: The test server's ``spark.sql.shuffle.partitions``.
+SERVER_SHUFFLE_PARTITIONS = 3
 
 
 def free_port() -> int:
@@ -40,7 +42,7 @@ def spark_home() -> Path:
 
 def server_command(port: int, master: str = "local[2]") -> list[str]:
     """``spark-submit`` running the Connect server with sparkvision's session confs."""
-    conf = dict(DEFAULT_CONF)
+    conf = session_conf(master)
     conf.update({
         "spark.connect.grpc.binding.address": "127.0.0.1",
         "spark.connect.grpc.binding.port": str(port),
@@ -48,6 +50,8 @@ def server_command(port: int, master: str = "local[2]") -> list[str]:
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
         "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{LOG4J}",
+        # The server's own value, which a client must keep (not sparkvision's local 2).
+        "spark.sql.shuffle.partitions": str(SERVER_SHUFFLE_PARTITIONS),
     })
     cmd = [str(spark_home() / "bin" / "spark-submit"), "--class", SERVER_CLASS,
            "--name", "sparkvision-connect-tests", "--master", master]

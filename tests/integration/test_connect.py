@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import connect_server, free_port
+from tests.cluster import SERVER_SHUFFLE_PARTITIONS, connect_server, free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -114,6 +114,8 @@ print(json.dumps({
     "parallelism": default_parallelism(spark), "probe": probe_parallelism(spark),
     "task_cpus": task_cpus(spark), "slots": available_slots(spark),
     "partitions": num_partitions(df), "counted": count_partitions(df),
+    "shuffle": spark.conf.get("spark.sql.shuffle.partitions"),
+    "batch_bytes": spark.conf.get("spark.sql.execution.arrow.maxBytesPerBatch"),
 }))
 labels = spark.range(5).selectExpr("id AS label")
 labels.write.format("tfrecords").mode("overwrite").save(sys.argv[2])
@@ -123,7 +125,8 @@ print(json.dumps({"tfrecords": spark.read.format("tfrecords").load(sys.argv[2]).
 
 def test_session_helpers_over_connect(connect_url, tmp_path):
     """No sparkContext/rdd over Connect: slots from the server's master conf, the probe job
-    agrees with it, partitions counted by a job (empty ones too), our data source is
+    agrees with it, partitions counted by a job (empty ones too), the server's shuffle
+    partitions kept (no small-machine defaults over Connect), our data source is
     registered on the server."""
     proc = subprocess.run([sys.executable, "-c", HELPERS, connect_url, str(tmp_path / "tf")],
                           capture_output=True, text=True, timeout=180, env=_env(),
@@ -131,7 +134,10 @@ def test_session_helpers_over_connect(connect_url, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     first, second = (json.loads(line) for line in proc.stdout.strip().splitlines()[-2:])
     assert first == {"connect": True, "master": "local[2]", "parallelism": 2, "probe": 2,
-                     "task_cpus": 1, "slots": 2, "partitions": 3, "counted": 3}
+                     "task_cpus": 1, "slots": 2, "partitions": 3, "counted": 3,
+                     # the server's value stays; what sparkvision needs is set
+                     "shuffle": str(SERVER_SHUFFLE_PARTITIONS),
+                     "batch_bytes": str(16 << 20)}
     assert second == {"tfrecords": 5}  # our data source, registered over Connect
 
 

@@ -1,7 +1,8 @@
 """sparkvision on a real Spark standalone cluster (Master + 2 Workers × 1 core on 127.0.0.1,
 ``tests/standalone.py``): the CLI trains and predicts through ``--master spark://…``, a
 training survives ``kill -9`` of one executor JVM (the barrier stage is retried and resumes
-from the last checkpoint), and stopping the cluster leaves no process behind."""
+from the last checkpoint), a session on the cluster's master keeps Spark's defaults, and
+stopping the cluster leaves no process behind."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.clirun import cli_json, log_tails
+from tests.sessionconf import session_confs
 from tests.standalone import StandaloneCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -126,6 +128,24 @@ def test_training_survives_a_killed_executor(cluster, digits_dir, tmp_path):
     assert history["epochs"][-1]["val_accuracy"] >= 0.85, history["epochs"][-1]
     print(f"killed executor {victim}; replaced by {replaced_by}; resumed from epoch "
           f"{history['resumed_from_epoch']} after {history['attempts']} attempts")
+
+
+SHUFFLE = "spark.sql.shuffle.partitions"
+
+
+def test_a_cluster_master_session_keeps_sparks_defaults(cluster, tmp_path):
+    """The small-machine defaults are for an embedded ``local[…]`` only: a ``get_spark``
+    session on the standalone master keeps Spark's 200 shuffle partitions and its web UI
+    unless the user sets them; what sparkvision needs everywhere (the barrier slot check,
+    the driver's loopback address on a loopback cluster) is set."""
+    keys = [SHUFFLE, "spark.ui.enabled",
+            "spark.scheduler.barrier.maxConcurrentTasksCheck.interval", "spark.driver.host"]
+    plain, given = session_confs(cluster.master_url, keys, [{}, {SHUFFLE: "7"}],
+                                 _env(tmp_path))
+    assert plain == {SHUFFLE: "200", "spark.ui.enabled": None,
+                     "spark.scheduler.barrier.maxConcurrentTasksCheck.interval": "2s",
+                     "spark.driver.host": "127.0.0.1"}
+    assert given[SHUFFLE] == "7"  # the user's value wins
 
 
 _HOLD_EXECUTORS = """

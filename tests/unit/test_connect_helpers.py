@@ -1,7 +1,7 @@
-"""The Spark Connect helpers of ``sparkvision.session`` without a server: URL parsing, the
-reachability check, and the classic/Connect split of slot counting, partition counting,
-job tags and cancellation (fake sessions; a fake Connect session is one whose class lives
-in ``pyspark.sql.connect``)."""
+"""The Spark Connect helpers of ``sparkvision.session`` and ``sparkvision.session.jobs``
+without a server: URL parsing, the reachability check, and the classic/Connect split of
+slot counting, partition counting, job tags and cancellation (fake sessions; a fake
+Connect session is one whose class lives in ``pyspark.sql.connect``)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from sparkvision.errors import (
     ClusterUnreachableError,
     InvalidParameterError,
 )
+from sparkvision.session import jobs
 
 
 class FakeConf:
@@ -174,18 +175,19 @@ def test_num_partitions_over_connect_counts_with_a_job():
     assert session.num_partitions(FakeFrame(spark, counted=7)) == 7
 
 
-def test_job_group_and_cancel_over_connect_use_tags():
+def test_tagged_jobs_and_cancel_over_connect_use_session_tags():
     spark = FakeConnect({})
-    with session.job_group(spark, "trial-1", "a trial"):
-        session.cancel_jobs(spark, "trial-1")
-    session.cancel_jobs(spark)
-    assert spark.calls == [("addTag", "trial-1"), ("interruptTag", "trial-1"),
+    with jobs.tagged_jobs(spark, "trial-1", "a trial"), jobs.tagged_jobs(spark, "fit-2"):
+        jobs.cancel_jobs(spark, "trial-1")
+    jobs.cancel_jobs(spark)
+    assert spark.calls == [("addTag", "trial-1"), ("addTag", "fit-2"),
+                           ("interruptTag", "trial-1"), ("removeTag", "fit-2"),
                            ("removeTag", "trial-1"), ("interruptAll",)]
 
 
-def test_job_group_removes_its_tag_on_error():
+def test_tagged_jobs_removes_its_tag_on_error():
     spark = FakeConnect({})
-    with pytest.raises(RuntimeError), session.job_group(spark, "t"):
+    with pytest.raises(RuntimeError), jobs.tagged_jobs(spark, "t"):
         raise RuntimeError("boom")
     assert spark.calls[-1] == ("removeTag", "t")
 

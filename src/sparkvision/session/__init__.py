@@ -1,54 +1,30 @@
-"""SparkSession builder with the settings sparkvision relies on."""
+"""The SparkSession, built from what the cluster and the user say: a classic or Spark
+Connect session with the confs ``sparkvision.session.conf`` picks for its master and with
+sparkvision's data sources (``get_spark``), and facts about the cluster read from a session
+of either kind (master, task slots, partitions, the driver's callback address). Job tags
+and cancellation: ``sparkvision.session.jobs``."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
 import socket
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from sparkvision.errors import ClusterUnreachableError, InvalidParameterError
+from sparkvision.session.conf import GLIBC_TUNABLES, is_loopback, launch_conf, session_conf
 
 log = logging.getLogger(__name__)
-
-# glibc malloc settings that nearly double batch inference speed (fewer page faults).
-GLIBC_TUNABLES = (
-    "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295"
-)
-
-DEFAULT_CONF: dict[str, str] = {
-    "spark.sql.shuffle.partitions": "2",
-    "spark.ui.enabled": "false",
-    "spark.ui.showConsoleProgress": "false",
-    "spark.sql.execution.arrow.pyspark.enabled": "true",
-    # Arrow batches into Python tasks: at most 16 MB (photos: ~100 per batch, not 10,000),
-    # so a training task past its memory budget spills batch by batch.
-    "spark.sql.execution.arrow.maxBytesPerBatch": str(16 << 20),
-    # Fail fast (instead of waiting ~10 minutes) when a barrier stage cannot get its slots.
-    "spark.scheduler.barrier.maxConcurrentTasksCheck.interval": "2s",
-    "spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures": "2",
-    "spark.python.worker.reuse": "true",
-    "spark.executorEnv.GLIBC_TUNABLES": GLIBC_TUNABLES,
-    "spark.executorEnv.OMP_NUM_THREADS": "1",
-    "spark.driver.host": "127.0.0.1",
-    "spark.driver.bindAddress": "127.0.0.1",
-}
-
-
-def _is_loopback(master: str) -> bool:
-    """True when the driver and every executor run on this machine."""
-    return master.startswith("local") or "127.0.0.1" in master or "localhost" in master
 
 
 def _prepare_environment(master: str) -> None:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    if _is_loopback(master):
+    if is_loopback(master):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     # Python workers forked by the local daemon inherit the driver's environment.
     os.environ.setdefault("GLIBC_TUNABLES", GLIBC_TUNABLES)
@@ -67,6 +43,9 @@ def get_spark(
     ``remote``: a Spark Connect URL (``sc://HOST:PORT``; default: the ``SPARK_REMOTE``
     environment variable unless ``master`` is given) for a Spark Connect client session
     instead of a driver JVM in this process; ``master`` and ``remote`` exclude each other.
+    ``conf``: Spark confs, set over sparkvision's (``session_conf`` says which it sets for
+    which master: small-machine defaults only for an embedded ``local[…]``; a value in
+    spark-defaults.conf or ``PYSPARK_SUBMIT_ARGS`` stays).
     ``jvm_log``: a file that receives the JVM's own stderr (its start-up banner, log4j
     output, executor stack traces in local mode) instead of the terminal; only used when
     this call starts the JVM (never over Spark Connect, which has no local JVM).
@@ -88,14 +67,7 @@ def get_spark(
     master = master or os.environ.get("SPARK_MASTER") or "local[*]"
     _prepare_environment(master)
     builder = SparkSession.builder.master(master).appName(app_name)
-    settings = dict(DEFAULT_CONF)
-    if not _is_loopback(master):
-        settings.pop("spark.driver.host")
-        settings.pop("spark.driver.bindAddress")
-    log_config = Path(__file__).with_name("log4j2.properties")
-    if log_config.exists():
-        settings["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{log_config}"
-    settings.update(conf or {})
+    settings = session_conf(master, conf, launch_conf())
     for key, value in settings.items():
         builder = builder.config(key, value)
     if jvm_log:
@@ -143,9 +115,10 @@ def check_reachable(url: str, timeout_s: float | None = None) -> None:
 
 
 def _connect(url: str, conf: Mapping[str, str] | None):
-    """A Spark Connect client session for ``url`` with the runtime (SQL) confs of
-    ``DEFAULT_CONF`` + ``conf``; static and launch-time confs (UI, scheduler, executor env,
-    driver address) belong to the server and are skipped (logged at debug level)."""
+    """A Spark Connect client session for ``url`` with the runtime (SQL) confs among
+    ``session_conf(url, conf)``: ``REQUIRED_CONF`` + ``conf``, none of the small-machine
+    defaults (the server's stay); static and launch-time confs (scheduler, executor env)
+    belong to the server and are skipped (logged at debug level)."""
     from pyspark.sql import SparkSession
 
     check_reachable(url)
@@ -159,7 +132,7 @@ def _connect(url: str, conf: Mapping[str, str] | None):
             f"({str(exc).splitlines()[0][:160]}): pip install 'pyspark[connect]==4.3.0'"
         ) from None
     spark = SparkSession.builder.remote(url).getOrCreate()
-    settings = {**DEFAULT_CONF, **(conf or {})}
+    settings = session_conf(url, conf)
     for key, value in settings.items():
         try:
             modifiable = spark.conf.isModifiable(key)
@@ -333,61 +306,3 @@ def set_log_level(spark, level: str = "ERROR") -> None:
     """The driver's log level; classic only (a Connect server's logging is its own)."""
     if not is_connect(spark):
         spark.sparkContext.setLogLevel(level)
-
-
-@contextlib.contextmanager
-def job_group(spark, tag: str, description: str = "") -> Iterator[None]:
-    """Run the calling thread's Spark jobs under ``tag`` so ``cancel_jobs(spark, tag)`` can
-    stop them: a job tag (``addTag``, both kinds of session); on a classic session also a
-    job group with interrupt-on-cancel, as before (its description shows in the UI)."""
-    classic = not is_connect(spark)
-    if classic:
-        spark.sparkContext.setJobGroup(tag, description or tag, True)
-    spark.addTag(tag)
-    try:
-        yield
-    finally:
-        spark.removeTag(tag)
-        if classic:
-            spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
-
-
-def cancel_jobs(spark, tag: str | None = None) -> None:
-    """Cancel the jobs tagged ``tag``, or every running job of ``spark`` (``None``):
-    classic ``cancelJobGroup`` / ``cancelAllJobs``, Spark Connect ``interruptTag`` /
-    ``interruptAll`` (this session's operations only: a Connect server is shared)."""
-    if is_connect(spark):
-        if tag is None:
-            spark.interruptAll()
-        else:
-            spark.interruptTag(tag)
-    elif tag is None:
-        spark.sparkContext.cancelAllJobs()
-    else:
-        spark.sparkContext.cancelJobGroup(tag)
-
-
-def add_job_tag(spark, tag: str) -> None:
-    """Tag the calling thread's next Spark jobs with ``tag`` (added to any job group or
-    other tags the thread has): ``SparkContext.addJobTag`` on a classic session (the
-    session-level ``addTag`` does not reach classic DataFrame jobs), ``addTag`` over
-    Connect."""
-    if is_connect(spark):
-        spark.addTag(tag)
-    else:
-        spark.sparkContext.addJobTag(tag)
-
-
-def remove_job_tag(spark, tag: str) -> None:
-    if is_connect(spark):
-        spark.removeTag(tag)
-    else:
-        spark.sparkContext.removeJobTag(tag)
-
-
-def cancel_job_tag(spark, tag: str) -> None:
-    """Cancel the running jobs tagged ``tag`` (from any thread)."""
-    if is_connect(spark):
-        spark.interruptTag(tag)
-    else:
-        spark.sparkContext.cancelJobsWithTag(tag)

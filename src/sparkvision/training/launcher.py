@@ -21,7 +21,7 @@ from sparkvision.errors import (
     TrainingStalledError,
     user_error_message,
 )
-from sparkvision.session import add_job_tag, cancel_job_tag, remove_job_tag
+from sparkvision.session.jobs import cancel_jobs, tagged_jobs
 from sparkvision.training.history import TrainingHistory
 from sparkvision.training.progress import ProgressBar
 from sparkvision.training.transport import MailboxReader, ProgressServer
@@ -194,18 +194,17 @@ def _watching(spark, watchdog: Watchdog, tag: str) -> Iterator[list[str]]:
             if message:
                 stalled.append(message)
                 log.error("training stalled: %s", message)
-                cancel_job_tag(spark, tag)
+                cancel_jobs(spark, tag)
                 return
 
-    add_job_tag(spark, tag)
-    thread = threading.Thread(target=watch, name="sparkvision-watchdog", daemon=True)
-    thread.start()
-    try:
-        yield stalled
-    finally:
-        stop.set()
-        thread.join(2 * period + 1)
-        remove_job_tag(spark, tag)
+    with tagged_jobs(spark, tag):
+        thread = threading.Thread(target=watch, name="sparkvision-watchdog", daemon=True)
+        thread.start()
+        try:
+            yield stalled
+        finally:
+            stop.set()
+            thread.join(2 * period + 1)
 
 
 def _explain(exc: BaseException, config: TrainConfig) -> BaseException:

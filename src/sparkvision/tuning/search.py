@@ -254,7 +254,7 @@ class _Search:
             # Ctrl-C: cancel the running trials' jobs; they are queued again (not counted)
             # and the next run with the same folder continues the study.
             self.interrupted = True
-            from sparkvision.session import cancel_jobs
+            from sparkvision.session.jobs import cancel_jobs
 
             cancel_jobs(self.spark)  # classic: cancelAllJobs; Spark Connect: interruptAll
             raise
@@ -320,9 +320,9 @@ class _Search:
         error: str | None = None
         cancelled = False
         model = None
-        from sparkvision.session import job_group
+        from sparkvision.session.jobs import tagged_jobs
 
-        with self.pool.hold(workers), job_group(
+        with self.pool.hold(workers), tagged_jobs(
                 self.spark, f"sparkvision-tune-trial-{trial.number}",
                 f"sparkvision tune trial {trial.number}: {values}"):
             try:
