@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sparkvision.data import tfrecord
+from sparkvision.data import tf_example, tfrecord
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tfrecord_read.json"
 
@@ -54,7 +54,7 @@ def generate(root: Path, rows: int, files: int, seed: int = 0) -> tuple[Path, Pa
                     "label": ("int64", [int(label)]),
                     "path": ("bytes", [path.encode()]),
                 }
-                tfrecord.write_record(f, tfrecord.encode_example(example))
+                tfrecord.write_record(f, tf_example.encode_example(example))
         table = pa.table(
             {
                 "image": pa.array([im.tobytes() for im in images], pa.binary()),
@@ -71,7 +71,7 @@ def python_loop(tf_dir: Path) -> tuple[int, int, int]:
     rows = image_bytes = labels = 0
     for path in sorted(tf_dir.iterdir()):
         for record in tfrecord.read_file_records(str(path)):
-            example = tfrecord.decode_example(record)
+            example = tf_example.decode_example(record)
             image_bytes += len(example["image"][1][0])
             labels += example["label"][1][0]
             rows += 1

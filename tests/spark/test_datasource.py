@@ -19,7 +19,7 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from sparkvision.data import tfrecord
+from sparkvision.data import tf_example, tfrecord
 from sparkvision.data.datasource import save_tfrecords
 
 SCHEMA = StructType(
@@ -62,7 +62,7 @@ def _write_file(path, start: int, n: int) -> None:
     with tfrecord.open_for_write(tmp) as f:
         for i in range(start, start + n):
             example = {"id": ("int64", [i]), "value": ("bytes", [f"v{i}".encode()])}
-            tfrecord.write_record(f, tfrecord.encode_example(example))
+            tfrecord.write_record(f, tf_example.encode_example(example))
     os.replace(tmp, path)
 
 
@@ -104,7 +104,7 @@ def test_inference_of_scalars_vs_lists_and_text_vs_binary(spark, tmp_path):
                 "raw": ("bytes", [b"ok" if i else b"\x00\x01"]),
                 "w": ("float", [1.0, 2.0]),
             }
-            tfrecord.write_record(f, tfrecord.encode_example(example))
+            tfrecord.write_record(f, tf_example.encode_example(example))
     df = spark.read.format("tfrecords").load(str(path))
     assert df.schema == StructType(
         [
@@ -193,7 +193,7 @@ def test_byte_array_records(spark, tmp_path):
 def test_byte_array_of_examples_reads_as_examples(spark, written):
     path, rows = written
     raw = spark.read.format("tfrecords").option("recordType", "ByteArray").load(path)
-    decoded = [tfrecord.decode_example(r.record) for r in raw.collect()]
+    decoded = [tf_example.decode_example(r.record) for r in raw.collect()]
     assert sorted(d["id"][1][0] for d in decoded) == [r[0] for r in _sorted(rows)]
 
 
@@ -217,7 +217,7 @@ def _corrupt_file(folder) -> tuple[str, int]:
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "broken.tfrecord")
     framed = [
-        tfrecord.frame_record(tfrecord.encode_example({"id": ("int64", [i])})) for i in range(5)
+        tfrecord.frame_record(tf_example.encode_example({"id": ("int64", [i])})) for i in range(5)
     ]
     offset = len(framed[0]) + len(framed[1])
     data = bytearray(b"".join(framed))
@@ -255,7 +255,7 @@ def test_malformed_example_is_named_or_skipped(spark, tmp_path):
     folder.mkdir()
     with tfrecord.open_for_write(str(folder / "bad-example.tfrecord")) as f:
         for i in range(4):
-            good = tfrecord.encode_example({"id": ("int64", [i])})
+            good = tf_example.encode_example({"id": ("int64", [i])})
             tfrecord.write_record(f, good if i != 2 else b"\x0a\x7f\x01")  # framed, not protobuf
     with pytest.raises(Exception, match="record 2 of .*bad-example.tfrecord: malformed"):
         spark.read.format("tfrecords").schema("id long").load(str(folder)).collect()
@@ -266,7 +266,7 @@ def test_malformed_example_is_named_or_skipped(spark, tmp_path):
 def test_truncated_file_error_offset(spark, tmp_path):
     folder = tmp_path / "t"
     folder.mkdir()
-    record = tfrecord.frame_record(tfrecord.encode_example({"id": ("int64", [1])}))
+    record = tfrecord.frame_record(tf_example.encode_example({"id": ("int64", [1])}))
     (folder / "cut.tfrecord").write_bytes(record * 3 + record[:7])
     (folder / "_ignored").write_bytes(b"not a tfrecord")
     (folder / ".hidden").write_bytes(b"not a tfrecord")
@@ -298,7 +298,7 @@ def test_nested_folders_and_gz_mixed(spark, tmp_path):
     _write_file(str(root / "a" / "b" / "two.tfrecord"), 3, 4)
     _write_file(str(root / "_tmp" / "skipped.tfrecord"), 100, 4)
     with tfrecord.open_for_write(str(root / "three.tfrecord.gz"), "gzip") as f:
-        tfrecord.write_record(f, tfrecord.encode_example({"id": ("int64", [7])}))
+        tfrecord.write_record(f, tf_example.encode_example({"id": ("int64", [7])}))
     df = spark.read.format("tfrecords").load(str(root))
     assert df.columns == ["id", "value"]
     assert sorted(r.id for r in df.collect()) == list(range(8))
@@ -427,7 +427,7 @@ def _write_numbered(path, n: int) -> list[int]:
         pos = 0
         for i in range(n):
             offsets.append(pos)
-            pos += tfrecord.write_record(fh, tfrecord.encode_example({"i": ("int64", [i])}))
+            pos += tfrecord.write_record(fh, tf_example.encode_example({"i": ("int64", [i])}))
     return offsets
 
 
@@ -439,7 +439,7 @@ def test_split_offsets_and_ranges_cover_every_record_once(tmp_path):
     seen = []
     for a, b in zip(starts, [*starts[1:], None], strict=True):
         recs = list(tfrecord.read_range_records(str(path), a, b))
-        seen += [tfrecord.decode_example(r)["i"][1][0] for r in recs]
+        seen += [tf_example.decode_example(r)["i"][1][0] for r in recs]
     assert seen == list(range(1000))
 
 

@@ -135,7 +135,7 @@ def test_prepare_tensorflow_style_tfrecords_with_encoded_images(spark, tmp_path)
 
     from PIL import Image
 
-    from sparkvision.data import tfrecord
+    from sparkvision.data import tf_example, tfrecord
 
     src = tmp_path / "tf"
     src.mkdir()
@@ -150,7 +150,7 @@ def test_prepare_tensorflow_style_tfrecords_with_encoded_images(spark, tmp_path)
                 "image/encoded": ("bytes", [buf.getvalue()]),
                 "image/class/label": ("int64", [label]),
             }
-            tfrecord.write_record(fh, tfrecord.encode_example(example))
+            tfrecord.write_record(fh, tf_example.encode_example(example))
             expected[label] += 1
     out = tmp_path / "prepared"
     result = prepare(spark, PrepareConfig(source=str(src), out=str(out), image_size=(10, 10),

@@ -12,7 +12,7 @@ import google_crc32c
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from sparkvision.data import tfrecord
+from sparkvision.data import tf_example, tfrecord
 from sparkvision.errors import CorruptRecordError, DataError, InvalidParameterError
 
 # --------------------------------------------------------------------------- references
@@ -77,7 +77,7 @@ def _example_classes(packed: bool) -> dict[str, type]:
 PB_PACKED = _example_classes(packed=True)["Example"]
 PB_UNPACKED = _example_classes(packed=False)["Example"]
 
-SAMPLE: dict[str, tfrecord.Feature] = {
+SAMPLE: dict[str, tf_example.Feature] = {
     "label": ("int64", [7]),
     "ints": ("int64", [0, 1, -1, 127, 128, 300, -(2**63), 2**63 - 1] + list(range(-20, 20))),
     "small": ("int64", list(range(40))),
@@ -89,7 +89,7 @@ SAMPLE: dict[str, tfrecord.Feature] = {
 }
 
 
-def _pb_example(cls: type, features: dict[str, tfrecord.Feature]):
+def _pb_example(cls: type, features: dict[str, tf_example.Feature]):
     example = cls()
     for name, (kind, values) in features.items():
         target = example.features.feature[name]
@@ -252,7 +252,7 @@ def test_bad_compression_name():
 # --------------------------------------------------------------------------- Example codec
 
 
-def _expected(features: dict[str, tfrecord.Feature]) -> dict[str, tuple[str, list]]:
+def _expected(features: dict[str, tf_example.Feature]) -> dict[str, tuple[str, list]]:
     out = {}
     for name, (kind, values) in features.items():
         out[name] = (kind, _float32(values) if kind == "float" else list(values))
@@ -262,7 +262,7 @@ def _expected(features: dict[str, tfrecord.Feature]) -> dict[str, tuple[str, lis
 @pytest.mark.parametrize("cls", [PB_PACKED, PB_UNPACKED], ids=["packed", "unpacked"])
 def test_decode_protobuf_encoded_example(cls):
     serialized = _pb_example(cls, SAMPLE).SerializeToString()
-    assert tfrecord.decode_example(serialized) == _expected(SAMPLE)
+    assert tf_example.decode_example(serialized) == _expected(SAMPLE)
 
 
 def test_packed_and_unpacked_encodings_differ():
@@ -270,29 +270,30 @@ def test_packed_and_unpacked_encodings_differ():
     packed = _pb_example(PB_PACKED, {"x": ("int64", [1, 2, 3])}).SerializeToString()
     unpacked = _pb_example(PB_UNPACKED, {"x": ("int64", [1, 2, 3])}).SerializeToString()
     assert packed != unpacked
-    assert tfrecord.decode_example(packed) == tfrecord.decode_example(unpacked)
+    assert tf_example.decode_example(packed) == tf_example.decode_example(unpacked)
 
 
 @pytest.mark.parametrize("cls", [PB_PACKED, PB_UNPACKED], ids=["packed", "unpacked"])
 def test_protobuf_parses_our_encoding(cls):
-    parsed = cls.FromString(tfrecord.encode_example(SAMPLE))
+    parsed = cls.FromString(tf_example.encode_example(SAMPLE))
     assert _pb_to_dict(parsed) == _expected(SAMPLE)
 
 
 def test_our_encoding_matches_protobuf_bytes_for_one_feature():
     features = {"label": ("int64", [-3, 5])}
-    ours = tfrecord.encode_example(features)
+    ours = tf_example.encode_example(features)
     assert ours == _pb_example(PB_PACKED, features).SerializeToString()
 
 
 def test_negative_int64_uses_ten_byte_varint():
-    ours = tfrecord.encode_example({"n": ("int64", [-1])})
+    ours = tf_example.encode_example({"n": ("int64", [-1])})
     assert b"\xff" * 9 + b"\x01" in ours
-    assert tfrecord.decode_example(ours) == {"n": ("int64", [-1])}
+    assert tf_example.decode_example(ours) == {"n": ("int64", [-1])}
 
 
 def test_float_rounding_and_overflow():
-    decoded = tfrecord.decode_example(tfrecord.encode_example({"f": ("float", [0.1, 1e39, -1e39])}))
+    decoded = tf_example.decode_example(
+        tf_example.encode_example({"f": ("float", [0.1, 1e39, -1e39])}))
     kind, values = decoded["f"]
     assert kind == "float"
     assert values[0] == _float32([0.1])[0] != 0.1
@@ -300,35 +301,35 @@ def test_float_rounding_and_overflow():
 
 
 def test_str_values_are_utf8_and_empty_example():
-    decoded = tfrecord.decode_example(tfrecord.encode_example({"s": ("bytes", ["\u00e9"])}))
+    decoded = tf_example.decode_example(tf_example.encode_example({"s": ("bytes", ["\u00e9"])}))
     assert decoded == {"s": ("bytes", ["\u00e9".encode()])}
-    assert tfrecord.decode_example(tfrecord.encode_example({})) == {}
-    assert tfrecord.decode_example(b"") == {}
+    assert tf_example.decode_example(tf_example.encode_example({})) == {}
+    assert tf_example.decode_example(b"") == {}
 
 
 def test_unknown_fields_are_skipped():
-    base = tfrecord.encode_example({"a": ("int64", [1])})
+    base = tf_example.encode_example({"a": ("int64", [1])})
     extra = b"\x10\x05" + b"\x1a\x03abc" + b"\x25\x00\x00\x80\x3f" + base  # fields 2, 3, 4
-    assert tfrecord.decode_example(extra) == {"a": ("int64", [1])}
+    assert tf_example.decode_example(extra) == {"a": ("int64", [1])}
 
 
 def test_malformed_example_raises_data_error():
-    good = tfrecord.encode_example(SAMPLE)
+    good = tf_example.encode_example(SAMPLE)
     with pytest.raises(DataError, match="malformed"):
-        tfrecord.decode_example(good[:-3])
+        tf_example.decode_example(good[:-3])
     with pytest.raises(DataError, match="malformed"):
-        tfrecord.decode_example(b"\x0a\xff")
+        tf_example.decode_example(b"\x0a\xff")
 
 
 def test_encode_rejects_bad_values():
     with pytest.raises(InvalidParameterError, match="feature 'x'"):
-        tfrecord.encode_example({"x": ("int64", [2**63])})
+        tf_example.encode_example({"x": ("int64", [2**63])})
     with pytest.raises(InvalidParameterError):
-        tfrecord.encode_example({"x": ("complex", [1])})  # type: ignore[dict-item]
+        tf_example.encode_example({"x": ("complex", [1])})  # type: ignore[dict-item]
 
 
 def test_damaged_examples_raise_only_data_error():
-    good = tfrecord.encode_example(SAMPLE)
+    good = tf_example.encode_example(SAMPLE)
     rng = random.Random(1234)
     outcomes = {"decoded": 0, "rejected": 0}
     for _ in range(3000):
@@ -338,7 +339,7 @@ def test_damaged_examples_raise_only_data_error():
         if rng.random() < 0.3:
             damaged = damaged[: rng.randrange(len(damaged))]
         try:
-            result = tfrecord.decode_example(bytes(damaged))
+            result = tf_example.decode_example(bytes(damaged))
         except DataError:
             outcomes["rejected"] += 1
         else:

@@ -31,9 +31,8 @@ from pyspark.sql.types import (
 )
 
 from sparkvision import storage
+from sparkvision.data.tf_example import Feature, decode_example
 from sparkvision.data.tfrecord import (
-    Feature,
-    decode_example,
     is_gzip_path,
     normalize_compression,
     read_file_records,

@@ -22,11 +22,8 @@ from pyspark.sql.types import (
 
 from sparkvision import storage
 from sparkvision.data.datasource_read import SAVE_MODES, TFRecordOptions, plan_columns
-from sparkvision.data.tfrecord import (
-    WRITE_BUFFER,
-    encode_example,
-    write_record,
-)
+from sparkvision.data.tf_example import encode_example
+from sparkvision.data.tfrecord import WRITE_BUFFER, write_record
 from sparkvision.errors import DataError, InvalidParameterError
 
 log = logging.getLogger(__name__)
