@@ -30,15 +30,9 @@ from pyspark.sql.types import (
 )
 
 from sparkvision import storage
-from sparkvision.data.datasource_read import (
-    BYTE_ARRAY_SCHEMA,
-    TFRecordOptions,
-    TFRecordReader,
-    check_read_schema,
-    infer_schema,
-    list_input_files,
-    single_path,
-)
+from sparkvision.data.datasource_options import TFRecordOptions, list_input_files, single_path
+from sparkvision.data.datasource_read import TFRecordReader
+from sparkvision.data.datasource_schema import BYTE_ARRAY_SCHEMA, check_read_schema, infer_schema
 from sparkvision.data.datasource_stream import TFRecordStreamReader
 from sparkvision.data.datasource_write import TFRecordWriter, has_data, save_tfrecords
 from sparkvision.errors import DataError, InvalidParameterError

@@ -1,11 +1,10 @@
-"""Options, file listing, schema inference and the batch reader of the ``tfrecords`` source."""
+"""The batch reader of the ``tfrecords`` source: input partitions (a file, or the records
+starting in a byte range of one) read into Arrow batches of typed columns or raw records."""
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -14,205 +13,22 @@ from pyspark.sql.datasource import (
     InputPartition,
 )
 from pyspark.sql.pandas.types import to_arrow_schema
-from pyspark.sql.types import (
-    ArrayType,
-    BinaryType,
-    BooleanType,
-    ByteType,
-    DataType,
-    DoubleType,
-    FloatType,
-    IntegerType,
-    LongType,
-    ShortType,
-    StringType,
-    StructField,
-    StructType,
-)
+from pyspark.sql.types import StructType
 
-from sparkvision import storage
+from sparkvision.data.datasource_options import TFRecordOptions
+from sparkvision.data.datasource_schema import ColumnPlan, plan_columns
 from sparkvision.data.tf_example import Feature, decode_example
 from sparkvision.data.tfrecord import (
     is_gzip_path,
-    normalize_compression,
     read_file_records,
     read_range_records,
     split_offsets,
 )
-from sparkvision.errors import DataError, InvalidParameterError
+from sparkvision.errors import DataError
 
 log = logging.getLogger(__name__)
 
-RECORD_TYPES = ("Example", "ByteArray")
-SAVE_MODES = ("append", "overwrite", "error", "errorifexists", "ignore")
 BATCH_ROWS = 1024
-INFER_RECORDS = 100
-BYTE_ARRAY_SCHEMA = StructType([StructField("record", BinaryType())])
-_TEMP_SUFFIXES = (".tmp", "._COPYING_")
-_INT_TYPES = (LongType, IntegerType, ShortType, ByteType, BooleanType)
-_FLOAT_TYPES = (FloatType, DoubleType)
-_BYTES_TYPES = (StringType, BinaryType)
-_CONTROL = bytes(c for c in range(32) if c not in (9, 10, 13)) + b"\x7f"
-
-
-# --------------------------------------------------------------------------- options
-
-
-def _flag(options: Mapping[str, str], name: str, default: bool) -> bool:
-    value = options.get(name)
-    if value is None:
-        return default
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no"):
-        return False
-    raise InvalidParameterError(name, value, "use true or false")
-
-
-def _positive(options: Mapping[str, str], name: str) -> int | None:
-    value = options.get(name)
-    if value is None:
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise InvalidParameterError(name, value, "use a whole number >= 1")
-    return number
-
-
-def _local_path(path: str) -> str:
-    if path.startswith("file://"):
-        return path[len("file://") :]
-    return path.removeprefix("file:")
-
-
-@dataclass(frozen=True)
-class TFRecordOptions:
-    """The parsed, validated options of one read or write."""
-
-    path: str
-    paths: tuple[str, ...] = ()
-    record_type: str = "Example"
-    compression: str | None = None
-    verify_checksums: bool = True
-    skip_corrupt: bool = False
-    save_mode: str | None = None
-    max_files_per_trigger: int | None = None
-    max_bytes_per_trigger: int | None = None
-    records_per_partition: int | None = None
-
-    @classmethod
-    def parse(cls, options: Mapping[str, str]) -> TFRecordOptions:
-        paths = [options["path"]] if options.get("path") else []
-        if options.get("paths"):  # load([a, b]) passes a JSON list
-            paths.extend(json.loads(options["paths"]))
-        if not paths:
-            raise InvalidParameterError("path", None, "pass a file or folder to load()/save()")
-        record_type = options.get("recordType", "Example")
-        by_lower = {t.lower(): t for t in RECORD_TYPES}
-        if record_type.lower() not in by_lower:
-            raise InvalidParameterError("recordType", record_type, f"use one of {RECORD_TYPES}")
-        save_mode = options.get("saveMode")
-        if save_mode is not None and save_mode.lower() not in SAVE_MODES:
-            raise InvalidParameterError("saveMode", save_mode, f"use one of {SAVE_MODES}")
-        return cls(
-            path=_local_path(paths[0]),
-            paths=tuple(_local_path(p) for p in paths),
-            record_type=by_lower[record_type.lower()],
-            compression=normalize_compression(options.get("compression")),
-            verify_checksums=_flag(options, "verifyChecksums", True),
-            skip_corrupt=_flag(options, "skipCorrupt", False),
-            save_mode=save_mode.lower() if save_mode else None,
-            max_files_per_trigger=_positive(options, "maxFilesPerTrigger"),
-            max_bytes_per_trigger=_positive(options, "maxBytesPerTrigger"),
-            records_per_partition=_positive(options, "recordsPerPartition"),
-        )
-
-
-# --------------------------------------------------------------------------- files
-
-
-def _hidden(name: str) -> bool:
-    return name.startswith((".", "_")) or name.endswith(_TEMP_SUFFIXES)
-
-
-def list_data_files(path: str) -> list[str]:
-    """Return the TFRecord files at ``path`` (a file, or a folder walked recursively), sorted;
-    a local path or any fsspec URL."""
-    if storage.isfile(path):
-        return [path]
-    if not storage.isdir(path):
-        raise DataError(f"TFRecord path {path} does not exist; check the path (local or shared)")
-    return storage.walk_files(path, keep=lambda name: not _hidden(name))
-
-
-def list_input_files(opts: TFRecordOptions) -> list[str]:
-    """The files of every path of a read, in order, without duplicates."""
-    files = (f for p in opts.paths or (opts.path,) for f in list_data_files(p))
-    return list(dict.fromkeys(files))
-
-
-def single_path(opts: TFRecordOptions, what: str) -> None:
-    if len(opts.paths) > 1:
-        raise InvalidParameterError("path", list(opts.paths), f"{what} takes one folder")
-
-
-def _is_text(value: bytes) -> bool:
-    """True for valid UTF-8 without NUL or control characters other than tab, CR, LF."""
-    if len(value.translate(None, _CONTROL)) != len(value):
-        return False
-    try:
-        value.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def infer_schema(files: Sequence[str], opts: TFRecordOptions) -> StructType:
-    """Infer a schema from the first :data:`INFER_RECORDS` Examples of ``files``."""
-    kinds: dict[str, str] = {}
-    repeated: set[str] = set()
-    binary: set[str] = set()
-    seen = 0
-    for path in files:
-        records = read_file_records(
-            path, opts.compression, opts.verify_checksums, opts.skip_corrupt
-        )
-        for record in records:
-            for name, (kind, values) in decode_example(record).items():
-                if kinds.setdefault(name, kind) != kind:
-                    raise DataError(
-                        f"feature {name!r} is {kinds[name]} in some records and {kind} in "
-                        f"others ({path}); pass a schema with .schema(...)"
-                    )
-                if len(values) != 1:
-                    repeated.add(name)
-                if kind == "bytes" and name not in binary and not all(map(_is_text, values)):
-                    binary.add(name)
-            seen += 1
-            if seen >= INFER_RECORDS:
-                break
-        if seen >= INFER_RECORDS:
-            break
-    if not kinds:
-        raise DataError(
-            f"cannot infer a schema: no features in the TFRecords at {opts.path}; "
-            "pass one with .schema(...)"
-        )
-    fields = []
-    for name in sorted(kinds):
-        kind = kinds[name]
-        dtype: DataType = LongType() if kind == "int64" else FloatType()
-        if kind == "bytes":
-            dtype = BinaryType() if name in binary else StringType()
-        fields.append(StructField(name, ArrayType(dtype) if name in repeated else dtype))
-    return StructType(fields)
-
-
-# --------------------------------------------------------------------------- reading
 
 
 class TFRecordPartition(InputPartition):
@@ -244,44 +60,8 @@ def plan_partitions(files: Sequence[str], opts: TFRecordOptions) -> list[TFRecor
     return parts
 
 
-def _kind_for(dtype: DataType) -> str | None:
-    if isinstance(dtype, _INT_TYPES):
-        return "int64"
-    if isinstance(dtype, _FLOAT_TYPES):
-        return "float"
-    if isinstance(dtype, _BYTES_TYPES):
-        return "bytes"
-    return None
-
-
-@dataclass(frozen=True)
-class _Column:
-    name: str
-    kind: str
-    is_list: bool
-    is_bool: bool
-
-
-def plan_columns(schema: StructType) -> list[_Column]:
-    """Map each schema field to the feature kind it holds; reject unsupported types."""
-    columns = []
-    for f in schema.fields:
-        is_list = isinstance(f.dataType, ArrayType)
-        element = f.dataType.elementType if is_list else f.dataType
-        kind = _kind_for(element)
-        if kind is None:
-            raise InvalidParameterError(
-                f"column {f.name!r}",
-                f.dataType.simpleString(),
-                "TFRecord Examples hold long/int/short/byte/boolean, float/double, "
-                "string/binary or arrays of those",
-            )
-        columns.append(_Column(f.name, kind, is_list, isinstance(element, BooleanType)))
-    return columns
-
-
 def _to_arrays(
-    values: list[list[Any]], columns: list[_Column], schema: pa.Schema, path: str
+    values: list[list[Any]], columns: list[ColumnPlan], schema: pa.Schema, path: str
 ) -> pa.RecordBatch:
     arrays = []
     for col, data, target in zip(columns, values, schema, strict=True):
@@ -355,7 +135,7 @@ def _examples(
 
 def _to_batch(
     examples: list[tuple[int, dict[str, Feature]]],
-    columns: list[_Column],
+    columns: list[ColumnPlan],
     schema: pa.Schema,
     path: str,
 ) -> pa.RecordBatch:
@@ -382,16 +162,6 @@ def _to_batch(
                     "but its column is not an array; use an ArrayType column"
                 )
     return _to_arrays(values, columns, schema, path)
-
-
-def check_read_schema(schema: StructType, opts: TFRecordOptions) -> None:
-    if opts.record_type == "ByteArray":
-        if len(schema.fields) != 1 or not isinstance(schema.fields[0].dataType, BinaryType):
-            raise InvalidParameterError(
-                "schema", schema.simpleString(), "recordType=ByteArray reads one binary column"
-            )
-    else:
-        plan_columns(schema)
 
 
 def read_partition(

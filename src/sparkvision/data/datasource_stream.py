@@ -22,12 +22,8 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from sparkvision.data.datasource_read import (
-    TFRecordOptions,
-    TFRecordPartition,
-    list_data_files,
-    read_partition,
-)
+from sparkvision.data.datasource_options import TFRecordOptions, list_data_files
+from sparkvision.data.datasource_read import TFRecordPartition, read_partition
 from sparkvision.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,8 @@ from pyspark.sql.types import (
 )
 
 from sparkvision import storage
-from sparkvision.data.datasource_read import SAVE_MODES, TFRecordOptions, plan_columns
+from sparkvision.data.datasource_options import SAVE_MODES, TFRecordOptions
+from sparkvision.data.datasource_schema import plan_columns
 from sparkvision.data.tf_example import encode_example
 from sparkvision.data.tfrecord import WRITE_BUFFER, write_record
 from sparkvision.errors import DataError, InvalidParameterError
