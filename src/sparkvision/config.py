@@ -23,7 +23,7 @@ class TrainConfig(TrainSettings):
     ``class_weights`` resolved from the data) and what the driver adds for the run."""
 
     num_classes: int
-    image_shape: tuple[int, ...]  # (height, width, channels)
+    image_shape: tuple[int, int, int]  # (height, width, channels), from the data
     momentum: float = 0.9
     progress_url: str = ""
     progress_token: str = ""  # the progress endpoint's per-fit secret

@@ -24,6 +24,22 @@ from sparkvision.errors import InvalidParameterError
 METHODS = ("gradcam", "saliency", "integrated_gradients", "occlusion")
 #: The class an attribution explains.
 TARGETS = ("predicted", "true")
+#: ``ImageClassificationEvaluator``'s metricName → (key in the computed metrics, larger is
+#: better)
+EVALUATOR_METRICS: dict[str, tuple[str, bool]] = {
+    "accuracy": ("accuracy", True),
+    "f1": ("weighted_f1", True),
+    "weightedPrecision": ("weighted_precision", True),
+    "weightedRecall": ("weighted_recall", True),
+    "weightedF1": ("weighted_f1", True),
+    "macroPrecision": ("macro_precision", True),
+    "macroRecall": ("macro_recall", True),
+    "macroF1": ("macro_f1", True),
+    "logLoss": ("log_loss", False),
+    "topKAccuracy": ("top_k_accuracy", True),
+    "rocAUC": ("macro_roc_auc", True),
+    "prAUC": ("macro_pr_auc", True),
+}
 
 
 @dataclass(frozen=True)
@@ -343,3 +359,31 @@ class ExplainerSettings(NetworkSettings):
                           "network's) or true (labelCol)", choices=TARGETS)
     explain_batch_size: int = setting(64, "explainBatchSize", "images per Captum call",
                                       low=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BalancerSettings:
+    """Every ``ClassBalancer`` Param."""
+
+    strategy: str = setting("oversample", "strategy", "oversample or undersample",
+                            choices=("oversample", "undersample"))
+    target_ratio: float = setting(1.0, "targetRatio", "minority/majority size ratio to "
+                                  "reach, in (0, 1]", low=0, high=1, low_open=True,
+                                  example="1.0 (balanced)")
+    label_col: str = setting("label", "labelCol", "label column name", shared=True)
+    seed: int = setting(0, "seed", "random seed", shared=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluatorSettings:
+    """Every ``ImageClassificationEvaluator`` Param."""
+
+    metric_name: str = setting("accuracy", "metricName",
+                               "metric: " + ", ".join(EVALUATOR_METRICS),
+                               choices=tuple(EVALUATOR_METRICS))
+    k: int = setting(5, "k", "k of topKAccuracy", low=1)
+    label_col: str = setting("label", "labelCol", "label column name", shared=True)
+    prediction_col: str = setting("prediction", "predictionCol", "prediction column name",
+                                  shared=True)
+    probability_col: str = setting("probability", "probabilityCol", "column name for "
+                                   "predicted class conditional probabilities", shared=True)

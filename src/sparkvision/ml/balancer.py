@@ -9,18 +9,17 @@ training rows only, which is what you want when the same pipeline also scores te
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from pyspark import keyword_only
 from pyspark.ml import Transformer
-from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasLabelCol, HasSeed
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
 from sparkvision.data.schema import literal_map
-from sparkvision.errors import DataError, InvalidParameterError
-from sparkvision.ml.params import add_param_accessors
-
-STRATEGIES = ("oversample", "undersample")
+from sparkvision.errors import DataError
+from sparkvision.ml.params import TableParams, declare_params, set_known
+from sparkvision.settings import BalancerSettings
 
 
 def class_counts(df, label_col: str) -> dict[int, int]:
@@ -45,8 +44,7 @@ def target_counts(counts: dict[int, int], strategy: str, ratio: float) -> dict[i
     return {k: min(v, ceiling) for k, v in present.items()}
 
 
-@add_param_accessors
-class ClassBalancer(Transformer, HasLabelCol, HasSeed, DefaultParamsReadable,
+class ClassBalancer(Transformer, TableParams, HasLabelCol, HasSeed, DefaultParamsReadable,
                     DefaultParamsWritable):
     """Resample rows so the classes are (more) balanced; deterministic for a seed.
 
@@ -56,32 +54,22 @@ class ClassBalancer(Transformer, HasLabelCol, HasSeed, DefaultParamsReadable,
     relative to the largest that the result aims at (1.0 = balanced).
     """
 
-    strategy = Param(Params._dummy(), "strategy", "oversample or undersample",
-                     typeConverter=TypeConverters.toString)
-    targetRatio = Param(Params._dummy(), "targetRatio",
-                        "minority/majority size ratio to reach, in (0, 1]",
-                        typeConverter=TypeConverters.toFloat)
+    _tables: tuple[type, ...] = (BalancerSettings,)  # its Params: these rows
 
     @keyword_only
-    def __init__(self, *, strategy: str | None = None, targetRatio: float | None = None,
-                 labelCol: str | None = None, seed: int | None = None) -> None:
+    def __init__(self, **params: Any) -> None:
+        """Params by keyword (the rows of ``settings.BalancerSettings``)."""
         super().__init__()
-        self._setDefault(strategy="oversample", targetRatio=1.0, labelCol="label", seed=0)
         self.setParams(**self._input_kwargs)
 
     @keyword_only
-    def setParams(self, *, strategy: str | None = None, targetRatio: float | None = None,
-                  labelCol: str | None = None, seed: int | None = None) -> ClassBalancer:
+    def setParams(self, **params: Any) -> ClassBalancer:
         """Set Params by keyword (None leaves a Param as it is)."""
-        return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
+        set_known(self, self._input_kwargs, BalancerSettings)
+        return self
 
     def _check(self) -> None:
-        if self.getStrategy() not in STRATEGIES:
-            raise InvalidParameterError("strategy", self.getStrategy(),
-                                        f"use one of {', '.join(STRATEGIES)}")
-        ratio = self.getTargetRatio()
-        if not 0 < ratio <= 1:
-            raise InvalidParameterError("targetRatio", ratio, "use a value in (0, 1]")
+        self.checkTables()
 
     def _transform(self, dataset):
         from pyspark.sql import functions as F
@@ -96,9 +84,11 @@ class ClassBalancer(Transformer, HasLabelCol, HasSeed, DefaultParamsReadable,
                             "before balancing")
         if not counts:
             return dataset
-        targets = target_counts(counts, self.getStrategy(), self.getTargetRatio())
-        seed = self.getOrDefault(self.seed)
-        if self.getStrategy() == "undersample":
+        get = self.getOrDefault
+        strategy = get("strategy")
+        targets = target_counts(counts, strategy, get("targetRatio"))
+        seed = get("seed")
+        if strategy == "undersample":
             fractions = {k: targets[k] / v for k, v in counts.items()}
             return dataset.sampleBy(F.col(label), fractions, seed)
         # oversample: each row becomes floor(f) copies, plus one more with probability f % 1
@@ -112,3 +102,6 @@ class ClassBalancer(Transformer, HasLabelCol, HasSeed, DefaultParamsReadable,
             dataset.withColumn(replica, F.explode(F.sequence(F.lit(1), copies)))
             .drop(replica)
         )
+
+
+declare_params(ClassBalancer, BalancerSettings)

@@ -126,8 +126,8 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
         """Params by keyword (one per row of ``settings.TrainSettings`` and
         ``settings.OutputSettings``); None leaves a Param at its default."""
         super().__init__()
-        self._validation_df = None
-        self._on_epoch_end = None
+        self._validation_df: Any = None
+        self._on_epoch_end: Callable[[dict[str, Any]], Any] | None = None
         self._show_progress = True
         self.setParams(**self._input_kwargs)
 

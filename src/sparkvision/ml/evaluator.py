@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pyspark import keyword_only
 from pyspark.ml.evaluation import Evaluator
-from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasLabelCol, HasPredictionCol, HasProbabilityCol
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
@@ -20,52 +21,32 @@ from sparkvision.evaluation.metrics import (
     mean_defined,
     probability_metrics,
 )
-from sparkvision.ml.params import add_param_accessors
+from sparkvision.ml.params import TableParams, declare_params, set_known
+from sparkvision.settings import EVALUATOR_METRICS, EvaluatorSettings
 
-#: metricName → (key in the computed metrics, larger is better)
-METRICS: dict[str, tuple[str, bool]] = {
-    "accuracy": ("accuracy", True),
-    "f1": ("weighted_f1", True),
-    "weightedPrecision": ("weighted_precision", True),
-    "weightedRecall": ("weighted_recall", True),
-    "weightedF1": ("weighted_f1", True),
-    "macroPrecision": ("macro_precision", True),
-    "macroRecall": ("macro_recall", True),
-    "macroF1": ("macro_f1", True),
-    "logLoss": ("log_loss", False),
-    "topKAccuracy": ("top_k_accuracy", True),
-    "rocAUC": ("macro_roc_auc", True),
-    "prAUC": ("macro_pr_auc", True),
-}
+METRICS = EVALUATOR_METRICS
 _NEEDS_PROBABILITY = {"logLoss", "topKAccuracy", "rocAUC", "prAUC"}
 
 
-@add_param_accessors
-class ImageClassificationEvaluator(Evaluator, HasLabelCol, HasPredictionCol, HasProbabilityCol,
-                                   DefaultParamsReadable, DefaultParamsWritable):
+class ImageClassificationEvaluator(Evaluator, TableParams, HasLabelCol, HasPredictionCol,
+                                   HasProbabilityCol, DefaultParamsReadable,
+                                   DefaultParamsWritable):
     """Multi-class metrics computed by Spark aggregates (nothing but counts reaches the
     driver). Works with ``CrossValidator`` / ``TrainValidationSplit`` on any model that
     writes pyspark.ml's prediction (double) and probability (vector) columns."""
 
-    metricName = Param(Params._dummy(), "metricName",
-                       "metric: " + ", ".join(METRICS), typeConverter=TypeConverters.toString)
-    k = Param(Params._dummy(), "k", "k of topKAccuracy", typeConverter=TypeConverters.toInt)
+    _tables: tuple[type, ...] = (EvaluatorSettings,)  # its Params: these rows
 
     @keyword_only
-    def __init__(self, *, metricName: str | None = None, k: int | None = None,
-                 labelCol: str | None = None, predictionCol: str | None = None,
-                 probabilityCol: str | None = None) -> None:
+    def __init__(self, **params: Any) -> None:
+        """Params by keyword (the rows of ``settings.EvaluatorSettings``)."""
         super().__init__()
-        self._setDefault(metricName="accuracy", k=5, labelCol="label",
-                         predictionCol="prediction", probabilityCol="probability")
         self.setParams(**self._input_kwargs)
 
     @keyword_only
-    def setParams(self, *, metricName: str | None = None, k: int | None = None,
-                  labelCol: str | None = None, predictionCol: str | None = None,
-                  probabilityCol: str | None = None) -> ImageClassificationEvaluator:
+    def setParams(self, **params: Any) -> ImageClassificationEvaluator:
         """Set Params by keyword (None leaves a Param as it is)."""
-        self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
+        set_known(self, self._input_kwargs, EvaluatorSettings)
         self._check_metric()
         return self
 
@@ -75,20 +56,18 @@ class ImageClassificationEvaluator(Evaluator, HasLabelCol, HasPredictionCol, Has
         return self
 
     def _check_metric(self) -> None:
-        name = self.getMetricName()
-        if name not in METRICS:
-            raise InvalidParameterError("metricName", name, f"use one of {', '.join(METRICS)}")
+        self.checkTables()
 
     def isLargerBetter(self) -> bool:
         self._check_metric()
-        return METRICS[self.getMetricName()][1]
+        return METRICS[self.getOrDefault("metricName")][1]
 
     def _evaluate(self, dataset) -> float:
         self._check_metric()
-        name = self.getMetricName()
+        name = self.getOrDefault("metricName")
         needs_p = name in _NEEDS_PROBABILITY
-        cols = Columns(self.getLabelCol(), self.getPredictionCol(),
-                       self.getProbabilityCol() if needs_p else "")
+        cols = Columns(self.getOrDefault("labelCol"), self.getOrDefault("predictionCol"),
+                       self.getOrDefault("probabilityCol") if needs_p else "")
         if needs_p and cols.probability not in dataset.columns:
             raise InvalidParameterError(
                 "probabilityCol", cols.probability,
@@ -98,7 +77,7 @@ class ImageClassificationEvaluator(Evaluator, HasLabelCol, HasPredictionCol, Has
         rows = labelled(dataset, cols)
         key = METRICS[name][0]
         if name in ("logLoss", "topKAccuracy"):
-            return probability_metrics(rows, self.getK())[key]
+            return probability_metrics(rows, self.getOrDefault("k"))[key]
         if name in ("rocAUC", "prAUC"):
             from pyspark.sql import functions as F
 
@@ -124,3 +103,6 @@ def evaluate(model, df, k: int = 5, curves: bool = True) -> EvaluationResult:
     )
     classes = list(get("classes")) if model.hasParam("classes") else None
     return compute_metrics(predictions, classes or None, cols, k=k, curves=curves)
+
+
+declare_params(ImageClassificationEvaluator, EvaluatorSettings)

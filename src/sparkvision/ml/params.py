@@ -56,7 +56,7 @@ def declare_params(cls: type, *tables: type) -> type:
     return add_param_accessors(cls)
 
 
-class _TableParams(Params):
+class TableParams(Params):
     """Params whose defaults come from the class's ``_tables``."""
 
     _tables: tuple[type, ...] = ()
@@ -71,14 +71,16 @@ class _TableParams(Params):
             settings.check_all(table, self.getOrDefault)
 
     if TYPE_CHECKING:  # the Params are declared from the tables at import time
+        _input_kwargs: dict[str, Any]  # set by pyspark's @keyword_only
+
         def __getattr__(self, name: str) -> Any: ...
 
 
-class TrainedNetworkParams(_TableParams):
+class TrainedNetworkParams(TableParams):
     """The image column and the description of a trained network (name, input shape,
     classes): what the classifier's model, the featurizer and the explainer carry."""
 
-    _tables = (NetworkSettings,)
+    _tables: tuple[type, ...] = (NetworkSettings,)
 
     def validateNetworkParams(self) -> None:
         """One check of the network name and image shape (driver side)."""
@@ -97,7 +99,7 @@ class ImageClassifierParams(
 ):
     """Training Params, and the output-column Params of the model."""
 
-    _tables = (TrainSettings, OutputSettings)
+    _tables: tuple[type, ...] = (TrainSettings, OutputSettings)
 
     def validateParams(self) -> None:
         """Raise InvalidParameterError for any out-of-range Param (driver side)."""
@@ -170,5 +172,5 @@ declare_params(ImageClassifierParams, TrainSettings, OutputSettings)
 # the featurizer's and explainer's extra rows go on their own classes (ml/featurizer.py,
 # ml/explainer.py) through declare_params as well
 __all__ = ["ExplainerSettings", "FeaturizerSettings", "HasOutputCol", "ImageClassifierParams",
-           "TrainedNetworkParams", "add_param_accessors", "declare_params",
+           "TableParams", "TrainedNetworkParams", "add_param_accessors", "declare_params",
            "require_image_column", "set_known"]
