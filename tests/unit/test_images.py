@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from sparkvision.data.images import ImageRejected, ImageSpec, decode_image, encoded_to_array
-from sparkvision.data.prepare import parse_image_size, parse_split, split_counts
+from sparkvision.data.prepare import parse_image_size, parse_split
+from sparkvision.data.splitting import split_counts
 from sparkvision.errors import InvalidParameterError
 
 

@@ -1,13 +1,15 @@
-"""`prepare`: ingest images → validate/resize → label index → stratified split → shards.
+"""`prepare`: its config and result, and the run that ties the path together: source →
+decoded, validated, resized rows → label index → stratified split → shards + manifest.
 
 Decoding runs on Spark executors (``binaryFile`` source + ``mapInArrow``); the driver only
-sees metadata (class names, counts, rejected file names).
+sees metadata (class names, counts, rejected file names). The decoded frame of each kind
+of source is :mod:`sparkvision.data.source_frames` (built-in data set, image folder) and
+:mod:`sparkvision.data.ingest_tfrecords`; the split is :mod:`sparkvision.data.splitting`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,21 +18,20 @@ from typing import Any
 from sparkvision import storage
 from sparkvision.data.builtin import BUILTIN_SOURCES, load_builtin
 from sparkvision.data.decoding import (
-    DECODED_DDL,
     DEFAULT_FOLDER_SIZE,
     MAX_LISTED_REJECTED,
     REJECTED_FILE,
-    decode_image_folder,
     label_by_class,
     looks_like_tfrecords,
     rejected_rows,
-    scan_files,
     write_rejected,
 )
-from sparkvision.data.images import ENCODINGS, ImageSpec, encode_array, prepare_array
+from sparkvision.data.images import ENCODINGS, ImageSpec, encode_array
 from sparkvision.data.ingest_tfrecords import tfrecords_frame
 from sparkvision.data.manifest import SPLITS, write_manifest
 from sparkvision.data.schema import PREPARED_DDL
+from sparkvision.data.source_frames import builtin_frame, folder_frame
+from sparkvision.data.splitting import assign_splits, minority_classes, split_bounds
 from sparkvision.errors import DataError, InvalidParameterError
 
 log = logging.getLogger(__name__)
@@ -138,46 +139,7 @@ def parse_image_size(text: str | int | None) -> tuple[int, int] | None:
     return parts[0], parts[1]
 
 
-# ----------------------------------------------------------------------------- decoding
-
-
-def _folder_frame(spark, root: Path, spec: ImageSpec):
-    root_str = str(root.resolve())
-    files, extra = scan_files(Path(root_str))
-    decoded = decode_image_folder(spark, root_str, spec, files=files,
-                                 skip=frozenset(path for path, _ in extra))
-    # Files the stat-only scan finds empty or unreadable (Spark's listing skips some of
-    # them) are rejected by the driver and left out of the decoding. Only those are kept
-    # on the driver, never the list of all files.
-    return decoded, extra
-
-
-def _builtin_frame(spark, name: str, spec: ImageSpec | None):
-    import pandas as pd
-
-    ds = load_builtin(name)
-    images = ds.images
-    if spec is not None and spec.shape != ds.image_shape:
-        import numpy as np
-
-        images = np.stack([prepare_array(img, spec) for img in images])
-    h, w, c = images.shape[1:]
-    pdf = pd.DataFrame(
-        {
-            "channels": c,
-            "height": h,
-            "image": [img.tobytes() for img in images],
-            "label": ds.labels.astype("int64"),
-            "path": [f"{name}/{i:05d}" for i in range(len(images))],
-            "width": w,
-            "class_name": [ds.classes[i] for i in ds.labels],
-            "error": None,
-        }
-    )
-    from pyspark.sql.types import StructType
-
-    df = spark.createDataFrame(pdf, schema=StructType.fromDDL(DECODED_DDL))
-    return df, list(ds.classes), (int(h), int(w), int(c))
+# ----------------------------------------------------------------------------- storing
 
 
 def encode_images(df, encoding: str):
@@ -198,95 +160,6 @@ def encode_images(df, encoding: str):
             yield batch.set_column(index, "image", pa.array(images, pa.binary()))
 
     return df.select(*columns).mapInArrow(encode, PREPARED_DDL)
-
-
-# ----------------------------------------------------------------------------- splitting
-
-
-def split_counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
-    """Sizes of train/val/test for a class of ``n`` images.
-
-    Every split with a non-zero fraction gets at least one image when ``n >= 3``.
-    """
-    _, fv, ft = fractions
-    val = round(n * fv)
-    test = round(n * ft)
-    if n >= 3:
-        val = max(val, 1 if fv > 0 else 0)
-        test = max(test, 1 if ft > 0 else 0)
-    while val + test > n - 1 and (val > 0 or test > 0) and n >= 1:
-        if val >= test and val > 0:
-            val -= 1
-        else:
-            test -= 1
-    return n - val - test, val, test
-
-
-def minority_classes(num_classes: int) -> list[int]:
-    """The classes ``--imbalance`` thins out: the first half (by class index)."""
-    return list(range(num_classes // 2))
-
-
-def split_bounds(class_counts: dict[int, int], fractions: tuple[float, float, float],
-                 imbalance: float | None = None) -> dict[int, tuple[int, int, int]]:
-    """Per class, the ranks where ``dropped``, ``val`` and ``test`` start (rows ranked by
-    the seeded hash): train is ``[0, a)``, dropped ``[a, b)``, val ``[b, c)``, test the
-    rest."""
-    thinned = set(minority_classes(len(class_counts))) if imbalance else set()
-    bounds = {}
-    for label, n in class_counts.items():
-        tr, va, _ = split_counts(n, fractions)
-        keep = max(1, math.ceil(tr / imbalance)) if label in thinned and imbalance else tr
-        bounds[label] = (keep, tr, tr + va)
-    return bounds
-
-
-def _assign_splits(df, class_counts: dict[int, int], fractions, seed: int,
-                   imbalance: float | None = None):
-    """Stratified, deterministic split: rank rows in each class by a seeded hash.
-
-    With ``imbalance``, minority training rows past 1/imbalance of the class's training
-    share get the split ``dropped`` (they are not written)."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    bounds = split_bounds(class_counts, fractions, imbalance)
-    # Rank only (label, path, hash) — not the images — and keep the rows where a split
-    # starts (at most 3 per class); each image row is then placed by comparing its (hash,
-    # path) with those boundaries: the same assignment as ranking every row, without
-    # shuffling the image bytes.
-    order = F.xxhash64(F.col("path"), F.lit(seed))
-    narrow = df.select("label", "path", order.alias("_h"))
-    rank = F.row_number().over(Window.partitionBy("label").orderBy("_h", "path")) - 1
-    names = ("dropped", "val", "test")  # the splits that start at the ranks in bounds
-    wanted = F.lit(False)
-    for label, ends in bounds.items():
-        wanted = wanted | ((F.col("label") == label) & F.col("_rank").isin(*set(ends)))
-    found: dict[int, dict[str, tuple[int, str]]] = {label: {} for label in bounds}
-    for r in narrow.withColumn("_rank", rank).filter(wanted).collect():
-        label = int(r.label)
-        for name, start in zip(names, bounds[label], strict=True):
-            if start == int(r._rank):
-                found[label][name] = (int(r._h), str(r.path))
-    cols = [f"_{name}_{part}" for name in names for part in ("h", "p")]
-    rows = [(label, *[v for name in names for v in found[label].get(name, (None, None))])
-            for label in bounds]
-    starts = df.sparkSession.createDataFrame(
-        rows, "label BIGINT, " + ", ".join(f"{c} {'BIGINT' if c.endswith('h') else 'STRING'}"
-                                           for c in cols))
-    def before(name: str):
-        """The row comes before the first row of split ``name`` of its class (there is no
-        such row: every row of the class does)."""
-        bh, bp = F.col(f"_{name}_h"), F.col(f"_{name}_p")
-        return bh.isNull() | (order < bh) | ((order == bh) & (F.col("path") < bp))
-
-    split = (
-        F.when(before("dropped"), F.lit("train"))
-        .when(before("val"), F.lit("dropped"))
-        .when(before("test"), F.lit("val"))
-        .otherwise(F.lit("test"))
-    )
-    return df.join(F.broadcast(starts), "label", "left").withColumn("split", split).drop(*cols)
 
 
 # ----------------------------------------------------------------------------- main entry
@@ -323,7 +196,7 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
         if config.image_size or config.channels:
             shape = load_builtin(source).image_shape
             spec = _resolve_spec(config, shape[:2], shape[2])
-        decoded, classes, image_shape = _builtin_frame(spark, source, spec)
+        decoded, classes, image_shape = builtin_frame(spark, source, spec)
         good = decoded
     else:
         check_source(source)
@@ -333,7 +206,7 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
             good = decoded
         else:
             spec = _resolve_spec(config, (DEFAULT_FOLDER_SIZE, DEFAULT_FOLDER_SIZE), 3)
-            decoded, extra = _folder_frame(spark, path, spec)
+            decoded, extra = folder_frame(spark, path, spec)
             # One job decodes every file (into the cache) and counts per class.
             tally = decoded.groupBy("class_name", F.col("error").isNull().alias("ok")).count()
             tally_rows = tally.collect()
@@ -356,7 +229,7 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
     if counts is None:
         counts = {int(r.label): int(r["count"])
                   for r in good.groupBy("label").count().collect()}
-    split_df = _assign_splits(good, counts, config.split, config.seed, config.imbalance)
+    split_df = assign_splits(good, counts, config.split, config.seed, config.imbalance)
     # The split sizes follow from the counts alone (no job over the rows).
     per_class: dict[str, dict[str, int]] = {s: {c: 0 for c in classes} for s in SPLITS}
     for label, (keep, train_end, val_end) in split_bounds(
