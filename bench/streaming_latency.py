@@ -38,7 +38,7 @@ def main() -> None:
     from PIL import Image
 
     from sparkvision import ImageClassifier, PrepareConfig, get_spark, load_prepared, prepare
-    from sparkvision.data.inputs import load_prediction_input
+    from sparkvision.data.prediction_input import load_prediction_input
     from sparkvision.streaming import start
     from sparkvision.streaming.monitor import batch_progress, summarize
 

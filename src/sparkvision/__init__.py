@@ -61,7 +61,7 @@ def __getattr__(name: str) -> Any:
         "prepare": "sparkvision.data.prepare",
         "PrepareConfig": "sparkvision.data.prepare",
         "read_manifest": "sparkvision.data.manifest",
-        "load_prepared": "sparkvision.data.loading",
+        "load_prepared": "sparkvision.data.prepared_splits",
     }
     if name in lazy:
         import importlib

@@ -45,8 +45,8 @@ def _write_landing_images(spark, data: Path, landing: Path, n: int) -> int:
     from PIL import Image
 
     from sparkvision.data.images import stored_to_array
-    from sparkvision.data.loading import load_prepared
     from sparkvision.data.manifest import read_manifest
+    from sparkvision.data.prepared_splits import load_prepared
 
     classes = read_manifest(data)["classes"]
     rows = (load_prepared(spark, str(data), "test")

@@ -13,7 +13,7 @@ TIMM_PREFIX = "timm:"
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparkvision.data.inputs import load_prediction_input
+    from sparkvision.data.prediction_input import load_prediction_input
     from sparkvision.errors import InvalidParameterError
     from sparkvision.ml.featurizer import ImageFeaturizer
     from sparkvision.ml.model import check_model_folder

@@ -13,7 +13,7 @@ OUTPUT_COLUMNS = ("prediction", "predictedLabel", "confidence", "probability", "
 def load_model_and_input(args: argparse.Namespace):
     """(spark, model with ``--backend``, input DataFrame, rejected files) for the MODEL_DIR
     and DATA of ``add_input_flags``."""
-    from sparkvision.data.inputs import load_prediction_input
+    from sparkvision.data.prediction_input import load_prediction_input
     from sparkvision.ml.model import ImageClassificationModel
 
     spark = spark_session(args)

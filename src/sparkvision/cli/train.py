@@ -64,8 +64,8 @@ def classifier_params(args: argparse.Namespace, manifest: dict[str, Any]) -> dic
 
 @tracked
 def run(args: argparse.Namespace, tracking: Tracking) -> int:
-    from sparkvision.data.loading import load_prepared
     from sparkvision.data.manifest import copy_manifest, read_manifest
+    from sparkvision.data.prepared_splits import load_prepared
     from sparkvision.ml.classifier import ImageClassifier
 
     started = time.monotonic()

@@ -11,8 +11,8 @@ from sparkvision.cli.train import add_train_flags, classifier_params
 
 @tracked
 def run(args: argparse.Namespace, tracking: Tracking) -> int:
-    from sparkvision.data.loading import load_prepared
     from sparkvision.data.manifest import read_manifest
+    from sparkvision.data.prepared_splits import load_prepared
     from sparkvision.ml.classifier import ImageClassifier
     from sparkvision.tuning.search import TuneConfig, tune
     from sparkvision.tuning.space import parse_space

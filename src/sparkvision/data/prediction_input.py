@@ -14,8 +14,8 @@ from sparkvision.data.decoding import (
     rejected_rows,
 )
 from sparkvision.data.images import ImageSpec
-from sparkvision.data.loading import load_prepared
 from sparkvision.data.manifest import MANIFEST
+from sparkvision.data.prepared_splits import load_prepared
 from sparkvision.errors import DataError
 
 
