@@ -46,20 +46,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from sparkvision.inference.explain import METHODS, TARGETS
+    from sparkvision.settings import ExplainerSettings, row
+
+    method, target = row(ExplainerSettings, "method"), row(ExplainerSettings, "target")
 
     p = sub.add_parser("explain", help="what the model looks at: attribution maps (Grad-CAM, "
                                        "saliency, …) of right and wrong images per class")
     add_input_flags(p)
     p.add_argument("--out", default=None,
                    help="output folder (default MODEL_DIR/explanations/SPLIT-METHOD)")
-    p.add_argument("--method", default="gradcam", choices=METHODS,
+    p.add_argument("--method", default=method.default, choices=method.setting.choices,
                    help="Captum attribution method (default %(default)s: Grad-CAM on the "
                    "last conv layer)")
     p.add_argument("--per-class", type=int, default=8, metavar="K",
                    help="images explained per class: up to K right and K wrong "
                    "(default %(default)s)")
-    p.add_argument("--target", default="predicted", choices=TARGETS,
+    p.add_argument("--target", default=target.default, choices=target.setting.choices,
                    help="class each map explains: the predicted one or the true label "
                    "(default %(default)s)")
     p.add_argument("--seed", type=int, default=0,

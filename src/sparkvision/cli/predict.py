@@ -62,12 +62,11 @@ def add_trust_flag(p: argparse.ArgumentParser) -> None:
 
 
 def add_backend_flag(p: argparse.ArgumentParser) -> None:
-    """--backend: the model's inferenceBackend Param (default: config.OUTPUT_DEFAULTS)."""
-    from sparkvision.config import OUTPUT_DEFAULTS
-    from sparkvision.ml.params import INFERENCE_BACKENDS
+    """--backend: the model's inferenceBackend Param (default: settings.OutputSettings)."""
+    from sparkvision.settings import OutputSettings, row
 
-    p.add_argument("--backend", choices=INFERENCE_BACKENDS,
-                   default=OUTPUT_DEFAULTS["inferenceBackend"],
+    backend = row(OutputSettings, "inferenceBackend")
+    p.add_argument("--backend", choices=backend.setting.choices, default=backend.default,
                    help="what runs the network: onnxruntime, torch, or auto (onnxruntime "
                    "when installed, else torch); default %(default)s")
 

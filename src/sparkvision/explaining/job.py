@@ -36,6 +36,9 @@ from sparkvision.inference.explain import (
     check_target,
 )
 from sparkvision.ml.model import ImageClassificationModel
+from sparkvision.settings import ExplainerSettings, row
+
+_METHOD, _TARGET = row(ExplainerSettings, "method"), row(ExplainerSettings, "target")
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -147,8 +150,8 @@ def choose_keys(pred: DataFrame, per_class: int) -> list[tuple[int, int, int]]:
 
 
 def explain(model: ImageClassificationModel, df: DataFrame, out: str,
-            method: str = "gradcam", per_class: int = 8, target: str = "predicted", seed: int = 0,
-            source: dict[str, Any] | None = None) -> ExplainResult:
+            method: str = _METHOD.default, per_class: int = 8, target: str = _TARGET.default,
+            seed: int = 0, source: dict[str, Any] | None = None) -> ExplainResult:
     """Explain ``model`` on ``df`` (an ``image`` column, maybe ``label`` and ``path``) and
     write the folder ``out`` (see the module docstring). ``source`` is recorded in
     ``explain.json`` (e.g. the model folder and data given to the command)."""

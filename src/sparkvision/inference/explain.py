@@ -32,12 +32,10 @@ import pyarrow as pa
 from sparkvision.errors import InvalidParameterError, MissingDependencyError
 from sparkvision.inference.arrays import image_batch, list_array
 from sparkvision.inference.network_cache import NETWORKS, TrainedNetwork
+from sparkvision.settings import ExplainerSettings, row
 
-METHODS = ("gradcam", "saliency", "integrated_gradients", "occlusion")
 #: Methods whose maps can be negative (evidence against the target class).
 SIGNED_METHODS = frozenset({"integrated_gradients", "occlusion"})
-#: What the attribution is computed for: the predicted class, or the true label.
-TARGETS = ("predicted", "true")
 CAPTUM_INSTALL_HINT = "pip install 'sparkvision[explain]' (or pip install captum)"
 
 #: ``make_attribution_udf``'s return type: H·W float32 values, row-major.
@@ -57,15 +55,12 @@ def require_captum(what: str) -> None:
 
 
 def check_method(method: str) -> str:
-    if method not in METHODS:
-        raise InvalidParameterError("method", method, f"use one of {', '.join(METHODS)}")
+    row(ExplainerSettings, "method").check(method)
     return method
 
 
 def check_target(target: str) -> str:
-    if target not in TARGETS:
-        raise InvalidParameterError("target", target,
-                                    "use predicted (the model's class) or true (the label)")
+    row(ExplainerSettings, "target").check(target)
     return target
 
 
@@ -96,7 +91,7 @@ class ExplainConfig:
     num_classes: int
     image_shape: tuple[int, int, int]  # (height, width, channels)
     weights: bytes
-    method: str = "gradcam"
+    method: str = row(ExplainerSettings, "method").default
     batch_size: int = 64  # images per attribution call
     ig_steps: int = 32  # integrated_gradients: points on the path
 

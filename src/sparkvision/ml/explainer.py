@@ -8,48 +8,27 @@ from typing import Any
 
 from pyspark import keyword_only
 from pyspark.ml import Transformer
-from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasLabelCol, HasOutputCol
 
 from sparkvision.errors import DataError, InvalidParameterError
 from sparkvision.inference.explain import (
-    METHODS,
     SIGNED_METHODS,
-    TARGETS,
     ExplainConfig,
     check_config,
-    check_method,
-    check_target,
 )
 from sparkvision.ml.model import ImageClassificationModel
 from sparkvision.ml.params import (
     TrainedNetworkParams,
-    add_param_accessors,
+    declare_params,
     require_image_column,
+    set_known,
 )
-
-#: Default of every ``ImageExplainer`` Param.
-EXPLAINER_DEFAULTS: dict[str, Any] = {
-    "imageCol": "image",
-    "outputCol": "attribution",
-    "labelCol": "label",
-    "method": "gradcam",
-    "target": "predicted",
-    "explainBatchSize": 64,
-    "model": "cnn",
-    "imageShape": [],
-    "classes": [],
-}
+from sparkvision.settings import METHODS, TARGETS, ExplainerSettings
 
 #: The key of the output column's metadata that describes the maps.
 METADATA_KEY = "sparkvision_attribution"
 
 
-def _param(name: str, doc: str, converter: Any) -> Param:
-    return Param(Params._dummy(), name, doc, typeConverter=converter)
-
-
-@add_param_accessors
 class ImageExplainer(Transformer, TrainedNetworkParams, HasOutputCol, HasLabelCol):
     """Adds ``outputCol`` (default ``attribution``): ``ARRAY<FLOAT>`` of H·W values, the
     attribution map of the row's image, row-major for the image's (height, width) — the
@@ -67,37 +46,26 @@ class ImageExplainer(Transformer, TrainedNetworkParams, HasOutputCol, HasLabelCo
     ``ImageExplainer.fromModel(model, method="saliency")`` takes the trained model's network,
     weights, image shape, classes and image column."""
 
-    method = _param("method", f"attribution method: {', '.join(METHODS)}",
-                    TypeConverters.toString)
-    target = _param("target", "class explained: predicted (the network's) or true (labelCol)",
-                    TypeConverters.toString)
-    explainBatchSize = _param("explainBatchSize", "images per Captum call",
-                              TypeConverters.toInt)
+    _tables: tuple[type, ...] = (ExplainerSettings,)  # its Params: these rows
 
     @keyword_only
-    def __init__(self, *, imageCol: str | None = None, outputCol: str | None = None,
-                 labelCol: str | None = None, method: str | None = None,
-                 target: str | None = None, explainBatchSize: int | None = None,
-                 model: str | None = None, imageShape: list[int] | None = None,
-                 classes: list[str] | None = None, weights: bytes = b"") -> None:
+    def __init__(self, *, weights: bytes = b"", **params: Any) -> None:
+        """Params by keyword (the rows of ``settings.ExplainerSettings``)."""
         super().__init__()
-        self._setDefault(**EXPLAINER_DEFAULTS)
         kwargs = dict(self._input_kwargs)
         self.weights: bytes = kwargs.pop("weights", b"")
         self._layer: tuple[str, str] | None = None  # (config key, layer) checked on the driver
-        self._set(**{k: v for k, v in kwargs.items() if v is not None})
+        set_known(self, kwargs, ExplainerSettings)
 
     @keyword_only
-    def setParams(self, *, imageCol: str | None = None, outputCol: str | None = None,
-                  labelCol: str | None = None, method: str | None = None,
-                  target: str | None = None, explainBatchSize: int | None = None
-                  ) -> ImageExplainer:
+    def setParams(self, **params: Any) -> ImageExplainer:
         """Set Params by keyword (None leaves a Param as it is)."""
-        return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
+        set_known(self, self._input_kwargs, ExplainerSettings)
+        return self
 
     @classmethod
-    def fromModel(cls, model: ImageClassificationModel, method: str = "gradcam",
-                  target: str = "predicted") -> ImageExplainer:
+    def fromModel(cls, model: ImageClassificationModel, method: str | None = None,
+                  target: str | None = None) -> ImageExplainer:
         """The explainer of a trained ``ImageClassificationModel``: its network, weights,
         image shape, classes, image and label columns."""
         if not model.weights:
@@ -114,11 +82,8 @@ class ImageExplainer(Transformer, TrainedNetworkParams, HasOutputCol, HasLabelCo
     def explainConfig(self) -> ExplainConfig:
         """What the executors need, with every Param checked (no network built)."""
         get = self.getOrDefault
-        check_method(get(self.method))
-        check_target(get(self.target))
+        self.checkTables()  # method, target, explainBatchSize
         size = get(self.explainBatchSize)
-        if size < 1:
-            raise InvalidParameterError("explainBatchSize", size, "use 1 or more")
         if not self.weights:
             raise DataError("this explainer has no weights: make it with "
                             "ImageExplainer.fromModel(model)")
@@ -182,4 +147,6 @@ class ImageExplainer(Transformer, TrainedNetworkParams, HasOutputCol, HasLabelCo
         return dataset.select(*kept, maps.alias(out, metadata=metadata))
 
 
-__all__ = ["EXPLAINER_DEFAULTS", "METADATA_KEY", "METHODS", "TARGETS", "ImageExplainer"]
+declare_params(ImageExplainer, ExplainerSettings)
+
+__all__ = ["METADATA_KEY", "METHODS", "TARGETS", "ImageExplainer"]

@@ -10,7 +10,6 @@ from typing import Any
 
 from pyspark import keyword_only
 from pyspark.ml import Transformer
-from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasOutputCol
 from pyspark.ml.util import MLReadable, MLWritable
 
@@ -18,10 +17,12 @@ from sparkvision.errors import DataError, InvalidParameterError
 from sparkvision.ml.model import ImageClassificationModel
 from sparkvision.ml.params import (
     TrainedNetworkParams,
-    add_param_accessors,
+    declare_params,
     require_image_column,
+    set_known,
 )
 from sparkvision.ml.persistence import FolderKind, FolderReader, FolderWriter
+from sparkvision.settings import FeaturizerSettings
 
 #: Saved-featurizer format (``metadata/part-00000`` + ``weights.safetensors``).
 FEATURIZER_FORMAT = "sparkvision-featurizer/1"
@@ -39,23 +40,7 @@ FEATURIZER_FOLDER = FolderKind(
                "ImageFeaturizer.fromModel(model) or fromModelDir(path)",
 )
 
-#: Default of every ``ImageFeaturizer`` Param.
-FEATURIZER_DEFAULTS: dict[str, Any] = {
-    "imageCol": "image",
-    "outputCol": "features",
-    "layer": "",
-    "inferenceBatchSize": 1024,
-    "model": "cnn",
-    "imageShape": [],
-    "classes": [],
-}
 
-
-def _param(name: str, doc: str, converter: Any) -> Param:
-    return Param(Params._dummy(), name, doc, typeConverter=converter)
-
-
-@add_param_accessors
 class ImageFeaturizer(Transformer, TrainedNetworkParams, HasOutputCol, MLWritable,
                       MLReadable):
     """Adds ``outputCol`` (a pyspark.ml ``DenseVector``) holding the features a trained
@@ -72,20 +57,13 @@ class ImageFeaturizer(Transformer, TrainedNetworkParams, HasOutputCol, MLWritabl
     ``ImageFeaturizer.fromModelDir(path)`` or ``ImageFeaturizer(modelDir=path)``.
     """
 
-    layer = _param("layer", "'' = the classifier head's input (penultimate features), else "
-                   "the name of a module (named_modules()) whose output is taken",
-                   TypeConverters.toString)
-    inferenceBatchSize = _param("inferenceBatchSize", "images per forward pass",
-                                TypeConverters.toInt)
+    _tables: tuple[type, ...] = (FeaturizerSettings,)  # its Params: these rows
 
     @keyword_only
-    def __init__(self, *, imageCol: str | None = None, outputCol: str | None = None,
-                 layer: str | None = None, inferenceBatchSize: int | None = None,
-                 model: str | None = None, imageShape: list[int] | None = None,
-                 classes: list[str] | None = None, weights: bytes = b"",
-                 modelDir: str | None = None, trustCode: bool = False) -> None:
+    def __init__(self, *, weights: bytes = b"", modelDir: str | None = None,
+                 trustCode: bool = False, **params: Any) -> None:
+        """Params by keyword (the rows of ``settings.FeaturizerSettings``)."""
         super().__init__()
-        self._setDefault(**FEATURIZER_DEFAULTS)
         kwargs = dict(self._input_kwargs)
         self.weights: bytes = kwargs.pop("weights", b"")
         model_dir = kwargs.pop("modelDir", None)
@@ -93,15 +71,13 @@ class ImageFeaturizer(Transformer, TrainedNetworkParams, HasOutputCol, MLWritabl
         self._probed: tuple[str, int] | None = None
         if model_dir is not None:
             self._take_network(ImageClassificationModel.load(model_dir, trust_code=trust))
-        self._set(**{k: v for k, v in kwargs.items() if v is not None})
+        set_known(self, kwargs, FeaturizerSettings)
 
     @keyword_only
-    def setParams(self, *, imageCol: str | None = None, outputCol: str | None = None,
-                  layer: str | None = None, inferenceBatchSize: int | None = None,
-                  model: str | None = None, imageShape: list[int] | None = None,
-                  classes: list[str] | None = None) -> ImageFeaturizer:
+    def setParams(self, **params: Any) -> ImageFeaturizer:
         """Set Params by keyword (None leaves a Param as it is)."""
-        return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
+        set_known(self, self._input_kwargs, FeaturizerSettings)
+        return self
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -211,3 +187,6 @@ class ImageFeaturizer(Transformer, TrainedNetworkParams, HasOutputCol, MLWritabl
     @classmethod
     def read(cls) -> FolderReader:
         return FolderReader(cls, FEATURIZER_FOLDER)
+
+
+declare_params(ImageFeaturizer, FeaturizerSettings)
