@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
 from pyspark.sql import functions as F
 
@@ -50,7 +52,8 @@ def test_tagged_jobs_sets_and_restores_tags_interrupt_and_description(spark):
         sc.setLocalProperty("spark.job.description", None)
 
 
-def _sleep_rows(batches):  # runs on the executors: holds its task for up to 60 s
+def _sleep_rows(batches: Iterator[Any]) -> Iterator[Any]:
+    """On the executors: holds its task for up to 60 s."""
     import time
 
     for batch in batches:
@@ -59,7 +62,8 @@ def _sleep_rows(batches):  # runs on the executors: holds its task for up to 60 
         yield batch
 
 
-def _nap(batches):  # runs on the executors: 8 s, then its rows
+def _nap(batches: Iterator[Any]) -> Iterator[Any]:
+    """On the executors: 8 s, then its rows."""
     import time
 
     time.sleep(8)
