@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from sparkvision.cli import main
-from sparkvision.cli.tracking import evaluation_metrics
+from sparkvision.cli.mlflow_flags import evaluation_metrics
 
 mlflow = pytest.importorskip("mlflow")
 

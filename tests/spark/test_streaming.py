@@ -110,7 +110,7 @@ def _perturbed(model, scale: float):
 
 def test_hot_swap_uses_the_new_model_from_the_next_batch(spark, trained, tmp_path, test_rows):
     from sparkvision.streaming import start
-    from sparkvision.streaming.models import weights_version
+    from sparkvision.streaming.model_source import weights_version
 
     model = trained[0]
     shape = tuple(model.getImageShape())

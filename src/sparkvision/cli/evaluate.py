@@ -10,13 +10,13 @@ from pathlib import Path
 
 from sparkvision import storage
 from sparkvision.cli.common import add_common, emit
+from sparkvision.cli.mlflow_flags import Tracking, add_mlflow_flags, tracked
 from sparkvision.cli.predict import (
     add_backend_flag,
     add_input_flags,
     add_trust_flag,
     load_model_and_input,
 )
-from sparkvision.cli.tracking import Tracking, add_mlflow_flags, tracked
 
 METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace, tracking: Tracking) -> int:
 def _plots(model, df, result, out: Path, title: str) -> list[str]:
     """The PNGs of an evaluation: confusion matrix (counts, row-normalised), per-class bars
     and a grid of sample images (from at most ``SAMPLE_ROWS`` rows of ``df``)."""
-    from sparkvision.evaluation.plots import (
+    from sparkvision.evaluation.metric_plots import (
         plot_confusion,
         plot_per_class,
         plot_samples,

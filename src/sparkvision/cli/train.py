@@ -9,7 +9,7 @@ from typing import Any
 
 from sparkvision import settings
 from sparkvision.cli.common import accuracy, add_common, emit, spark_session
-from sparkvision.cli.tracking import Tracking, add_mlflow_flags, tracked
+from sparkvision.cli.mlflow_flags import Tracking, add_mlflow_flags, tracked
 from sparkvision.settings import TrainSettings
 from sparkvision.training.history import EpochRecord
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from sparkvision.cli.common import add_common, emit, spark_session
-from sparkvision.cli.tracking import Tracking, add_mlflow_flags, tracked
+from sparkvision.cli.mlflow_flags import Tracking, add_mlflow_flags, tracked
 from sparkvision.cli.train import add_train_flags, classifier_params
 
 

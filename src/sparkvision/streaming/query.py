@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sparkvision.errors import InvalidParameterError
-from sparkvision.streaming.models import ModelSource
+from sparkvision.streaming.model_source import ModelSource
 from sparkvision.streaming.sink import BatchWriter
 from sparkvision.streaming.sources import check_format, read_stream
 

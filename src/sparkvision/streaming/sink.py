@@ -26,7 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from sparkvision.streaming.models import ModelSource
+from sparkvision.streaming.model_source import ModelSource
 
 log = logging.getLogger(__name__)
 
