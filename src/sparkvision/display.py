@@ -78,7 +78,8 @@ class _Lines:
 
     def __init__(self, total: int | None, desc: str, unit: str, initial: int,
                  interval_s: float) -> None:
-        self.total, self.desc, self.unit, self.n = total, desc, unit, initial
+        self.total: int | float | None = total
+        self.desc, self.unit, self.n = desc, unit, initial
         self.interval_s = interval_s
         self.postfix: dict[str, Any] = {}
         self._started = time.monotonic()

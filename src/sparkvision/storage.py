@@ -182,7 +182,7 @@ def open_read(path: str, buffering: int = -1, gzip: bool = False) -> IO[bytes]:
     _fs(path)  # a clear error when the filesystem's package is missing
     try:
         opened = fsspec.open(path, "rb", compression="gzip" if gzip else None)
-        return opened.open()  # type: ignore[no-any-return]
+        return opened.open()
     except FileNotFoundError as exc:
         raise DataError(f"{path} does not exist: check the path") from exc
 
@@ -217,7 +217,7 @@ def atomic_writer(path: str | os.PathLike[str], buffering: int = -1) -> Iterator
     fs, p = _fs(text)
     # Staged in a local temporary file, then one upload (or upload + rename on HDFS).
     with tempfile.NamedTemporaryFile(prefix="sparkvision-", suffix=".part") as staged:
-        yield staged  # type: ignore[misc]
+        yield staged
         staged.flush()
         protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
         parent = p.rstrip("/").rsplit("/", 1)[0]

@@ -24,7 +24,7 @@ from pyspark.sql.types import (
 )
 
 from sparkvision.data.datasource_options import TFRecordOptions
-from sparkvision.data.tf_example import decode_example
+from sparkvision.data.tf_example import Kind, decode_example
 from sparkvision.data.tfrecord import read_file_records
 from sparkvision.errors import DataError, InvalidParameterError
 
@@ -49,7 +49,7 @@ def _is_text(value: bytes) -> bool:
 
 def infer_schema(files: Sequence[str], opts: TFRecordOptions) -> StructType:
     """Infer a schema from the first :data:`INFER_RECORDS` Examples of ``files``."""
-    kinds: dict[str, str] = {}
+    kinds: dict[str, Kind] = {}
     repeated: set[str] = set()
     binary: set[str] = set()
     seen = 0
@@ -91,7 +91,7 @@ def infer_schema(files: Sequence[str], opts: TFRecordOptions) -> StructType:
 # --------------------------------------------------------------------------- columns
 
 
-def _kind_for(dtype: DataType) -> str | None:
+def _kind_for(dtype: DataType) -> Kind | None:
     if isinstance(dtype, _INT_TYPES):
         return "int64"
     if isinstance(dtype, _FLOAT_TYPES):
@@ -106,7 +106,7 @@ class ColumnPlan:
     """How one schema field maps to an Example feature: its kind, array or not, boolean or not."""
 
     name: str
-    kind: str
+    kind: Kind
     is_list: bool
     is_bool: bool
 
@@ -116,7 +116,7 @@ def plan_columns(schema: StructType) -> list[ColumnPlan]:
     columns = []
     for f in schema.fields:
         is_list = isinstance(f.dataType, ArrayType)
-        element = f.dataType.elementType if is_list else f.dataType
+        element = f.dataType.elementType if isinstance(f.dataType, ArrayType) else f.dataType
         kind = _kind_for(element)
         if kind is None:
             raise InvalidParameterError(

@@ -23,7 +23,7 @@ from pyspark.sql.types import (
 from sparkvision import storage
 from sparkvision.data.datasource_options import SAVE_MODES, TFRecordOptions
 from sparkvision.data.datasource_schema import plan_columns
-from sparkvision.data.tf_example import encode_example
+from sparkvision.data.tf_example import Feature, encode_example
 from sparkvision.data.tfrecord import WRITE_BUFFER, write_record
 from sparkvision.errors import DataError, InvalidParameterError
 
@@ -44,7 +44,7 @@ def _example_encoder(schema: StructType) -> Callable[[pa.RecordBatch], Iterator[
     def encode(batch: pa.RecordBatch) -> Iterator[bytes]:
         data = [batch.column(col.name).to_pylist() for col in columns]
         for row in range(batch.num_rows):
-            features = {}
+            features: dict[str, Feature] = {}
             for col, values in zip(columns, data, strict=True):
                 value = values[row]
                 if value is None:
@@ -104,6 +104,7 @@ class TFRecordWriter(DataSourceArrowWriter):
         gz = self.opts.compression == "gzip"
         final = storage.join(self.opts.path,
                              f"part-{part:05d}-{self.job}{'.tfrecord.gz' if gz else '.tfrecord'}")
+        encode: Callable[[pa.RecordBatch], Iterator[bytes]]
         if self.opts.record_type == "ByteArray":
             encode = _record_encoder
         else:

@@ -24,10 +24,8 @@ def binary_column_to_array(column: Any, row_bytes: int,
         column = column.combine_chunks()
     if column.null_count:
         raise DataError("image column has null values: drop or fix those rows first")
-    if pa.types.is_large_binary(column.type):
-        offsets_dtype = np.int64
-    else:
-        offsets_dtype = np.int32
+    offsets_dtype: type[np.signedinteger[Any]] = (
+        np.int64 if pa.types.is_large_binary(column.type) else np.int32)
     n = len(column)
     if n == 0:
         return np.empty((0, row_bytes), dtype=np.uint8)

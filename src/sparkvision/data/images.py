@@ -77,7 +77,7 @@ def decode_image(data: bytes, name: str = "<bytes>", draft: tuple[int, int] | No
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             if img.width * img.height > MAX_PIXELS:
                 raise ImageRejected(f"image too large ({img.width}x{img.height})")
             if draft is not None and img.format == "JPEG":

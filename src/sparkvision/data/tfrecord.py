@@ -23,7 +23,7 @@ import logging
 import struct
 import zlib
 from collections.abc import Iterator, MutableMapping
-from typing import IO
+from typing import IO, cast
 
 import google_crc32c
 
@@ -173,7 +173,7 @@ def open_for_write(path: str, compression: str | None = "none") -> IO[bytes]:
     if mode is None:
         mode = "gzip" if is_gzip_path(path) else "none"
     if mode == "gzip":
-        return gzip.open(path, "wb", compresslevel=6)
+        return cast(IO[bytes], gzip.open(path, "wb", compresslevel=6))
     return open(path, "wb", buffering=WRITE_BUFFER)
 
 

@@ -157,7 +157,7 @@ def sample_predictions(model: Any, df: Any, image_shape: tuple[int, int, int],
     found = []
     for row in model.transform(rows).select(*keep).collect():
         shape = ((int(row["height"]), int(row["width"]), int(row["channels"]))
-                 if len(keep) == 6 else tuple(image_shape))
+                 if len(keep) == 6 else (image_shape[0], image_shape[1], image_shape[2]))
         found.append(Sample(bytes(row[image_col]), shape, int(row[label_col]),
                             int(row[prediction_col])))
     return pick_samples(found, n_wrong, n_right)

@@ -72,7 +72,7 @@ def explain_config(model: ImageClassificationModel, method: str,
     get = model.getOrDefault
     shape = tuple(get(model.imageShape))
     return ExplainConfig(model=get(model.model), num_classes=model.numClasses,
-                         image_shape=shape,  # type: ignore[arg-type]
+                         image_shape=shape,
                          weights=model.weights, method=check_method(method),
                          batch_size=batch_size)
 

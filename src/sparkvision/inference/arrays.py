@@ -5,10 +5,20 @@ into pyspark.ml vectors with ``array_to_vector`` where a vector is wanted."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
+
+def typed_arrow_udf(fn: Callable[..., Any], return_type: str) -> Any:
+    """``pyspark.sql.functions.arrow_udf(fn, return_type)``, its kind (scalar, or iterator
+    of batches) read from ``fn``'s type hints as pyspark prefers."""
+    from pyspark.sql.functions import arrow_udf
+
+    # pyspark's stubs only type the form that also passes a functionType (which warns)
+    return arrow_udf(fn, return_type)  # type: ignore[call-overload]
 
 
 def image_batch(column: Any, image_shape: tuple[int, int, int]) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from sparkvision.config import PredictConfig
-from sparkvision.inference.arrays import image_batch, list_array
+from sparkvision.inference.arrays import image_batch, list_array, typed_arrow_udf
 from sparkvision.inference.network_cache import NETWORKS, TrainedNetwork
 
 _WARNED: list[bool] = []  # the auto backend's fallback warning, once per Python worker
@@ -183,11 +183,9 @@ def predict_arrays_iter(
 def make_predict_udf(config: PredictConfig) -> Any:
     """A non-deterministic (so evaluated once per row) iterator Arrow UDF. The weights are
     hashed here, on the driver, once."""
-    from pyspark.sql.functions import arrow_udf
-
     trained = TrainedNetwork.of(config)
 
     def predict(arrays: Iterator[pa.Array]) -> Iterator[pa.Array]:
         return predict_arrays_iter(arrays, config, trained)
 
-    return arrow_udf(predict, RESULT_DDL).asNondeterministic()
+    return typed_arrow_udf(predict, RESULT_DDL).asNondeterministic()

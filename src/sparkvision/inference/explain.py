@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from sparkvision.errors import InvalidParameterError, MissingDependencyError
-from sparkvision.inference.arrays import image_batch, list_array
+from sparkvision.inference.arrays import image_batch, list_array, typed_arrow_udf
 from sparkvision.inference.network_cache import NETWORKS, TrainedNetwork
 from sparkvision.settings import ExplainerSettings, row
 
@@ -229,11 +229,9 @@ def attribution_arrays_iter(batches: Iterator[tuple[pa.Array, pa.Array]],
 def make_attribution_udf(config: ExplainConfig) -> Any:
     """An iterator Arrow UDF ``(image, target) → ARRAY<FLOAT>`` (H·W values, row-major).
     The weights are hashed here, on the driver, once."""
-    from pyspark.sql.functions import arrow_udf
-
     trained = TrainedNetwork.of(config)
 
     def explain(batches: Iterator[tuple[pa.Array, pa.Array]]) -> Iterator[pa.Array]:
         return attribution_arrays_iter(batches, config, trained)
 
-    return arrow_udf(explain, ATTRIBUTION_DDL)
+    return typed_arrow_udf(explain, ATTRIBUTION_DDL)

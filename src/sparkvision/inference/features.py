@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from sparkvision.inference.arrays import image_batch, list_array
+from sparkvision.inference.arrays import image_batch, list_array, typed_arrow_udf
 from sparkvision.inference.network_cache import NETWORKS, TrainedNetwork
 
 #: A feature extractor maps uint8 (N, H, W, C) images (numpy) to float32 (N, D) features.
@@ -108,11 +108,9 @@ def features_arrays_iter(arrays: Iterator[pa.Array], config: FeatureConfig,
 def make_features_udf(config: FeatureConfig) -> Any:
     """A non-deterministic (so evaluated once per row) iterator Arrow UDF returning
     ``array<float>``. The weights are hashed here, on the driver, once."""
-    from pyspark.sql.functions import arrow_udf
-
     trained = TrainedNetwork.of(config)
 
     def features(arrays: Iterator[pa.Array]) -> Iterator[pa.Array]:
         return features_arrays_iter(arrays, config, trained)
 
-    return arrow_udf(features, FEATURES_DDL).asNondeterministic()
+    return typed_arrow_udf(features, FEATURES_DDL).asNondeterministic()

@@ -66,7 +66,7 @@ class ImageClassificationModel(Model, ImageClassifierParams, MLWritable, MLReada
         get = self.getOrDefault
         return PredictConfig(
             model=get(self.model), num_classes=self.numClasses,
-            image_shape=tuple(get(self.imageShape)),  # type: ignore[arg-type]
+            image_shape=tuple(get(self.imageShape)),
             weights=self.weights, classes=tuple(get(self.classes)),
             batch_size=get(self.inferenceBatchSize), backend=get(self.inferenceBackend),
         )
@@ -138,7 +138,7 @@ class ImageClassificationModel(Model, ImageClassifierParams, MLWritable, MLReada
         build = onnx_bytes if format == "onnx" else torchscript_bytes
         data = build(net, config.image_shape, output, name=config.model)
         h, w, c = config.image_shape
-        sidecar = {
+        sidecar: dict[str, Any] = {
             "format": format,
             "file": storage.basename(path),
             "model": config.model,

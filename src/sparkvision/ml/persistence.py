@@ -202,5 +202,5 @@ def check_saved_weights(path: str, weights_path: str, model: Any,
             "and run: pass --trust-code (trust_code=True, or SPARKVISION_TRUST_CODE=1) if "
             "you trust that module")
     check_weights(data, name, model.numClasses,
-                  tuple(model.getOrDefault(model.imageShape)),  # type: ignore[arg-type]
+                  tuple(model.getOrDefault(model.imageShape)),
                   weights_path)

@@ -12,6 +12,7 @@ import copy
 import importlib.util
 import io
 import warnings
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -83,7 +84,7 @@ def onnx_bytes(
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation
             torch.onnx.export(
-                module, (_example(image_shape),), buf, dynamo=False,
+                module, (_example(image_shape),), cast(Any, buf), dynamo=False,
                 input_names=[INPUT_NAME], output_names=[output],
                 dynamic_axes={INPUT_NAME: {0: "n"}, output: {0: "n"}},
                 opset_version=ONNX_OPSET, do_constant_folding=True,

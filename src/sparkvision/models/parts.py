@@ -74,7 +74,8 @@ def hold_backbone_still(net: nn.Module, head: str) -> None:
 def parameter_groups(net: nn.Module, head: str, backbone_lr_scale: float) -> list[dict]:
     """Optimizer groups: the head first (full learning rate), then the trainable backbone
     parameters at ``backbone_lr_scale`` times it (``lr_scale`` in each group)."""
-    head_params, backbone_params = [], []
+    head_params: list[nn.Parameter] = []
+    backbone_params: list[nn.Parameter] = []
     for name, p in net.named_parameters():
         if p.requires_grad:
             (head_params if is_head_key(name, head) else backbone_params).append(p)

@@ -33,7 +33,7 @@ def render_report(path: str | os.PathLike[str],
                   shown_as: str | None = None) -> tuple[str, list[str]]:
     """(the HTML text, its section ids) of the report on the folder ``path``; ``shown_as``:
     the folder's name in the page (its URL when ``path`` is a local copy)."""
-    found = find_artefacts(path)
+    found = find_artefacts(os.fspath(path))
     sections = build_sections(found)
     root = shown_as or str(found.root.resolve())
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

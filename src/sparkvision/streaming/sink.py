@@ -26,6 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from sparkvision.inference.arrays import typed_arrow_udf
 from sparkvision.streaming.model_source import ModelSource
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,9 @@ def publish(staged: str, target: str, columns: tuple[str, ...] | None = None) ->
     files = sorted(os.path.join(staged, f) for f in os.listdir(staged)
                    if f.endswith(".parquet"))
     rows = sum(pq.read_metadata(f).num_rows for f in files)
-    for f in files if columns else ():
-        table = pq.read_table(f, columns=list(columns)).replace_schema_metadata(None)
+    keep = list(columns or ())
+    for f in files if keep else ():
+        table = pq.read_table(f, columns=keep).replace_schema_metadata(None)
         # INT96 timestamps, as Spark wrote them (Spark cannot read pyarrow's nanoseconds)
         pq.write_table(table, f + ".tmp", use_deprecated_int96_timestamps=True)
         os.replace(f + ".tmp", f)
@@ -87,8 +89,6 @@ def stored_image_error(shape: tuple[int, int, int]):
     """An Arrow UDF: null for an image stored as ``shape`` raw pixels or as PNG/JPEG bytes
     of that size (``prepare --store encoded``), else why not. Only the images whose length
     is not the raw size are decoded."""
-    from pyspark.sql.functions import arrow_udf
-
     def check(images: pa.Array) -> pa.Array:  # resolved from this module's globals
         import numpy as np
         import pyarrow.compute as pc
@@ -108,7 +108,7 @@ def stored_image_error(shape: tuple[int, int, int]):
                 out[int(i)] = f"{exc}; the model expects {h}x{w}x{c}"
         return pa.array(out, pa.string())
 
-    return arrow_udf(check, "string")
+    return typed_arrow_udf(check, "string")
 
 
 class BatchWriter:

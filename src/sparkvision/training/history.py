@@ -159,9 +159,9 @@ class PrivacyRecord:
     @classmethod
     def from_dict(cls, data: Any, where: str = "privacy") -> PrivacyRecord:
         d = _object(data, where)
-        return cls(*(_need(d, k, where) for k in (
+        return cls(**{k: _need(d, k, where) for k in (
             "accountant", "epsilon", "delta", "target_epsilon", "max_grad_norm",
-            "noise_multiplier", "sample_rate")), stopped_at_budget=d.get("stopped_at_budget"))
+            "noise_multiplier", "sample_rate")}, stopped_at_budget=d.get("stopped_at_budget"))
 
 
 @dataclass(frozen=True)

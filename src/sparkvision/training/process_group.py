@@ -56,7 +56,7 @@ def task_device(config: TrainConfig, ctx: Any, rank: int,
         "rank %d trains on %s%s (%s): %s", rank, choice.kind,
         "" if choice.index is None else f":{choice.index}", choice.backend, choice.source,
     )
-    if choice.kind == "cuda":
+    if choice.index is not None:  # a CUDA device (the index is None on CPU)
         torch.cuda.set_device(choice.index)
         return torch.device("cuda", choice.index), choice.backend
     return torch.device("cpu"), choice.backend

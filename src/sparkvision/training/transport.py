@@ -127,7 +127,7 @@ def _post(url: str, event: Event, timeout: float, token: str) -> dict[str, Any] 
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read() or b"{}")  # type: ignore[no-any-return]
+            return json.loads(response.read() or b"{}")
     except (OSError, ValueError) as exc:
         log.debug("progress event not delivered: %s", exc)
         return None
