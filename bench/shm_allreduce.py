@@ -108,7 +108,7 @@ def _nocomm_hook(state, bucket):
 
 
 def _timed_hook(state, bucket):  # no annotations: DDP checks them against GradBucket
-    from sparkvision.training.shm_allreduce import shm_allreduce_hook
+    from sparkvision.training.shm_comm_hook import shm_allreduce_hook
 
     shm, spent = state
     t0 = time.perf_counter()

@@ -19,12 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from sparkvision.training.shm_allreduce import (
-    ShmAllReduce,
+from sparkvision.training.shm_allreduce import ShmAllReduce, supported
+from sparkvision.training.shm_comm_hook import (
     install_shm_allreduce,
     same_host,
     shm_allreduce_hook,
-    supported,
 )
 
 pytestmark = pytest.mark.skipif(not supported(), reason="shared-memory all-reduce needs x86-64")

@@ -50,7 +50,7 @@ def train(x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Tensor, y_val: to
     from sparkvision.models import build_model
     from sparkvision.training.loop import make_optimizer
     from sparkvision.training.resume import restore, transfer
-    from sparkvision.training.shm_allreduce import install_shm_allreduce
+    from sparkvision.training.shm_comm_hook import install_shm_allreduce
 
     started = time.monotonic()
     torch.manual_seed(config.seed)

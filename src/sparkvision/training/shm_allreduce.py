@@ -3,8 +3,9 @@
 Two CPU processes on one machine spend ~1.4-2.7 ms per step pushing a 1.6 MB gradient
 through gloo's TCP loopback. When every rank runs on the same host the same average is a
 memcpy and a NumPy sum in a shared memory segment (~0.4 ms). :class:`ShmAllReduce` does
-that; :func:`shm_allreduce_hook` plugs it into ``DistributedDataParallel.register_comm_hook``
-and :func:`install_shm_allreduce` decides (collectively) whether it can be used.
+that: this module is the all-reduce itself (segment, protocol, waits). The DDP
+communication hook that plugs it into ``DistributedDataParallel.register_comm_hook`` and
+the collective decision to use it are :mod:`sparkvision.training.shm_comm_hook`.
 
 Segment (created by rank 0, attached by the others; S = slot bytes, 2 slots per rank)::
 
@@ -51,29 +52,23 @@ import mmap
 import os
 import platform
 import secrets
-import socket
 import time
 from collections.abc import Callable
 from multiprocessing.shared_memory import SharedMemory
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-if TYPE_CHECKING:
-    from torch.nn.parallel import DistributedDataParallel
-
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "DTYPE",
     "ShmAllReduce",
     "ShmUnavailableError",
-    "install_shm_allreduce",
-    "max_bucket_bytes",
-    "same_host",
-    "shm_allreduce_hook",
     "supported",
+    "waiting_for",
 ]
 
 _MAGIC = 0x5356_4152_5348_4D32  # "SVARSHM2"
@@ -94,7 +89,7 @@ _YIELD_SECONDS = 1e-3
 _SLEEP_SECONDS = 50e-6
 
 # DDP's gradient buckets here are float32; other dtypes go through gloo.
-_DTYPE = torch.float32
+DTYPE = torch.float32
 _NP_DTYPE = np.dtype(np.float32)
 
 
@@ -110,29 +105,6 @@ def supported() -> bool:
     if os.environ.get("SPARKVISION_SHM_ALLREDUCE", "1").strip().lower() in ("0", "false", "no"):
         return False
     return os.name == "posix" and platform.machine().lower() in ("x86_64", "amd64")
-
-
-def _host_part(address: str) -> str:
-    """``host``, ``host:port`` or ``[v6]:port`` → the host part, lower-cased."""
-    address = address.strip().lower()
-    if address.startswith("["):
-        return address[1 : address.find("]")] if "]" in address else address
-    if address.count(":") == 1:
-        host, _, port = address.partition(":")
-        if port.isdigit():
-            return host
-    return address
-
-
-def same_host(ctx_hostnames: list[str]) -> bool:
-    """True when every entry names the same host (``host:port`` forms are accepted).
-
-    Equal names are necessary, not sufficient, for a shared ``/dev/shm`` (containers on
-    different machines can share a hostname); :meth:`ShmAllReduce.create` verifies the
-    segment itself with a nonce. An empty list is False.
-    """
-    hosts = {_host_part(h) for h in ctx_hostnames}
-    return len(hosts) == 1 and "" not in hosts
 
 
 def _attach(name: str) -> mmap.mmap:
@@ -163,8 +135,9 @@ class ShmAllReduce:
 
     Create it collectively with :meth:`create` after ``dist.init_process_group``; every
     rank must then make the same sequence of :meth:`average_` calls (directly or through
-    DDP calling :func:`shm_allreduce_hook`) with tensors of the same numel. Not
-    thread-safe: one caller thread per process. :meth:`close` is local and idempotent.
+    DDP calling :func:`~sparkvision.training.shm_comm_hook.shm_allreduce_hook`) with
+    tensors of the same numel. Not thread-safe: one caller thread per process.
+    :meth:`close` is local and idempotent.
     """
 
     def __init__(
@@ -286,7 +259,7 @@ class ShmAllReduce:
         """Whether :meth:`average_` can reduce ``tensor`` in shared memory."""
         return (
             tensor.device.type == "cpu"
-            and tensor.dtype == _DTYPE
+            and tensor.dtype == DTYPE
             and tensor.is_contiguous()
             and tensor.numel() * tensor.element_size() <= self.capacity_bytes
         )
@@ -399,84 +372,3 @@ def waiting_for() -> int | None:
     """The rank the shared-memory all-reduce is waiting for right now (after the first
     short phase of a wait), else None."""
     return _waiting_for
-
-
-def shm_allreduce_hook(
-    state: ShmAllReduce, bucket: dist.GradBucket
-) -> torch.futures.Future[torch.Tensor]:
-    """DDP communication hook averaging each gradient bucket through shared memory.
-
-    Same result as DDP's default all-reduce (the mean over ranks), returned as a
-    completed future. Buckets that do not fit (larger than the capacity, not float32 on
-    the CPU) go through ``dist.all_reduce``, with a warning logged once per reason.
-    """
-    buffer = bucket.buffer()
-    if state.fits(buffer):
-        state.average_(buffer)
-        fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
-        fut.set_result(buffer)
-        return fut
-    if buffer.dtype != _DTYPE or buffer.device.type != "cpu":
-        kind, reason = "dtype", f"{buffer.dtype} buckets on {buffer.device.type} unsupported"
-    else:
-        nbytes = buffer.numel() * buffer.element_size()
-        kind = "capacity"
-        reason = f"a {nbytes} B bucket exceeds the {state.capacity_bytes} B capacity"
-    if kind not in state._warned:
-        state._warned.add(kind)
-        log.warning("shared-memory all-reduce: %s; using dist.all_reduce", reason)
-    # DDP's default hook: divide, then all_reduce.
-    buffer.div_(state.world)
-    return (
-        dist.all_reduce(buffer, async_op=True)  # type: ignore[union-attr]
-        .get_future()
-        .then(lambda f: f.value()[0])
-    )
-
-
-
-def max_bucket_bytes(ddp: "DistributedDataParallel") -> int:
-    """Upper bound of the size of ``ddp``'s gradient buckets, in bytes.
-
-    DDP closes a bucket once it reaches its cap (1 MiB for the first bucket, then
-    ``bucket_cap_mb``), so a bucket holds less than the cap plus the largest parameter,
-    and never more than all parameters together.
-    """
-    sizes = [p.numel() * p.element_size() for p in ddp.module.parameters() if p.requires_grad]
-    if not sizes:
-        return 1
-    first_cap = int(getattr(dist, "_DEFAULT_FIRST_BUCKET_BYTES", 1024 * 1024))
-    cap = int(getattr(ddp, "bucket_bytes_cap", 25 * 1024 * 1024))
-    return min(sum(sizes), max(cap, first_cap) + max(sizes))
-
-
-def install_shm_allreduce(
-    ddp: "DistributedDataParallel",
-    *,
-    capacity_bytes: int | None = None,
-    timeout_s: float = 600.0,
-    name: str | None = None,
-) -> ShmAllReduce | None:
-    """Collective: register :func:`shm_allreduce_hook` on ``ddp`` when it can work.
-
-    Every rank takes the same decision: None (keep the default gloo all-reduce) unless
-    all ranks are on one x86-64 host and the segment could be created and attached
-    everywhere. ``capacity_bytes`` defaults to :func:`max_bucket_bytes` (the segment
-    takes 2 x world x that). The hook is registered on ``ddp`` only. Call
-    :meth:`ShmAllReduce.close` after training (any time after the last backward pass).
-    """
-    world = dist.get_world_size()
-    facts: list[Any] = [None] * world
-    dist.all_gather_object(facts, (socket.gethostname(), supported()))
-    if world < 2 or not all(ok for _, ok in facts) or not same_host([h for h, _ in facts]):
-        return None
-    if capacity_bytes is None:
-        capacity_bytes = max_bucket_bytes(ddp)
-    name = name or f"sv-allreduce-{os.getpid()}-{secrets.token_hex(6)}"
-    try:
-        shm = ShmAllReduce.create(name, capacity_bytes, timeout_s=timeout_s)
-    except ShmUnavailableError as e:
-        log.warning("shared-memory all-reduce unavailable, using gloo: %s", e)
-        return None
-    ddp.register_comm_hook(state=shm, hook=shm_allreduce_hook)
-    return shm
