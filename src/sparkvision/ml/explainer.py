@@ -20,7 +20,7 @@ from sparkvision.ml.model import ImageClassificationModel
 from sparkvision.ml.params import (
     TrainedNetworkParams,
     declare_params,
-    require_image_column,
+    image_and_output_columns,
     set_known,
 )
 from sparkvision.settings import METHODS, TARGETS, ExplainerSettings
@@ -83,21 +83,13 @@ class ImageExplainer(Transformer, TrainedNetworkParams, HasOutputCol, HasLabelCo
         """What the executors need, with every Param checked (no network built)."""
         get = self.getOrDefault
         self.checkTables()  # method, target, explainBatchSize
-        size = get(self.explainBatchSize)
         if not self.weights:
             raise DataError("this explainer has no weights: make it with "
                             "ImageExplainer.fromModel(model)")
-        shape = list(get(self.imageShape))
-        if len(shape) != 3 or min(shape) < 1 or shape[2] not in (1, 3):
-            raise InvalidParameterError("imageShape", shape, "use [height, width, 1 or 3] "
-                                        "(the shape the network was trained on)")
-        classes = list(get(self.classes))
-        if not classes:
-            raise InvalidParameterError("classes", [], "give the class names of the "
-                                        "network's head (its number of outputs)")
-        return ExplainConfig(model=get(self.model), num_classes=len(classes),
-                             image_shape=(shape[0], shape[1], shape[2]),
-                             weights=self.weights, method=get(self.method), batch_size=size)
+        shape = self.trainedShape()
+        return ExplainConfig(model=get(self.model), num_classes=len(get(self.classes)),
+                             image_shape=shape, weights=self.weights,
+                             method=get(self.method), batch_size=get(self.explainBatchSize))
 
     def layerName(self) -> str:
         """Grad-CAM's layer (the network's last ``nn.Conv2d``; '' for other methods), found
@@ -123,11 +115,7 @@ class ImageExplainer(Transformer, TrainedNetworkParams, HasOutputCol, HasLabelCo
         from sparkvision.inference.explain import make_attribution_udf
 
         get = self.getOrDefault
-        image_col = get(self.imageCol)
-        require_image_column(dataset, image_col)
-        out = get(self.outputCol)
-        if not out:
-            raise InvalidParameterError("outputCol", out, "name the output column")
+        image_col, out = image_and_output_columns(self, dataset)
         layer = self.layerName()  # every check, before any job
         config = self.explainConfig()
         if get(self.target) == "true":

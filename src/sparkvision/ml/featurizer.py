@@ -13,15 +13,15 @@ from pyspark.ml import Transformer
 from pyspark.ml.param.shared import HasOutputCol
 from pyspark.ml.util import MLReadable, MLWritable
 
-from sparkvision.errors import DataError, InvalidParameterError
+from sparkvision.errors import DataError
 from sparkvision.ml.model import ImageClassificationModel
 from sparkvision.ml.params import (
     TrainedNetworkParams,
     declare_params,
-    require_image_column,
+    image_and_output_columns,
     set_known,
 )
-from sparkvision.ml.persistence import FolderKind, FolderReader, FolderWriter
+from sparkvision.ml.persistence import FolderKind, FolderReader, FolderWriter, TrustedLoad
 from sparkvision.settings import FeaturizerSettings
 
 #: Saved-featurizer format (``metadata/part-00000`` + ``weights.safetensors``).
@@ -41,8 +41,8 @@ FEATURIZER_FOLDER = FolderKind(
 )
 
 
-class ImageFeaturizer(Transformer, TrainedNetworkParams, HasOutputCol, MLWritable,
-                      MLReadable):
+class ImageFeaturizer(Transformer, TrainedNetworkParams, HasOutputCol, TrustedLoad,
+                      MLWritable, MLReadable):
     """Adds ``outputCol`` (a pyspark.ml ``DenseVector``) holding the features a trained
     network computes for each image of ``imageCol`` (raw uint8 HWC bytes or PNG/JPEG as
     ``prepare`` stores them); every other column is kept.
@@ -116,23 +116,14 @@ class ImageFeaturizer(Transformer, TrainedNetworkParams, HasOutputCol, MLWritabl
         from sparkvision.inference.features import FeatureConfig
 
         get = self.getOrDefault
-        size = get(self.inferenceBatchSize)
-        if size < 1:
-            raise InvalidParameterError("inferenceBatchSize", size, "use 1 or more")
+        self.checkTables()  # inferenceBatchSize
         if not self.weights:
             raise DataError("this featurizer has no weights: make it with "
                             "ImageFeaturizer.fromModel(model), fromModelDir(path) or "
                             "ImageFeaturizer.load(path)")
-        shape = list(get(self.imageShape))
-        if len(shape) != 3 or min(shape) < 1 or shape[2] not in (1, 3):
-            raise InvalidParameterError("imageShape", shape, "use [height, width, 1 or 3] "
-                                        "(the shape the network was trained on)")
-        if not self.numClasses:
-            raise InvalidParameterError("classes", [], "give the class names of the "
-                                        "network's head (its number of outputs)")
         return FeatureConfig(model=get(self.model), num_classes=self.numClasses,
-                             image_shape=(shape[0], shape[1], shape[2]),
-                             weights=self.weights, layer=get(self.layer), batch_size=size)
+                             image_shape=self.trainedShape(), weights=self.weights,
+                             layer=get(self.layer), batch_size=get(self.inferenceBatchSize))
 
     def featureDimension(self) -> int:
         """Length of the feature vectors at ``layer``, found on the driver by one forward
@@ -155,12 +146,7 @@ class ImageFeaturizer(Transformer, TrainedNetworkParams, HasOutputCol, MLWritabl
 
         from sparkvision.inference.features import make_features_udf
 
-        get = self.getOrDefault
-        image_col = get(self.imageCol)
-        require_image_column(dataset, image_col)
-        out = get(self.outputCol)
-        if not out:
-            raise InvalidParameterError("outputCol", out, "name the output column")
+        image_col, out = image_and_output_columns(self, dataset)
         config = self._feature_config()
         dim = self._dimension(config)  # the layer is checked here, before any job
         # Only the image column travels to Python; the vector is built in the JVM. The
@@ -171,16 +157,6 @@ class ImageFeaturizer(Transformer, TrainedNetworkParams, HasOutputCol, MLWritabl
             out, metadata={"ml_attr": {"num_attrs": dim}}))
 
     # ------------------------------------------------------------------ persistence
-    @classmethod
-    def load(cls, path: str, trust_code: bool = False) -> ImageFeaturizer:
-        """Load a featurizer folder (``save``), checked on the driver: the weights' size and
-        SHA-256 against the saved metadata, the safetensors header and every tensor's shape
-        against the network. A network named by an import path (``pkg.mod:fn``) runs that
-        code, so it needs ``trust_code=True`` (or ``SPARKVISION_TRUST_CODE=1``)."""
-        reader = cls.read()
-        reader.trust_code = trust_code
-        return reader.load(path)
-
     def write(self) -> FolderWriter:
         return FolderWriter(self, FEATURIZER_FOLDER)
 

@@ -20,6 +20,7 @@ from sparkvision.ml.persistence import (
     FolderKind,
     FolderReader,
     FolderWriter,
+    TrustedLoad,
     read_model_metadata,
     weights_file,
 )
@@ -41,7 +42,8 @@ MODEL_FOLDER = FolderKind(
 )
 
 
-class ImageClassificationModel(Model, ImageClassifierParams, MLWritable, MLReadable):
+class ImageClassificationModel(Model, ImageClassifierParams, TrustedLoad, MLWritable,
+                               MLReadable):
     """Adds ``rawPrediction`` (logits vector), ``probability`` (vector of every class),
     ``prediction`` (class index, double), ``predictedLabel`` (class name) and ``confidence``
     (top-class probability), as pyspark.ml's probabilistic classifiers do. An output column
@@ -161,16 +163,6 @@ class ImageClassificationModel(Model, ImageClassifierParams, MLWritable, MLReada
         return path
 
     # ------------------------------------------------------------------ persistence
-    @classmethod
-    def load(cls, path: str, trust_code: bool = False) -> ImageClassificationModel:
-        """Load a model folder, checked on the driver before any job: the weights' size and
-        SHA-256 against the saved metadata, the safetensors header, every tensor's shape
-        against the network. A network named by an import path (``pkg.mod:fn``) runs that
-        code, so it needs ``trust_code=True`` (or ``SPARKVISION_TRUST_CODE=1``)."""
-        reader = cls.read()
-        reader.trust_code = trust_code
-        return reader.load(path)
-
     def write(self) -> FolderWriter:
         return _ModelWriter(self)
 

@@ -93,6 +93,19 @@ class TrainedNetworkParams(TableParams):
             raise InvalidParameterError("imageShape", shape, "use [height, width, 1 or 3]")
 
 
+    def trainedShape(self) -> tuple[int, int, int]:
+        """``imageShape`` as (height, width, channels), with the checks of a trained
+        network: a full shape, and the class names of its head."""
+        shape = list(self.getOrDefault("imageShape"))
+        if len(shape) != 3 or min(shape) < 1 or shape[2] not in (1, 3):
+            raise InvalidParameterError("imageShape", shape, "use [height, width, 1 or 3] "
+                                        "(the shape the network was trained on)")
+        if not self.getOrDefault("classes"):
+            raise InvalidParameterError("classes", [], "give the class names of the "
+                                        "network's head (its number of outputs)")
+        return shape[0], shape[1], shape[2]
+
+
 class ImageClassifierParams(
     TrainedNetworkParams, HasLabelCol, HasSeed, HasPredictionCol, HasRawPredictionCol,
     HasProbabilityCol,
@@ -127,6 +140,17 @@ def require_image_column(dataset: Any, image_col: str) -> None:
         raise InvalidParameterError(
             "imageCol", image_col,
             f"the DataFrame has columns {dataset.columns}; name the image column")
+
+
+def image_and_output_columns(params: Params, dataset: Any) -> tuple[str, str]:
+    """``(imageCol, outputCol)`` of a Transformer that adds one column: the image column
+    must be in ``dataset`` and the output column named (``InvalidParameterError``)."""
+    image_col = params.getOrDefault("imageCol")
+    require_image_column(dataset, image_col)
+    out = params.getOrDefault("outputCol")
+    if not out:
+        raise InvalidParameterError("outputCol", out, "name the output column")
+    return image_col, out
 
 
 def add_param_accessors(cls: type) -> type:
@@ -173,4 +197,4 @@ declare_params(ImageClassifierParams, TrainSettings, OutputSettings)
 # ml/explainer.py) through declare_params as well
 __all__ = ["ExplainerSettings", "FeaturizerSettings", "HasOutputCol", "ImageClassifierParams",
            "TableParams", "TrainedNetworkParams", "add_param_accessors", "declare_params",
-           "require_image_column", "set_known"]
+           "image_and_output_columns", "require_image_column", "set_known"]

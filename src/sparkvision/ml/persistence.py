@@ -24,7 +24,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self, cast
 
 from pyspark.ml.param import Params
 from pyspark.ml.util import DefaultParamsReader, MLReader, MLWriter
@@ -173,6 +173,25 @@ class FolderReader(MLReader):
 
     def load(self, path: str) -> Any:
         return load_folder(self.cls, path, self.kind, self.trust_code)
+
+
+class TrustedLoad:
+    """``cls.load(path, trust_code=False)`` of a class whose ``read()`` is a
+    ``FolderReader``."""
+
+    @classmethod
+    def load(cls, path: str, trust_code: bool = False) -> Self:
+        """Load a folder (``save``), checked on the driver before any job: the weights' size
+        and SHA-256 against the saved metadata, the safetensors header, every tensor's shape
+        against the network. A network named by an import path (``pkg.mod:fn``) runs that
+        code, so it needs ``trust_code=True`` (or ``SPARKVISION_TRUST_CODE=1``)."""
+        reader = cls.read()
+        reader.trust_code = trust_code
+        return cast(Self, reader.load(path))
+
+    if TYPE_CHECKING:  # each class defines it
+        @classmethod
+        def read(cls) -> FolderReader: ...
 
 
 def check_saved_weights(path: str, weights_path: str, model: Any,
