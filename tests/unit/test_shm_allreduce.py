@@ -87,15 +87,32 @@ def _check_buckets(rank: int, world: int, name: str) -> dict[str, Any]:
     shared = np.random.default_rng(1234)  # same on every rank: sizes, schedule
     local = np.random.default_rng(1000 + rank)  # this rank's data and delays
 
-    def delay(_phase: str) -> None:
+    def delay() -> None:
         if local.random() < 0.3:
             time.sleep(float(local.uniform(0, 2e-3)))
+
+    # Jitter as a slow or descheduled rank has it: a random pause around each wait for the
+    # peers (after publishing, after everyone arrived) and after reading the slots.
+    wait_all, reduce_slot = shm._wait_all, shm._reduce_slot
+
+    def slow_wait_all(*args: Any) -> None:
+        delay()
+        wait_all(*args)
+        delay()
+
+    def slow_reduce_slot(*args: Any) -> None:
+        reduce_slot(*args)
+        delay()
+
+    def set_jitter(on: bool) -> None:
+        shm._wait_all = slow_wait_all if on else wait_all
+        shm._reduce_slot = slow_reduce_slot if on else reduce_slot
 
     digests: list[str] = []
     calls = fallbacks = 0
     for burst in range(10):
         jitter = burst >= 2  # the first two bursts run flat out
-        shm._debug_delay = delay if jitter else None
+        set_jitter(jitter)
         n_calls = int(shared.integers(4, 12))
         inputs: list[torch.Tensor] = []
         futures: list[tuple[torch.Tensor, torch.futures.Future, bool]] = []
@@ -120,7 +137,7 @@ def _check_buckets(rank: int, world: int, name: str) -> dict[str, Any]:
                 failures.append(f"{n} x {t.dtype}: fallback={fell_back}")
             futures.append((t, fut, fell_back))
             calls += 1
-        shm._debug_delay = None
+        set_jitter(False)
         outputs: list[torch.Tensor] = []
         for t, fut, fell_back in futures:
             if not fell_back and not fut.done():  # waiting would hang

@@ -53,7 +53,6 @@ import os
 import platform
 import secrets
 import time
-from collections.abc import Callable
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any, Self
 
@@ -169,8 +168,6 @@ class ShmAllReduce:
             ]
             for r in range(world)
         ]
-        #: Test hook: called with a phase name ("published", "arrived", "summed").
-        self._debug_delay: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -278,12 +275,11 @@ class ShmAllReduce:
                 f"tensor ({tensor.dtype}, {tensor.numel()} elements, {tensor.device}) does "
                 f"not fit the shared-memory all-reduce (capacity {self.capacity_bytes} B)"
             )
-        rank, world = self.rank, self.world
+        rank = self.rank
         out = tensor.detach().reshape(-1).numpy()
         n = out.size
         gen = self._gen + 1
         slot = gen % _DEPTH
-        delay = self._debug_delay
         # 1. Publish: once nobody reads slot k any more, data, numel, then the counter.
         if gen > _DEPTH:
             self._wait_all(_DONE, gen - _DEPTH, gen)
@@ -291,12 +287,18 @@ class ShmAllReduce:
         meta[rank, slot] = n
         ctrl[rank, _ARRIVE] = gen
         self._gen = gen
-        if delay is not None:
-            delay("published")
         # 2. Complete: everyone's data is in place; sum it in rank order, then average.
         self._wait_all(_ARRIVE, gen, gen)
-        if delay is not None:
-            delay("arrived")
+        self._reduce_slot(out, slot, gen)
+        ctrl[rank, _DONE] = gen  # my reads of generation gen are over
+        return tensor
+
+    def _reduce_slot(self, out: np.ndarray, slot: int, gen: int) -> None:
+        """``out`` ← the mean of every rank's data in ``slot`` (rank order, bitwise the
+        same on every rank); checks each rank contributed as many elements."""
+        meta, slots = self._meta, self._slots
+        assert meta is not None and slots is not None
+        rank, world, n = self.rank, self.world, out.size
         for q in range(world):
             if int(meta[q, slot]) != n:
                 raise RuntimeError(
@@ -318,10 +320,6 @@ class ShmAllReduce:
             else:
                 np.divide(out, np.float32(world), out=out)
         del views
-        if delay is not None:
-            delay("summed")
-        ctrl[rank, _DONE] = gen  # my reads of generation gen are over
-        return tensor
 
     def _wait_all(self, word: int, target: int, gen: int) -> None:
         ctrl = self._ctrl
