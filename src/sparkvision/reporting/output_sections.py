@@ -66,9 +66,9 @@ def dataset(data: Dataset, index: int, root: Path) -> Section:
     parts.append(heading(3, "Rejected files", f"{total} in all"))
     if rejected:
         shown = rejected[:MAX_REJECTED]
-        rows = [(r.get("path"), r.get("reason")) if isinstance(r, dict) else (r, "")
-                for r in shown]
-        parts.append(table(("file", "reason"), rows))
+        listed = [(r.get("path"), r.get("reason")) if isinstance(r, dict) else (r, "")
+                  for r in shown]
+        parts.append(table(("file", "reason"), listed))
         if total > len(shown):
             parts.append(paragraph(f"… and {total - len(shown)} more (see "
                                    f"{where(data.paths[0], root)}/{listing})", "muted"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sparkvision.reporting.html import image
+from sparkvision.reporting.html import Markup, image
 from sparkvision.reporting.reading import read_png
 
 
@@ -24,8 +24,8 @@ def where(path: Path, root: Path) -> str:
     return str(rel) if str(rel) != "." else f". ({root.resolve().name})"
 
 
-def figure(path: Path, root: Path) -> str:
+def figure(path: Path, root: Path) -> Markup:
     """The PNG at ``path`` as an inlined figure captioned with its place (empty when it
     cannot be read)."""
     png = read_png(path)
-    return image(png, path.stem.replace("_", " "), where(path, root)) if png else ""
+    return image(png, path.stem.replace("_", " "), where(path, root)) if png else Markup("")

@@ -6,9 +6,10 @@ found and the headline numbers, built here), then ``dataset``, ``training``, ``e
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
-from sparkvision.reporting.artefacts import Artefacts, Model
+from sparkvision.reporting.artefacts import Artefacts, Evaluation, Explanation, Model
 from sparkvision.reporting.html import Section, cards, table
 from sparkvision.reporting.model_sections import evaluation, explanations, training
 from sparkvision.reporting.output_sections import dataset, streaming, tuning
@@ -100,11 +101,13 @@ def build_sections(found: Artefacts) -> list[Section]:
     sections += [dataset(d, i, root) for i, d in enumerate(found.datasets)]
     models = found.all_models()
     sections += [training(m, i, root) for i, m in enumerate(models)]
-    evaluated = [(m.evaluations, m.path) for m in models if m.evaluations]
+    evaluated: list[tuple[list[Evaluation], Path | None]] = [
+        (m.evaluations, m.path) for m in models if m.evaluations]
     if found.evaluations:
         evaluated.append((found.evaluations, None))
     sections += [evaluation(evals, i, root, owner) for i, (evals, owner) in enumerate(evaluated)]
-    explained = [(m.explanations, m.path) for m in models if m.explanations]
+    explained: list[tuple[list[Explanation], Path | None]] = [
+        (m.explanations, m.path) for m in models if m.explanations]
     if found.explanations:
         explained.append((found.explanations, None))
     sections += [explanations(e, i, root, owner) for i, (e, owner) in enumerate(explained)]

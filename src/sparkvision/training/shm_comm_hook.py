@@ -86,7 +86,7 @@ def shm_allreduce_hook(
     # DDP's default hook: divide, then all_reduce.
     buffer.div_(state.world)
     return (
-        dist.all_reduce(buffer, async_op=True)  # type: ignore[union-attr]
+        dist.all_reduce(buffer, async_op=True)
         .get_future()
         .then(lambda f: f.value()[0])
     )

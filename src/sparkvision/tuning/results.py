@@ -46,8 +46,8 @@ def write_plots(study, out: Path) -> list[str]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # experimental-API and importance notes
-                ax = plot(study)
-            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+                ax: Any = plot(study)  # one Axes, or an array of them
+            fig: Any = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
             fig.tight_layout()
             fig.savefig(out / name, dpi=100)
             plt.close(fig)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sparkvision.errors import InvalidParameterError
 from sparkvision.settings import TrainSettings, row
@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 STRATEGIES = ("grid", "random", "bayes")
 PRUNERS = ("median", "halving", "none")
 #: Per-epoch metrics a trial can be judged (and pruned) on, with their direction.
-METRICS = {"val_accuracy": "maximize", "val_loss": "minimize",
-           "train_accuracy": "maximize", "train_loss": "minimize"}
+METRICS: dict[str, Literal["maximize", "minimize"]] = {
+    "val_accuracy": "maximize", "val_loss": "minimize",
+    "train_accuracy": "maximize", "train_loss": "minimize"}
 STUDY_NAME = "sparkvision"
 DEFAULT_TRIALS = 10
 
