@@ -18,7 +18,7 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
 from sparkvision.data.schema import literal_map
 from sparkvision.errors import DataError
-from sparkvision.ml.params import TableParams, declare_params, set_known
+from sparkvision.ml.params import TableParams, declare_params
 from sparkvision.settings import BalancerSettings
 
 
@@ -61,12 +61,6 @@ class ClassBalancer(Transformer, TableParams, HasLabelCol, HasSeed, DefaultParam
         """Params by keyword (the rows of ``settings.BalancerSettings``)."""
         super().__init__()
         self.setParams(**self._input_kwargs)
-
-    @keyword_only
-    def setParams(self, **params: Any) -> ClassBalancer:
-        """Set Params by keyword (None leaves a Param as it is)."""
-        set_known(self, self._input_kwargs, BalancerSettings)
-        return self
 
     def _check(self) -> None:
         self.checkTables()

@@ -21,7 +21,7 @@ from sparkvision.ml.balancer import ClassBalancer, class_counts
 from sparkvision.ml.model import ImageClassificationModel
 from sparkvision.ml.params import ImageClassifierParams, set_known
 from sparkvision.ml.transfer import starting_weights
-from sparkvision.settings import OutputSettings, TrainSettings
+from sparkvision.settings import TrainSettings
 from sparkvision.training.history import BalanceRecord
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
             self._validation_df = kwargs.pop("validationDf")
         if "onEpochEnd" in kwargs:
             self._on_epoch_end = kwargs.pop("onEpochEnd")
-        set_known(self, kwargs, TrainSettings, OutputSettings)
+        set_known(self, kwargs, *self._tables)
         return self
 
     def setValidationDf(self, df: Any) -> ImageClassifier:

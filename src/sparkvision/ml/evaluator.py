@@ -21,7 +21,7 @@ from sparkvision.evaluation.metrics import (
     mean_defined,
     probability_metrics,
 )
-from sparkvision.ml.params import TableParams, declare_params, set_known
+from sparkvision.ml.params import TableParams, declare_params
 from sparkvision.settings import EVALUATOR_METRICS, EvaluatorSettings
 
 METRICS = EVALUATOR_METRICS
@@ -45,8 +45,8 @@ class ImageClassificationEvaluator(Evaluator, TableParams, HasLabelCol, HasPredi
 
     @keyword_only
     def setParams(self, **params: Any) -> ImageClassificationEvaluator:
-        """Set Params by keyword (None leaves a Param as it is)."""
-        set_known(self, self._input_kwargs, EvaluatorSettings)
+        """Set Params by keyword (None leaves a Param as it is), checked."""
+        super().setParams(**self._input_kwargs)
         self._check_metric()
         return self
 

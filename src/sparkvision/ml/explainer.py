@@ -57,12 +57,6 @@ class ImageExplainer(Transformer, TrainedNetworkParams, HasOutputCol, HasLabelCo
         self._layer: tuple[str, str] | None = None  # (config key, layer) checked on the driver
         set_known(self, kwargs, ExplainerSettings)
 
-    @keyword_only
-    def setParams(self, **params: Any) -> ImageExplainer:
-        """Set Params by keyword (None leaves a Param as it is)."""
-        set_known(self, self._input_kwargs, ExplainerSettings)
-        return self
-
     @classmethod
     def fromModel(cls, model: ImageClassificationModel, method: str | None = None,
                   target: str | None = None) -> ImageExplainer:

@@ -73,12 +73,6 @@ class ImageFeaturizer(Transformer, TrainedNetworkParams, HasOutputCol, TrustedLo
             self._take_network(ImageClassificationModel.load(model_dir, trust_code=trust))
         set_known(self, kwargs, FeaturizerSettings)
 
-    @keyword_only
-    def setParams(self, **params: Any) -> ImageFeaturizer:
-        """Set Params by keyword (None leaves a Param as it is)."""
-        set_known(self, self._input_kwargs, FeaturizerSettings)
-        return self
-
     # ------------------------------------------------------------------ construction
     @classmethod
     def fromModel(cls, model: ImageClassificationModel, layer: str = "") -> ImageFeaturizer:

@@ -5,8 +5,9 @@ base and that of the featurizer and explainer."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
+from pyspark import keyword_only
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import (
     HasLabelCol,
@@ -64,6 +65,12 @@ class TableParams(Params):
     def __init__(self) -> None:
         super().__init__()
         self._setDefault(**settings.param_defaults(*self._tables))
+
+    @keyword_only
+    def setParams(self, **params: Any) -> Self:
+        """Set Params by keyword (None leaves a Param as it is)."""
+        set_known(self, self._input_kwargs, *self._tables)
+        return self
 
     def checkTables(self) -> None:
         """Check every table Param's value against its row's choices and range."""
