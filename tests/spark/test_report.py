@@ -149,6 +149,10 @@ def test_report_on_a_model_folder(evaluated, digits_dir, tmp_path, monkeypatch, 
     per_epoch = training.split("<h3>Per epoch</h3>")[1].split("</table>")[0]
     assert per_epoch.count("<tr>") == len(history["epochs"]) + 1  # + the header row
     assert "world_size" in training and "learningRate" in training
+    from sparkvision.settings import TrainSettings, rows
+
+    for row in rows(TrainSettings):  # every setting is in the Params table, new ones too
+        assert f"<td>{row.param}</td>" in training, row.param
     metrics = json.loads((evaluated / "evaluation" / "test" / "metrics.json").read_text())
     evaluation = _section(text, "evaluation")
     assert f'<th>accuracy</th><td>{metrics["accuracy"]:.4f}</td>' in evaluation

@@ -36,6 +36,7 @@ def test_count_partitions_counts_empty_partitions(spark):
 def test_tagged_jobs_sets_and_restores_tags_interrupt_and_description(spark):
     sc = spark.sparkContext
     sc.setJobDescription("outer work")
+    sc.setInterruptOnCancel(False)  # the thread's own value, which the block must restore
     try:
         with jobs.tagged_jobs(spark, "sv-test-outer", "a test"):
             with jobs.tagged_jobs(spark, "sv-test-inner"):
@@ -46,10 +47,11 @@ def test_tagged_jobs_sets_and_restores_tags_interrupt_and_description(spark):
             assert "sv-test-outer" in sc.getJobTags()
             assert spark.range(3).count() == 3
         assert not {"sv-test-outer", "sv-test-inner"} & set(sc.getJobTags())
-        assert sc.getLocalProperty("spark.job.interruptOnCancel") is None
+        assert sc.getLocalProperty("spark.job.interruptOnCancel") == "false"
         assert sc.getLocalProperty("spark.job.description") == "outer work"
     finally:
         sc.setLocalProperty("spark.job.description", None)
+        sc.setLocalProperty("spark.job.interruptOnCancel", None)
 
 
 def _sleep_rows(batches: Iterator[Any]) -> Iterator[Any]:
