@@ -26,6 +26,7 @@ def mnist_raw_png(spark, tmp_path_factory):
     return raw, png
 
 
+@pytest.mark.slow  # heavy: not in make test-fast (CI runs it)
 def test_png_storage_is_smaller_and_trains_and_predicts_the_same(spark, mnist_raw_png):
     raw, png = mnist_raw_png
     assert json.loads((raw / "dataset.json").read_text())["storage"] == "raw"
@@ -50,6 +51,7 @@ def test_png_storage_is_smaller_and_trains_and_predicts_the_same(spark, mnist_ra
     assert predictions(from_raw, png) == predictions(from_raw, raw)
 
 
+@pytest.mark.slow  # heavy: not in make test-fast (CI runs it)
 def test_jpeg_storage_predicts_almost_the_same(spark, mnist_raw_png, tmp_path):
     raw, _ = mnist_raw_png
     jpeg = tmp_path / "jpeg"
@@ -68,6 +70,7 @@ def test_jpeg_storage_predicts_almost_the_same(spark, mnist_raw_png, tmp_path):
     assert abs(accuracy(jpeg) - accuracy(raw)) < 0.02
 
 
+@pytest.mark.slow  # heavy: not in make test-fast (CI runs it)
 def test_stream_predicts_encoded_rows_and_rejects_broken_ones(spark, mnist_raw_png, tmp_path,
                                                               capsys):
     """A Parquet stream of PNG-stored rows (+ one row of junk bytes and one of the wrong

@@ -77,6 +77,7 @@ def test_pyspark_binary_evaluator_on_two_class_faces_model(spark, tmp_path):
     assert ours == pytest.approx(np.mean(both), abs=TOL)
 
 
+@pytest.mark.slow  # heavy: not in make test-fast (CI runs it)
 def test_cross_validator_over_image_classifier(digits):
     train = digits[0]
     clf = ImageClassifier(epochs=1, numWorkers=2, seed=0, model="simple_cnn")

@@ -18,6 +18,7 @@ def _spill_dirs() -> set[str]:
     return set(glob.glob(os.path.join(tempfile.gettempdir(), "sparkvision-spill-*")))
 
 
+@pytest.mark.slow  # heavy: not in make test-fast (CI runs it)
 def test_spilled_training_gives_the_same_weights_and_leaves_no_file(spark, digits, tmp_path):
     train, val, _ = digits
     before = _spill_dirs()

@@ -30,6 +30,7 @@ def _assert_quiet(stderr: str) -> None:
     assert "\r" not in stderr, f"carriage-return frames on a non-TTY stderr:\n{stderr!r}"
 
 
+@pytest.mark.slow  # heavy: not in make test-fast (CI runs it)
 def test_prepare_prints_no_jvm_banner_and_json_is_last(tmp_path):
     run = _cli(["prepare", "digits", "--out", str(tmp_path / "d"), "--json"], tmp_path / "logs")
     assert run.returncode == 0, run.stderr
@@ -41,6 +42,7 @@ def test_prepare_prints_no_jvm_banner_and_json_is_last(tmp_path):
     assert len(logs) == 1 and "Using incubator modules" in logs[0].read_text()
 
 
+@pytest.mark.slow  # heavy: not in make test-fast (CI runs it)
 def test_failure_inside_a_spark_task_is_one_line_and_exit_2(digits_dir, tmp_path):
     """The network builder imports and builds on the driver but raises on the executors:
     the user gets our one line (exit 2); the executors' Java stack traces go to the log."""
@@ -57,6 +59,7 @@ def test_failure_inside_a_spark_task_is_one_line_and_exit_2(digits_dir, tmp_path
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow  # heavy: not in make test-fast (CI runs it)
 def test_verbose_keeps_spark_output_on_stderr(tmp_path):
     run = _cli(["prepare", "digits", "--out", str(tmp_path / "d"), "-v", "--num-shards", "1"],
                tmp_path / "logs")

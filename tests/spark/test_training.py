@@ -94,6 +94,7 @@ def test_uneven_partitions_take_equal_steps(spark, digits):
     assert steps[0] == steps[1] == -(-max(rows) // 64)
 
 
+@pytest.mark.slow  # heavy: not in make test-fast (CI runs it)
 def test_failed_task_is_retried_and_resumes_from_checkpoint(spark, digits, tmp_path):
     train, val, test = digits
     # The built-in cnn, whose forward pass raises once in epoch 3 on rank 1.
@@ -111,6 +112,7 @@ def test_failed_task_is_retried_and_resumes_from_checkpoint(spark, digits, tmp_p
     assert h.epochs[-1].val_accuracy >= 0.9
 
 
+@pytest.mark.slow  # heavy: not in make test-fast (CI runs it)
 def test_same_seed_same_workers_same_weights(digits):
     train = digits[0]
     a = ImageClassifier(epochs=1, seed=11, model="resnet8").fit(train)
@@ -165,6 +167,7 @@ def test_validation_fraction_holds_out_rows(digits):
     assert h.epochs[0].val_accuracy is not None
 
 
+@pytest.mark.slow  # heavy: not in make test-fast (CI runs it)
 def test_single_worker_and_checkpoint_dir_of_another_training(digits, tmp_path):
     from sparkvision import TrainingError
 

@@ -20,6 +20,7 @@ def _trials(out) -> list[dict]:
     return json.loads((out / "trials.json").read_text())
 
 
+@pytest.mark.slow  # heavy: not in make test-fast (CI runs it)
 def test_grid_runs_every_point_and_beats_or_ties_the_defaults(digits_dir, digits, tmp_path,
                                                              capsys):
     out = tmp_path / "grid"
@@ -48,6 +49,7 @@ def test_grid_runs_every_point_and_beats_or_ties_the_defaults(digits_dir, digits
     assert _json(capsys)["accuracy"] == pytest.approx(result["best_value"], abs=1e-9)
 
 
+@pytest.mark.slow  # heavy: not in make test-fast (CI runs it)
 def test_bayes_prunes_a_terrible_learning_rate_mid_training(digits, tmp_path):
     train, val, _ = digits
     out = tmp_path / "bayes"
@@ -66,6 +68,7 @@ def test_bayes_prunes_a_terrible_learning_rate_mid_training(digits, tmp_path):
     assert result.best_params["learningRate"] < 1.0
 
 
+@pytest.mark.slow  # heavy: not in make test-fast (CI runs it)
 def test_random_respects_trials_and_failed_trials_do_not_stop_the_search(digits, tmp_path):
     train, val, _ = digits
     out = tmp_path / "random"

@@ -17,6 +17,7 @@ from sparkvision.training.transport import MAX_EVENT_BYTES, TOKEN_HEADER, Progre
 from sparkvision.training.watchdog import Watchdog
 
 
+@pytest.mark.slow  # heavy: not in make test-fast (CI runs it)
 def test_a_stalled_rank_fails_the_training_within_the_timeout(digits):
     train, val, _ = digits
     clf = ImageClassifier(model="tests.nets:stalls_on_rank1", epochs=3, numWorkers=2, seed=1,
