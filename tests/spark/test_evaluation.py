@@ -60,6 +60,7 @@ def test_pyspark_multiclass_evaluator_equals_sklearn(test_preds):
     assert 0.9 < spark_metrics["accuracy"] < 1.0 or spark_metrics["accuracy"] == 1.0
 
 
+@pytest.mark.slow  # heavy: not in make test-fast (CI runs it)
 def test_pyspark_binary_evaluator_on_two_class_faces_model(spark, tmp_path):
     out = tmp_path / "faces"
     prepare(spark, PrepareConfig(source="faces", out=str(out), seed=2, split=(0.6, 0.0, 0.4)))

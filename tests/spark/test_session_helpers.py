@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from pyspark.sql import functions as F
 
 from sparkvision import session
@@ -72,6 +73,7 @@ def _nap(batches: Iterator[Any]) -> Iterator[Any]:
     yield from batches
 
 
+@pytest.mark.slow  # heavy: not in make test-fast (CI runs it)
 def test_cancel_jobs_by_tag_stops_the_tagged_job_only(spark):
     """A job tagged by an outer ``tagged_jobs`` block, started in another thread, is
     cancelled within seconds by ``cancel_jobs(spark, outer_tag)`` from this thread; an
