@@ -108,4 +108,9 @@ def test_cancel_jobs_by_tag_stops_the_tagged_job_only(spark):
     assert "cancelled" in outcome["tagged"] and "sv-cancel-outer" in outcome["tagged"], (
         outcome["tagged"][:500])
     assert outcome["untagged"] == str(sum(range(1000)))
+    # no job is left running; the status tracker hears of a job's end through Spark's
+    # asynchronous listener bus, so it may lag the threads by a moment
+    deadline = time.monotonic() + 30
+    while tracker.getActiveJobsIds() and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert tracker.getActiveJobsIds() == []
