@@ -6,7 +6,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := demo-output
 
-.PHONY: install demo test test-fast lint typecheck bench clean
+ZOO_VENV := .venv-zoo
+ZOO_STAMP := $(ZOO_VENV)/.installed
+
+.PHONY: install install-zoo demo test test-fast test-zoo lint typecheck bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +18,15 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# the zoo environment: torch 2.14.1 + torchvision + timm + onnx2torch (~6.7 GB, ~6 min here)
+$(ZOO_STAMP): pyproject.toml requirements-zoo.lock
+	test -x $(ZOO_VENV)/bin/python || $(PYTHON) -m venv $(ZOO_VENV)
+	$(ZOO_VENV)/bin/python -m pip install --quiet -r requirements-zoo.lock
+	$(ZOO_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	touch $(ZOO_STAMP)
+
+install-zoo: $(ZOO_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/sparkvision demo --out $(DEMO)
@@ -27,11 +39,15 @@ typecheck: $(STAMP)
 
 # everything: lint, types, every test (CI runs this)
 test: $(STAMP) lint typecheck
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -m "not zoo"
 
 # the edit-run loop: lint, types, the unit tests and the fast Spark tests (not `slow`)
 test-fast: $(STAMP) lint typecheck
-	$(VENV)/bin/pytest -q -m "not slow and not cluster" tests/unit tests/spark
+	$(VENV)/bin/pytest -q -m "not slow and not cluster and not zoo" tests/unit tests/spark
+
+# the tests of timm / torchvision / ONNX-imported networks, in the zoo environment
+test-zoo: $(ZOO_STAMP)
+	$(ZOO_VENV)/bin/pytest -q -m zoo tests/zoo
 
 bench: $(STAMP)
 	$(PY) bench/tfrecord_read.py --rows 200000 --files 4

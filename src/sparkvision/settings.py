@@ -176,7 +176,8 @@ def _class_weights(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------- tables
-_NETWORKS = "cnn, simple_cnn, lenet5, resnet8 or 'package.module:function'"
+_NETWORKS = ("cnn, simple_cnn, lenet5, resnet8, timm:NAME, torchvision:NAME, onnx:FILE or "
+             "'package.module:function'")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,6 +194,13 @@ class NetworkSettings:
                                            "empty = read from the data's columns")
     classes: tuple[str, ...] = setting((), "classes", "class names in label-index order; "
                                        "empty = '0', '1', ...")
+    input_mean: tuple[float, ...] = setting(
+        (), "inputMean", "per-channel mean the network's input is normalised with, after "
+        "scaling pixels to [0, 1] (training resolves it from normalize and stores it with "
+        "the model); empty = 0.5 (a fixed scaling to [-1, 1])", example="0.485,0.456,0.406")
+    input_std: tuple[float, ...] = setting(
+        (), "inputStd", "per-channel standard deviation of that normalisation; empty = 0.5",
+        example="0.229,0.224,0.225")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -232,8 +240,19 @@ class TrainSettings(NetworkSettings):
     lr_schedule: str = setting("cosine", "lrSchedule", "cosine (with warm-up) or constant",
                                choices=("cosine", "constant"), flag="--lr-schedule",
                                tunable=True)
-    augment: str = setting("shift", "augment", "shift (random translation) or none",
-                           choices=("shift", "none"), flag="--augment", tunable=True)
+    augment: str = setting("shift", "augment", "shift (random translation), photo (random "
+                           "resized crop and horizontal flip, for photos) or none",
+                           choices=("shift", "photo", "none"), flag="--augment", tunable=True)
+    normalize: str = setting(
+        "auto", "normalize", "how images are normalised before the network (stored with the "
+        "model as inputMean/inputStd, applied identically by training, inference and the "
+        "exported graph): auto (the pretrained config's mean/std when the network starts "
+        "from pretrained zoo weights, the source model's with initFrom, under privacy='dp' "
+        "none, else dataset), imagenet, dataset (per-channel statistics of the training "
+        "split, computed on Spark) or none (a fixed scaling to [-1, 1])",
+        choices=("auto", "imagenet", "dataset", "none"), flag="--normalize",
+        help="auto, imagenet, dataset (statistics of the training split) or none (fixed "
+        "[-1, 1] scaling)")
     seed: int = setting(0, "seed", "random seed", flag="--seed", tunable=True, shared=True)
     label_col: str = setting("label", "labelCol", "label column name", shared=True)
     validation_fraction: float = setting(
@@ -277,6 +296,14 @@ class TrainSettings(NetworkSettings):
         "", "initWeights", "a .safetensors state dict the network starts from (path or URL); "
         "empty = a fresh initialisation", flag="--init-weights", metavar="FILE.safetensors",
         help="start from this state dict (strict unless --init-strict false)")
+    pretrained: str = setting(
+        "", "pretrained", "pretrained weights of the network as timm or torchvision save "
+        "them: a .safetensors or .pth state dict (read with weights_only, never unpickling "
+        "code) or a Hugging Face hub cache folder (read offline); the classifier head is "
+        "replaced for the data's classes and every other tensor must fit",
+        flag="--pretrained", metavar="PATH",
+        help="start from these pretrained weights (.safetensors, .pth or a Hugging Face "
+        "cache folder); the head is replaced for your classes")
     init_strict: bool = setting(
         True, "initStrict", "initWeights/initFrom must fit the network exactly (every key "
         "and shape); false loads what fits and records a report of the missing, unexpected "
