@@ -50,3 +50,5 @@ class PredictConfig:
     classes: tuple[str, ...]
     batch_size: int = _OUT["inferenceBatchSize"]
     backend: str = _OUT["inferenceBackend"]
+    input_mean: tuple[float, ...] = ()  # the model's normalisation (empty: [-1, 1] scaling)
+    input_std: tuple[float, ...] = ()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sparkvision.config import TrainConfig
 from sparkvision.models import build_model
@@ -15,6 +16,7 @@ from sparkvision.training.loop import (
     epoch_indices,
     lr_factor,
     make_optimizer,
+    photo_augment,
     shift_augment,
     steps_per_epoch,
     train_epoch,
@@ -39,14 +41,51 @@ def test_epoch_indices_are_seeded_per_epoch_and_rank():
 
 
 def test_shift_augment_moves_content_and_keeps_shape():
-    x = torch.full((4, 1, 8, 8), -1.0)
-    x[:, :, 3:5, 3:5] = 1.0
+    x = torch.zeros((4, 1, 8, 8), dtype=torch.uint8)
+    x[:, :, 3:5, 3:5] = 200
     gen = torch.Generator().manual_seed(0)
     out = shift_augment(x, 2, gen)
-    assert out.shape == x.shape
-    assert torch.all(out.sum(dim=(1, 2, 3)) == x.sum(dim=(1, 2, 3)))  # 2x2 block fully kept
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    # the 2x2 block is fully kept, the padding is black
+    assert torch.all(out.sum(dim=(1, 2, 3)) == x.sum(dim=(1, 2, 3)))
     assert not torch.equal(out, x)
     assert torch.equal(shift_augment(x, 0, gen), x)
+    # shifting raw pixels then scaling equals the old scaling-then-shifting (-1 padding)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    old = F.pad(normalize(x), (2, 2, 2, 2), value=-1.0)
+    dy = torch.randint(0, 5, (4,), generator=g1)
+    dx = torch.randint(0, 5, (4,), generator=g1)
+    want = torch.stack([old[i, :, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8] for i in range(4)])
+    assert torch.equal(normalize(shift_augment(x, 2, g2)), want)
+
+
+def test_photo_augment_crops_flips_and_is_seeded():
+    """Random resized crop + flip, batched: shape kept, deterministic for a seed, a
+    horizontal gradient is flipped in some images and zoomed in others."""
+    ramp = torch.arange(32, dtype=torch.float32).mul(8).expand(6, 3, 32, 32)
+    x = ramp.to(torch.uint8).contiguous()
+    a = photo_augment(x, torch.Generator().manual_seed(1))
+    b = photo_augment(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and a.dtype == torch.float32 and torch.equal(a, b)
+    slope = (a[:, 0, 16, -4] - a[:, 0, 16, 3])  # left-to-right change of each image
+    assert (slope < 0).any() and (slope > 0).any()  # some flipped, some not
+    assert float(a.min()) >= 0 and float(a.max()) <= 255
+    span = slope.abs()
+    # a crop zooms in: the same 25 output columns span less of the ramp than the full image
+    assert float(span.max()) <= 8 * 25 + 1e-3 and float(span.min()) < 0.9 * 8 * 25
+    assert not torch.equal(a, photo_augment(x, torch.Generator().manual_seed(2)))
+
+
+def test_normalize_with_statistics():
+    x = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 1, 1, 3).expand(1, 3, 1, 3)
+    out = normalize(x, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    want = (x.to(torch.float64) / 255 - torch.tensor([0.485, 0.456, 0.406],
+                                                     dtype=torch.float64).view(1, 3, 1, 1)
+            ) / torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1)
+    assert torch.allclose(out.double(), want, atol=1e-5)
+    assert torch.allclose(normalize(x, (0.5,), (0.5,)), normalize(x), atol=1e-6)
+    gray = normalize(x[:, :1], (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # RGB config
+    assert gray.shape == (1, 1, 1, 3)
 
 
 def test_lr_schedule_warms_up_then_decays():

@@ -74,7 +74,8 @@ def explain_config(model: ImageClassificationModel, method: str,
     return ExplainConfig(model=get(model.model), num_classes=model.numClasses,
                          image_shape=shape,
                          weights=model.weights, method=check_method(method),
-                         batch_size=batch_size)
+                         batch_size=batch_size, input_mean=tuple(get(model.inputMean)),
+                         input_std=tuple(get(model.inputStd)))
 
 
 def check_explain(model: ImageClassificationModel, method: str, per_class: int,

@@ -94,6 +94,8 @@ class ExplainConfig:
     method: str = row(ExplainerSettings, "method").default
     batch_size: int = 64  # images per attribution call
     ig_steps: int = 32  # integrated_gradients: points on the path
+    input_mean: tuple[float, ...] = ()  # the model's normalisation (empty: [-1, 1])
+    input_std: tuple[float, ...] = ()
 
 
 class Explainer:
@@ -124,7 +126,7 @@ class Explainer:
         import torch
 
         with torch.no_grad():
-            return self.net(_scaled(images_nhwc)).to(torch.float32).numpy()
+            return self.net(_scaled(images_nhwc, self.config)).to(torch.float32).numpy()
 
     def attribute(self, images_nhwc: np.ndarray, targets: Iterable[int]) -> np.ndarray:
         """float32 (N, H, W) maps of uint8 (N, H, W, C) images for class ``targets[i]``,
@@ -143,10 +145,12 @@ class Explainer:
         import torch
         from captum.attr import LayerAttribution
 
-        x = _scaled(images_nhwc)
-        target = torch.from_numpy(np.ascontiguousarray(targets))
         method, config = self.config.method, self.config
+        x = _scaled(images_nhwc, config)
+        target = torch.from_numpy(np.ascontiguousarray(targets))
         h, w, c = config.image_shape
+        # the baseline is a black image, normalised as the network sees it
+        black = _scaled(np.zeros((1, h, w, c), dtype=np.uint8), config)
         if method == "gradcam":
             cam = self.method.attribute(x, target=target, relu_attributions=True)
             maps = LayerAttribution.interpolate(cam, (h, w), interpolate_mode="bilinear")[:, 0]
@@ -155,25 +159,26 @@ class Explainer:
             maps = self.method.attribute(x, target=target, abs=True).amax(dim=1)
         elif method == "integrated_gradients":
             maps = self.method.attribute(
-                x, baselines=-1.0, target=target, n_steps=config.ig_steps,
+                x, baselines=black, target=target, n_steps=config.ig_steps,
                 internal_batch_size=max(config.batch_size, len(x))).sum(dim=1)
         else:
             window, stride = occlusion_window(config.image_shape)
             maps = self.method.attribute(
                 x, sliding_window_shapes=(c, window, window), strides=(c, stride, stride),
-                baselines=-1.0, target=target, perturbations_per_eval=16).sum(dim=1)
+                baselines=black, target=target, perturbations_per_eval=16).sum(dim=1)
         return maps.detach().to(torch.float32).numpy()
 
 
-def _scaled(images_nhwc: np.ndarray) -> Any:
-    """uint8 NHWC numpy → float32 NCHW in [-1, 1] (``normalize``, as in training)."""
+def _scaled(images_nhwc: np.ndarray, config: ExplainConfig) -> Any:
+    """uint8 NHWC numpy → float32 NCHW normalised as in training (``normalize`` with the
+    model's statistics)."""
     import torch
 
     from sparkvision.models.preprocess import normalize
 
     # The copy makes a read-only (Arrow-owned) array writable for torch.
     x = torch.from_numpy(np.array(images_nhwc, copy=True)).permute(0, 3, 1, 2)
-    return normalize(x.contiguous())
+    return normalize(x.contiguous(), config.input_mean, config.input_std)
 
 
 def no_conv_error() -> InvalidParameterError:

@@ -36,10 +36,13 @@ class FeatureConfig:
     weights: bytes
     layer: str = ""  # "" = the classifier head's input (penultimate features)
     batch_size: int = 1024
+    input_mean: tuple[float, ...] = ()  # the model's normalisation (empty: [-1, 1])
+    input_std: tuple[float, ...] = ()
 
 
 def extract_features(net: Any, images_nhwc: np.ndarray, layer: str, num_classes: int,
-                     batch_size: int) -> np.ndarray:
+                     batch_size: int, mean: tuple[float, ...] = (),
+                     std: tuple[float, ...] = ()) -> np.ndarray:
     """uint8 (N, H, W, C) numpy → float32 (N, D) features of ``net`` (eval mode) at
     ``layer``, ``batch_size`` images per forward pass, scaled as in training
     (``models.preprocess.normalize``). An unknown layer is ``InvalidParameterError``."""
@@ -53,7 +56,7 @@ def extract_features(net: Any, images_nhwc: np.ndarray, layer: str, num_classes:
     x = torch.from_numpy(np.array(images_nhwc, copy=True)).permute(0, 3, 1, 2)
     with torch.inference_mode(), capture_features(net, layer, num_classes) as captured:
         for s in range(0, len(x), batch_size):
-            net(normalize(x[s : s + batch_size]))
+            net(normalize(x[s : s + batch_size], mean, std))
     if not captured:
         return np.zeros((0, 0), dtype=np.float32)
     feats = captured[0] if len(captured) == 1 else torch.cat(captured)
@@ -65,7 +68,7 @@ def build_extractor(config: FeatureConfig, net: Any) -> Extractor:
 
     def run(images_nhwc: np.ndarray) -> np.ndarray:
         return extract_features(net, images_nhwc, config.layer, config.num_classes,
-                                config.batch_size)
+                                config.batch_size, config.input_mean, config.input_std)
 
     return run
 

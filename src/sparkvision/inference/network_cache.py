@@ -50,12 +50,16 @@ class TrainedNetwork:
     image_shape: tuple[int, int, int]  # (height, width, channels)
     weights: bytes = field(repr=False)
     key: str = field(init=False, compare=False)
+    #: the network's input normalisation (``inputMean``/``inputStd``; empty: [-1, 1])
+    input_mean: tuple[float, ...] = ()
+    input_std: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         shape = (int(self.image_shape[0]), int(self.image_shape[1]), int(self.image_shape[2]))
         object.__setattr__(self, "image_shape", shape)
         object.__setattr__(self, "key", network_key(self.model, self.num_classes, shape,
-                                                    self.weights))
+                                                    self.weights)
+                           + f":{self.input_mean}:{self.input_std}")
 
     @classmethod
     def of(cls, config: Any) -> TrainedNetwork:
@@ -63,7 +67,8 @@ class TrainedNetwork:
         ``image_shape`` and ``weights``: ``PredictConfig``, ``FeatureConfig``,
         ``ExplainConfig``)."""
         return cls(config.model, config.num_classes, tuple(config.image_shape),
-                   config.weights)
+                   config.weights, input_mean=tuple(config.input_mean),
+                   input_std=tuple(config.input_std))
 
     def build(self) -> Any:
         """A new ``nn.Module`` with the weights loaded, in eval mode (not cached)."""

@@ -19,6 +19,7 @@ from sparkvision.config import TrainConfig
 from sparkvision.errors import DataError, InvalidParameterError, TrainingError
 from sparkvision.ml.balancer import ClassBalancer, class_counts
 from sparkvision.ml.model import ImageClassificationModel
+from sparkvision.ml.normalization import resolve_normalization
 from sparkvision.ml.params import ImageClassifierParams, set_known
 from sparkvision.ml.transfer import starting_weights
 from sparkvision.settings import TrainSettings
@@ -177,6 +178,8 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
         counts, classes = _label_counts(dataset, label_col, list(get(self.classes)))
         if train_df is not dataset:
             counts = _counts_of(train_df, label_col, counts)
+        (mean, std), how = resolve_normalization(get, get(self.model), train_df, image_col,
+                                                 shape)
         balance = get(self.balance)
         seen = counts
         if balance in ("oversample", "undersample"):
@@ -189,18 +192,20 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
                                      len(classes), shape)
         init_state, transfer = starting_weights(
             network, classes, shape, get(self.initWeights), get(self.initFrom),
-            get(self.initStrict), get(self.freeze), float(get(self.backboneLrScale)))
+            get(self.initStrict), get(self.freeze), float(get(self.backboneLrScale)),
+            get(self.pretrained))
         own_dir = not get(self.checkpointDir)
         checkpoint_dir = get(self.checkpointDir) or tempfile.mkdtemp(prefix="sparkvision-ckpt-")
         resolved = {  # the settings as the data and the run resolve them
             "model": network, "image_shape": shape, "classes": tuple(classes),
-            "class_weights": weights, "checkpoint_dir": checkpoint_dir}
+            "class_weights": weights, "checkpoint_dir": checkpoint_dir,
+            "input_mean": mean, "input_std": std}
         config = TrainConfig(**{**dict(settings.values(TrainSettings, get)), **resolved},
                              num_classes=len(classes), init_state=init_state)
         data = layout(train_df, val_df, image_col, label_col, config.num_workers,
                       get(self.repartition))
-        log.info("training %s on %d workers for %d epochs", config.model,
-                 config.num_workers, config.epochs)
+        log.info("training %s on %d workers for %d epochs, input normalisation: %s",
+                 config.model, config.num_workers, config.epochs, how)
         try:
             out = run_distributed(spark, data, config, self._on_epoch_end,
                                   self._show_progress)
@@ -222,7 +227,8 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
         model = ImageClassificationModel(weights=out.weights, history=history)
         self._copyValues(model)
         # under privacy="dp" the network is Opacus's fix of it ("dp:NAME")
-        model._set(imageShape=list(shape), classes=classes, model=network)
+        model._set(imageShape=list(shape), classes=classes, model=network,
+                   inputMean=list(mean), inputStd=list(std))
         model._resetUid(self.uid)  # the model keeps its estimator's uid, as in pyspark.ml
         return model
 

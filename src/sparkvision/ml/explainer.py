@@ -21,6 +21,7 @@ from sparkvision.ml.params import (
     TrainedNetworkParams,
     declare_params,
     image_and_output_columns,
+    network_values,
     set_known,
 )
 from sparkvision.settings import METHODS, TARGETS, ExplainerSettings
@@ -65,10 +66,8 @@ class ImageExplainer(Transformer, TrainedNetworkParams, HasOutputCol, HasLabelCo
         if not model.weights:
             raise DataError("the model has no weights: fit or load it before explaining it")
         get = model.getOrDefault
-        explainer = cls(method=method, target=target, model=get(model.model),
-                        imageShape=list(get(model.imageShape)),
-                        classes=list(get(model.classes)), imageCol=get(model.imageCol),
-                        labelCol=get(model.labelCol))
+        explainer = cls(method=method, target=target, labelCol=get(model.labelCol),
+                        **network_values(model))
         explainer.weights = model.weights
         return explainer
 
@@ -83,7 +82,9 @@ class ImageExplainer(Transformer, TrainedNetworkParams, HasOutputCol, HasLabelCo
         shape = self.trainedShape()
         return ExplainConfig(model=get(self.model), num_classes=len(get(self.classes)),
                              image_shape=shape, weights=self.weights,
-                             method=get(self.method), batch_size=get(self.explainBatchSize))
+                             method=get(self.method), batch_size=get(self.explainBatchSize),
+                             input_mean=tuple(get(self.inputMean)),
+                             input_std=tuple(get(self.inputStd)))
 
     def layerName(self) -> str:
         """Grad-CAM's layer (the network's last ``nn.Conv2d``; '' for other methods), found

@@ -19,6 +19,7 @@ from sparkvision.ml.params import (
     TrainedNetworkParams,
     declare_params,
     image_and_output_columns,
+    network_values,
     set_known,
 )
 from sparkvision.ml.persistence import FolderKind, FolderReader, FolderWriter, TrustedLoad
@@ -97,9 +98,7 @@ class ImageFeaturizer(Transformer, TrainedNetworkParams, HasOutputCol, TrustedLo
                             "featurizer of it")
         get = model.getOrDefault
         self.weights = model.weights
-        self._set(model=get(model.model), imageShape=list(get(model.imageShape)),
-                  classes=list(get(model.classes)), imageCol=get(model.imageCol),
-                  inferenceBatchSize=get(model.inferenceBatchSize))
+        self._set(**network_values(model), inferenceBatchSize=get(model.inferenceBatchSize))
 
     # ------------------------------------------------------------------ driver checks
     @property
@@ -117,7 +116,9 @@ class ImageFeaturizer(Transformer, TrainedNetworkParams, HasOutputCol, TrustedLo
                             "ImageFeaturizer.load(path)")
         return FeatureConfig(model=get(self.model), num_classes=self.numClasses,
                              image_shape=self.trainedShape(), weights=self.weights,
-                             layer=get(self.layer), batch_size=get(self.inferenceBatchSize))
+                             layer=get(self.layer), batch_size=get(self.inferenceBatchSize),
+                             input_mean=tuple(get(self.inputMean)),
+                             input_std=tuple(get(self.inputStd)))
 
     def featureDimension(self) -> int:
         """Length of the feature vectors at ``layer``, found on the driver by one forward

@@ -71,6 +71,7 @@ class ImageClassificationModel(Model, ImageClassifierParams, TrustedLoad, MLWrit
             image_shape=tuple(get(self.imageShape)),
             weights=self.weights, classes=tuple(get(self.classes)),
             batch_size=get(self.inferenceBatchSize), backend=get(self.inferenceBackend),
+            input_mean=tuple(get(self.inputMean)), input_std=tuple(get(self.inputStd)),
         )
 
     def _transform(self, dataset):
@@ -138,7 +139,8 @@ class ImageClassificationModel(Model, ImageClassifierParams, TrustedLoad, MLWrit
         net = trained_network(config.model, config.num_classes, config.image_shape,
                               config.weights)
         build = onnx_bytes if format == "onnx" else torchscript_bytes
-        data = build(net, config.image_shape, output, name=config.model)
+        data = build(net, config.image_shape, output, name=config.model,
+                     mean=config.input_mean, std=config.input_std)
         h, w, c = config.image_shape
         sidecar: dict[str, Any] = {
             "format": format,

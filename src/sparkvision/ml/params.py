@@ -40,7 +40,8 @@ def _converter(r: Row) -> Any:
         return r.setting.converter
     if r.base_type is tuple:
         item = r.type.__args__[0]
-        return TypeConverters.toListInt if item is int else TypeConverters.toListString
+        return {int: TypeConverters.toListInt,
+                float: TypeConverters.toListFloat}.get(item, TypeConverters.toListString)
     return _CONVERTERS[r.base_type]
 
 
@@ -131,6 +132,9 @@ class ImageClassifierParams(
                 "balance", "weights", "balance='weights' sets classWeights='balanced'; do not "
                 "also give explicit classWeights"
             )
+        from sparkvision.ml.normalization import check_normalization
+
+        check_normalization(get)
         if get("initWeights") and get("initFrom"):
             raise InvalidParameterError(
                 "initFrom", get("initFrom"), "give either initWeights (a safetensors file) "
@@ -139,6 +143,12 @@ class ImageClassifierParams(
     def validateInferenceParams(self) -> None:
         """Raise InvalidParameterError for a bad Param of ``transform`` (driver side)."""
         settings.check_all(OutputSettings, self.getOrDefault)
+
+
+def network_values(model: Any) -> dict[str, Any]:
+    """Every ``NetworkSettings`` Param of a trained model (network, input shape, classes,
+    image column, normalisation) by name: what a featurizer or explainer takes from it."""
+    return {r.param: model.getOrDefault(r.param) for r in settings.rows(NetworkSettings)}
 
 
 def require_image_column(dataset: Any, image_col: str) -> None:

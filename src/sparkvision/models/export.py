@@ -1,7 +1,8 @@
 """A trained network as a self-contained serving graph: ONNX or TorchScript bytes.
 
 The exported graph takes the images exactly as ``prepare`` stores them — uint8
-(N, H, W, C), any batch size — and does the scaling itself (``preprocess.normalize``), so a
+(N, H, W, C), any batch size — and does the model's normalisation itself
+(``preprocess.normalize`` with its ``inputMean``/``inputStd``), so a
 server needs neither sparkvision nor torch (for ONNX: only ``onnxruntime``). No pickle: ONNX
 is a protobuf, TorchScript a zip of code and tensors.
 """
@@ -12,6 +13,7 @@ import copy
 import importlib.util
 import io
 import warnings
+from collections.abc import Sequence
 from typing import Any, cast
 
 import torch
@@ -35,15 +37,17 @@ class ServingModule(nn.Module):
     Puts ``net`` in eval mode and freezes its parameters (a served graph needs no
     gradients; a traced module's outputs then do not require grad)."""
 
-    def __init__(self, net: nn.Module, output: str = "probability") -> None:
+    def __init__(self, net: nn.Module, output: str = "probability",
+                 mean: Sequence[float] = (), std: Sequence[float] = ()) -> None:
         super().__init__()
         if output not in OUTPUTS:
             raise InvalidParameterError("output", output, f"use one of {', '.join(OUTPUTS)}")
         self.net = net.eval().requires_grad_(False)
         self.output = output
+        self.mean, self.std = tuple(mean), tuple(std)  # the model's normalisation
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        logits = self.net(normalize(image.permute(0, 3, 1, 2)))
+        logits = self.net(normalize(image.permute(0, 3, 1, 2), self.mean, self.std))
         return torch.softmax(logits, dim=1) if self.output == "probability" else logits
 
 
@@ -74,11 +78,13 @@ def onnx_bytes(
     output: str = "probability",
     *,
     name: str = "",
+    mean: Sequence[float] = (),
+    std: Sequence[float] = (),
 ) -> bytes:
     """The network as an ONNX model (opset 17, dynamic batch axis): input ``image`` uint8
     (N, H, W, C), output named ``output``. ``name`` names the network in errors."""
     require_onnx("ONNX export", runtime=False)
-    module = ServingModule(copy.deepcopy(net), output)
+    module = ServingModule(copy.deepcopy(net), output, mean, std)
     buf = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -102,10 +108,12 @@ def torchscript_bytes(
     output: str = "probability",
     *,
     name: str = "",
+    mean: Sequence[float] = (),
+    std: Sequence[float] = (),
 ) -> bytes:
     """The network as a traced TorchScript module (``torch.jit.load`` reads it back): input
     uint8 (N, H, W, C), output float32 (N, K) ``output``."""
-    module = ServingModule(copy.deepcopy(net), output)
+    module = ServingModule(copy.deepcopy(net), output, mean, std)
     buf = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.no_grad():

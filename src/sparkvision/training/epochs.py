@@ -160,7 +160,8 @@ def run_epochs(run: Run, x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Te
         val_loss = val_accuracy = None
         if sum(val_rows) > 0:
             v = evaluate(run.model, x_val, y_val, config.loss, device=device,
-                         gamma=config.focal_gamma)
+                         gamma=config.focal_gamma, mean=config.input_mean,
+                         std=config.input_std)
             vl, vc, vn = allreduce([v.loss_sum, v.correct, v.count])
             val_loss, val_accuracy = vl / vn, vc / vn
         seconds = round(time.monotonic() - t0, 3)

@@ -35,11 +35,12 @@ def epoch_indices(n: int, steps: int, batch_size: int, seed: int, epoch: int, ra
 
 
 def shift_augment(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Random translation of each image by up to ``max_shift`` pixels (zero padding)."""
+    """Random translation of each (uint8 NCHW) image by up to ``max_shift`` pixels, padded
+    with black."""
     if max_shift <= 0:
         return x
     n, c, h, w = x.shape
-    padded = F.pad(x, (max_shift, max_shift, max_shift, max_shift), value=-1.0)
+    padded = F.pad(x, (max_shift, max_shift, max_shift, max_shift), value=0)
     dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
     dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
     rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
@@ -47,6 +48,39 @@ def shift_augment(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torc
     batch = torch.arange(n)[:, None, None, None]
     chan = torch.arange(c)[None, :, None, None]
     return padded[batch, chan, rows, cols]
+
+
+def photo_augment(x: torch.Tensor, gen: torch.Generator, min_area: float = 0.35,
+                  max_ratio: float = 4 / 3) -> torch.Tensor:
+    """Random resized crop and horizontal flip of a batch of (uint8 or float) NCHW images,
+    batched (one affine grid sample, bilinear): each image keeps a random 35–100% of its area
+    at an aspect ratio in [3/4, 4/3], resized back to its size, flipped with probability
+    1/2. Returns float32 pixel values on the input's scale."""
+    n = x.shape[0]
+    area = min_area + (1.0 - min_area) * torch.rand(n, generator=gen)
+    log_r = (torch.rand(n, generator=gen) * 2 - 1) * math.log(max_ratio)
+    ratio = torch.exp(log_r)
+    sx = torch.sqrt(area * ratio).clamp(max=1.0)  # crop width / image width
+    sy = torch.sqrt(area / ratio).clamp(max=1.0)
+    tx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - sx)  # crop centre, in [-1, 1]
+    ty = (torch.rand(n, generator=gen) * 2 - 1) * (1 - sy)
+    flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = sx * flip, tx
+    theta[:, 1, 1], theta[:, 1, 2] = sy, ty
+    xf = x.to(torch.float32)
+    grid = F.affine_grid(theta, list(xf.shape), align_corners=False)
+    return F.grid_sample(xf, grid, mode="bilinear", padding_mode="border",
+                         align_corners=False)
+
+
+def augment_batch(x: torch.Tensor, augment: str, max_shift: int, gen: torch.Generator
+                  ) -> torch.Tensor:
+    """A training batch of uint8 NCHW images augmented by ``augment`` (pixel scale kept:
+    ``normalize`` follows)."""
+    if augment == "photo":
+        return photo_augment(x, gen)
+    return shift_augment(x, max_shift, gen)
 
 
 def max_shift_for(image_shape: tuple[int, int, int], augment: str) -> int:
@@ -158,8 +192,8 @@ def train_epoch(
     warmup = max(1, total_steps // (config.epochs * 2)) if config.epochs > 1 else 1
     b = config.batch_size
     for step, (idx, xb_raw, yb) in enumerate(_batches(x, y, order, b, config.prefetch)):
-        xb = normalize(xb_raw)
-        xb = shift_augment(xb, shift, gen)
+        xb = normalize(augment_batch(xb_raw, config.augment, shift, gen),
+                       config.input_mean, config.input_std)
         if device is not None and device.type != "cpu":
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         factor = lr_factor(config.lr_schedule, global_step + step, total_steps, warmup)
@@ -190,12 +224,15 @@ def evaluate(
     batch_size: int = 512,
     device: torch.device | None = None,
     gamma: float = 2.0,
+    mean: tuple[float, ...] = (),
+    std: tuple[float, ...] = (),
 ) -> EpochTotals:
-    """Summed loss and correct count over all rows (unweighted loss)."""
+    """Summed loss and correct count over all rows (unweighted loss), the images
+    normalised with ``mean``/``std``."""
     model.eval()
     totals = EpochTotals()
     for start in range(0, len(x), batch_size):
-        xb = normalize(x[start : start + batch_size])
+        xb = normalize(x[start : start + batch_size], mean, std)
         yb = y[start : start + batch_size]
         if device is not None and device.type != "cpu":
             xb, yb = xb.to(device), yb.to(device)
