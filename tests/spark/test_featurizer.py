@@ -206,7 +206,7 @@ def test_cli_featurize_writes_path_label_features(spark, model_dir, digits28_dir
 
 def test_cli_errors_exit_2_with_one_line(spark, model_dir, digits28_dir, tmp_path, capsys):
     for argv, needle in (
-        (["timm:resnet18", str(digits28_dir)], "timm networks cannot be used"),
+        (["timm:resnet18", str(digits28_dir)], "no model at timm:resnet18"),
         ([str(tmp_path / "not-a-model"), str(digits28_dir)], "not-a-model"),
     ):
         proc = subprocess.run(

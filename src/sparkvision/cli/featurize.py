@@ -8,23 +8,13 @@ import time
 from sparkvision.cli.common import add_common, emit, spark_session
 from sparkvision.cli.predict import add_input_flags, add_trust_flag
 
-#: MODEL_DIR prefix of a timm network name, refused with the reason.
-TIMM_PREFIX = "timm:"
-
 
 def run(args: argparse.Namespace) -> int:
     from sparkvision.data.prediction_input import load_prediction_input
-    from sparkvision.errors import InvalidParameterError
     from sparkvision.ml.featurizer import ImageFeaturizer
     from sparkvision.ml.model import check_model_folder
 
     started = time.monotonic()
-    if args.model_dir.startswith(TIMM_PREFIX):
-        raise InvalidParameterError(
-            "model", args.model_dir,
-            "timm networks cannot be used on this install: timm needs torchvision, whose "
-            "only wheels here are CUDA builds that do not load with this CPU-only torch; "
-            "give a model folder written by `sparkvision train`")
     check_model_folder(args.model_dir)  # a wrong folder fails before Spark starts
     spark = spark_session(args)
     featurizer = ImageFeaturizer.fromModelDir(args.model_dir, layer=args.layer,

@@ -7,10 +7,15 @@ from collections.abc import Callable
 from typing import Any
 
 from sparkvision.errors import InvalidParameterError, ModelBuildError, SparkVisionError
+from sparkvision.models.zoo import (  # noqa: F401 - re-exported
+    ONNX_PREFIX,
+    TIMM_PREFIX,
+    TORCHVISION_PREFIX,
+    is_zoo_name,
+    timm_builder,
+)
 
 MODEL_NAMES = ("cnn", "simple_cnn", "lenet5", "resnet8")
-#: ``model="timm:NAME"``: an architecture of timm's model zoo
-TIMM_PREFIX = "timm:"
 #: ``dp:NAME``: the network NAME made trainable with differential privacy by Opacus
 #: (batch norm → group norm); what a model trained with privacy="dp" records
 DP_PREFIX = "dp:"
@@ -20,7 +25,7 @@ def runs_user_code(name: str) -> bool:
     """Whether building the network ``name`` imports code the name points at (a model
     folder naming one needs trust_code)."""
     base = name[len(DP_PREFIX):] if name.startswith(DP_PREFIX) else name
-    return base not in MODEL_NAMES and not base.startswith(TIMM_PREFIX)
+    return base not in MODEL_NAMES and not is_zoo_name(base)
 
 
 def private_network(net, name: str = ""):
@@ -57,49 +62,33 @@ def _builders() -> dict[str, Callable[..., Any]]:
     }
 
 
-def validate_model_name(name: str) -> str:
-    """Check a model name without importing torch (driver side)."""
+def validate_model_name(name: str, input_shape: tuple[int, int, int] | None = None) -> str:
+    """Check a model name on the driver, before any job (built-in and import-path names
+    without importing torch). A zoo name (``timm:``, ``torchvision:``, ``onnx:``): its
+    package importable and the architecture known; with a full ``input_shape`` (H, W, C)
+    also one forward pass of zeros, so an input size the network cannot take fails here."""
     if name in MODEL_NAMES:
         return name
     if name.startswith(DP_PREFIX):
-        validate_model_name(name[len(DP_PREFIX):])
+        validate_model_name(name[len(DP_PREFIX):], input_shape)
         return name
-    if name.startswith(TIMM_PREFIX):
-        timm_builder(name)  # timm importable, the architecture known: before any job
+    if is_zoo_name(name):
+        from sparkvision.models.zoo import check_input_size, check_zoo_name
+
+        check_zoo_name(name)
+        if input_shape is not None and len(input_shape) == 3 and min(input_shape) >= 1:
+            h, w, c = (int(v) for v in input_shape)
+            check_input_size(name, (h, w, c))
         return name
     if ":" in name and all(part for part in name.split(":", 1)):
         return name
     raise InvalidParameterError(
         "model",
         name,
-        f"use one of {', '.join(MODEL_NAMES)}, timm:ARCHITECTURE, or an import path "
-        "'package.module:function' "
+        f"use one of {', '.join(MODEL_NAMES)}, timm:ARCHITECTURE, torchvision:NAME, "
+        "onnx:FILE, or an import path 'package.module:function' "
         "whose function builds an nn.Module from (num_classes, input_shape)",
     )
-
-
-def timm_builder(name: str) -> Callable[..., Any]:
-    """A builder of the timm architecture ``name`` (``model="timm:NAME"``): built with the
-    data's ``in_chans`` and ``num_classes``, never downloading weights (start it from a
-    file with initWeights)."""
-    arch = name[len(TIMM_PREFIX):]
-    try:
-        import timm
-    except Exception as exc:  # noqa: BLE001 - ImportError, or torchvision failing to load
-        raise InvalidParameterError(
-            "model", name, f"timm cannot be imported here ({type(exc).__name__}: "
-            f"{str(exc)[:160]}); install timm and a torchvision built for this torch "
-            "(pip install timm torchvision) on the driver and every executor") from None
-    if not timm.is_model(arch):
-        near = timm.list_models(f"*{arch[:5]}*")[:8]
-        raise InvalidParameterError(
-            "model", name, f"timm has no architecture {arch!r}"
-            + (f"; similar: {', '.join(near)}" if near else "; see timm.list_models()"))
-
-    def build(num_classes: int, input_shape: tuple[int, int, int]):
-        return timm.create_model(arch, pretrained=False, num_classes=num_classes,
-                                 in_chans=input_shape[2])
-    return build
 
 
 def resolve_user_builder(path: str) -> Callable[..., Any]:
@@ -128,8 +117,12 @@ def build_model(name: str, num_classes: int, input_shape: tuple[int, int, int]):
     if name.startswith(DP_PREFIX):
         return private_network(build_model(name[len(DP_PREFIX):], num_classes, input_shape),
                                name[len(DP_PREFIX):])
-    builder = _builders().get(name) or (
-        timm_builder(name) if name.startswith(TIMM_PREFIX) else resolve_user_builder(name))
+    if is_zoo_name(name):
+        from sparkvision.models.zoo import zoo_builder
+
+        builder = zoo_builder(name)
+    else:
+        builder = _builders().get(name) or resolve_user_builder(name)
     try:
         model = builder(num_classes=num_classes, input_shape=tuple(input_shape))
     except SparkVisionError:
