@@ -22,6 +22,7 @@ from sparkvision.cli import (
     explain,
     export,
     featurize,
+    models,
     predict,
     prepare,
     report,
@@ -40,7 +41,7 @@ from sparkvision.errors import user_error_message
 
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMANDS = (prepare, train, predict, featurize, evaluate, explain, tune, stream, export, report,
-            demo)
+            models, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
