@@ -37,16 +37,17 @@ def channel_stats(values: Sequence[float], channels: int, what: str = "inputMean
 
 def normalize(x_u8: torch.Tensor, mean: Sequence[float] = (), std: Sequence[float] = ()
               ) -> torch.Tensor:
-    """uint8 NCHW → float32 ``(x / 255 - mean) / std`` per channel; with no statistics
-    the fixed scaling to [-1, 1]. Used identically by training, inference and export."""
+    """uint8 NCHW (or float32 pixel values in [0, 255], as augmentation leaves them) →
+    float32 ``(x / 255 - mean) / std`` per channel; with no statistics the fixed scaling to
+    [-1, 1]. Used identically by training, inference and export. Never changes ``x``."""
     if not len(mean) and not len(std):
-        return x_u8.to(torch.float32).mul_(2.0 / 255.0).sub_(1.0)
+        return x_u8.to(torch.float32, copy=True).mul_(2.0 / 255.0).sub_(1.0)
     c = x_u8.shape[1]
     m = torch.tensor(channel_stats(mean, c, "inputMean"), dtype=torch.float32)
     s = torch.tensor(channel_stats(std, c, "inputStd"), dtype=torch.float32)
     scale = (1.0 / (255.0 * s)).view(1, c, 1, 1)
     shift = (m / s).view(1, c, 1, 1)
-    return x_u8.to(torch.float32).mul_(scale).sub_(shift)
+    return x_u8.to(torch.float32, copy=True).mul_(scale).sub_(shift)
 
 
 @torch.inference_mode()
