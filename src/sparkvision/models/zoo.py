@@ -126,9 +126,9 @@ def onnx_builder(name: str) -> Builder:
     """A builder of the ONNX graph in FILE (``onnx:FILE``, read through ``storage`` so URLs
     work) converted by onnx2torch; its last Linear/Gemm gets ``num_classes`` outputs when it
     has another count (fresh weights), every other weight is the file's."""
-    path = _onnx_file(name)
     _import(name, "onnx")
     _import(name, "onnx2torch")
+    path = _onnx_file(name)
 
     def build(num_classes: int, input_shape: tuple[int, int, int]):
         import onnx
