@@ -251,13 +251,14 @@ def check_input_size(name: str, input_shape: tuple[int, int, int]) -> None:
         with torch.inference_mode():
             net.eval()(torch.zeros(1, c, h, w))
     except Exception as exc:  # noqa: BLE001 - whatever the network's forward says
-        size = (zoo_config(name).get("input_size") or (c, 224, 224))
-        takes = f"{size[1]}x{size[2]}" if len(size) == 3 else str(size)
+        size = zoo_config(name).get("input_size")
         first = (str(exc).strip().splitlines() or [""])[0][:160]
+        takes = (f"it takes {size[1]}x{size[2]} (its pretrained config's input_size): "
+                 f"prepare the data with --image-size {size[-1]}" if size else
+                 "prepare the data with --image-size at the size the graph was exported for")
         raise InvalidParameterError(
             "imageShape", [h, w, c], f"{name} cannot take {h}x{w} images "
-            f"({type(exc).__name__}: {first}); it takes {takes} (its pretrained config's "
-            f"input_size): prepare the data with --image-size {size[-1]}") from None
+            f"({type(exc).__name__}: {first}); {takes}") from None
 
 
 # ------------------------------------------------------------------ configs
