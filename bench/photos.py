@@ -13,13 +13,16 @@ with ``sparkvision.prepare`` (all rows in ``train``). Networks: ``timm:resnet18`
 - Batch inference on ``--rows`` rows cached in Spark memory (the scenes repeated), written to
   Spark's ``noop`` sink: the fitted model's ``transform`` (default ``inferenceBackend``:
   ``auto``) vs ``pyspark.ml.functions.predict_batch_udf`` (same weights, ``array<float>``
-  pixels column cached alongside, 1 torch thread per task) vs, in a process of its own, plain
+  pixels column cached alongside — each variant drops the other's input column — 1 torch
+  thread per task) vs, in a process of its own, plain
   PyTorch with 2 threads and ONNX Runtime alone on the same exported graph
   (``sparkvision.models.export.onnx_bytes``): one session with 2 intra-op threads in a plain
   loop (the baseline of the target), and also 2 Python threads × 1-thread sessions, the
   split sparkvision's two tasks use. Same ``--infer-batch`` images per forward pass for all.
   One warm-up pass each (Python workers start, networks load/export), then ``--repeats``
   interleaved rounds (variant order rotates); medians.
+- CPU seconds of the JVM and of the workers during each Spark variant (where the time goes
+  on 2 cores shared by both).
 - Peak RSS per worker: the resident set (VmRSS, sampled every 0.1 s) of each Python process
   that did the work — the Spark Python workers (children of the JVM) that used CPU during
   the variant, or the baseline's own process. Spark reuses its Python workers, so theirs
@@ -107,6 +110,8 @@ class RssSampler:
         self._peak: dict[int, float] | None = None
         self._cpu0: dict[int, float] = {}
         self._only: set[int] | None = None
+        self._jvm0 = self._wall0 = 0.0
+        self.last_cpu: dict[str, float | None] = {}
         threading.Thread(target=self._loop, daemon=True, name="rss-sampler").start()
 
     def _pids(self) -> dict[int, float]:
@@ -135,11 +140,16 @@ class RssSampler:
                     if rss is not None:
                         self._peak[pid] = max(self._peak.get(pid, 0.0), rss)
 
+    def _jvm_cpu(self) -> float:
+        return _proc_table().get(self.jvm_pid, (0, "", 0.0))[2]
+
     def start(self, pids: set[int] | None = None) -> None:
         """Watch the Spark workers, or only ``pids``."""
         with self._lock:
             self._only = pids
             self._cpu0 = self._pids()
+            self._jvm0 = self._jvm_cpu()
+            self._wall0 = time.perf_counter()
             self._peak = {}
 
     def stop(self) -> list[float]:
@@ -147,8 +157,14 @@ class RssSampler:
         with self._lock:
             cpu1 = self._pids()
             peak, self._peak = self._peak or {}, None
+            jvm = self._jvm_cpu() - self._jvm0
         busy = [pid for pid, cpu in cpu1.items() if cpu - self._cpu0.get(pid, 0.0) >= 0.05
                 and (pid in self._only if self._only is not None else pid not in self.extra)]
+        # where the CPU went meanwhile (the JVM: Spark's own work, in local mode all of it)
+        self.last_cpu = {
+            "wall_s": round(time.perf_counter() - self._wall0, 2),
+            "jvm_cpu_s": None if self._only is not None else round(jvm, 2),
+            "workers_cpu_s": round(sum(cpu1[p] - self._cpu0.get(p, 0.0) for p in busy), 2)}
         return sorted((round(peak[p], 1) for p in busy if p in peak), reverse=True)
 
 
@@ -354,13 +370,14 @@ def train_both(sampler: RssSampler, name: str, train, load: dict, rows: int,
         started = time.perf_counter()
         model, rss = _measured(sampler, lambda: clf.fit(train))
         end_to_end = time.perf_counter() - started
+        cpu = sampler.last_cpu
         fitted.append(model)
         h = model.history
         runs["sparkvision_2x1"].append({
             "samples": h.steps_per_epoch * args.batch * args.epochs,
             "loop_seconds": sum(e.seconds for e in h.epochs),
             "end_to_end_seconds": end_to_end, "peak_rss_mb_per_worker": rss,
-            "epoch_seconds": [round(e.seconds, 2) for e in h.epochs],
+            "cpu_seconds": cpu, "epoch_seconds": [round(e.seconds, 2) for e in h.epochs],
             "train_accuracy_last_epoch": round(h.epochs[-1].train_accuracy, 3)})
 
     def run_plain() -> None:
@@ -388,7 +405,8 @@ def train_both(sampler: RssSampler, name: str, train, load: dict, rows: int,
             "loop_seconds_runs": [round(i["loop_seconds"], 2) for i in items],
             "peak_rss_mb_per_worker": max((i["peak_rss_mb_per_worker"] for i in items),
                                           key=lambda v: v[:1]),
-            **{k: items[-1][k] for k in ("epoch_seconds", "train_accuracy_last_epoch")
+            **{k: items[-1][k] for k in ("epoch_seconds", "train_accuracy_last_epoch",
+                                         "cpu_seconds")
                if k in items[-1]},
         }
     return results, fitted[-1]
@@ -453,11 +471,12 @@ def infer_all(spark, sampler: RssSampler, name: str, model, base_df, load: dict,
     def spark_run(df, job) -> Callable[[], float]:
         return _wall(lambda: job(df).write.format("noop").mode("overwrite").save())
 
+    # each reads only its own input column of the cache (the other one is dropped)
     def sv_job(df):
-        return ours.transform(df)
+        return ours.transform(df.drop("pixels"))
 
     def pbu_job(df):
-        return df.withColumn("probabilities", pbu("pixels"))
+        return df.drop("image").withColumn("probabilities", pbu("pixels"))
 
     baseline = Baseline(sampler, **load, rows=rows, mean=mean, std=std,
                         weights=str(weights_path), onnx=str(onnx_path))
@@ -477,12 +496,14 @@ def infer_all(spark, sampler: RssSampler, name: str, model, base_df, load: dict,
             warm()
         times: dict[str, list[float]] = {v: [] for v in variants}
         rss: dict[str, list[float]] = {v: [] for v in variants}
+        cpu: dict[str, dict] = {}
         names = list(variants)
         for r in range(args.repeats):
             for v in names[r % len(names):] + names[: r % len(names)]:
                 seconds, peak = _measured(sampler, variants[v][1], variants[v][2])
                 times[v].append(seconds)
                 rss[v] = max(rss[v], peak, key=lambda p: p[:1])
+                cpu[v] = sampler.last_cpu  # of the last round
     finally:
         baseline.close()
         big.unpersist()
@@ -494,6 +515,7 @@ def infer_all(spark, sampler: RssSampler, name: str, model, base_df, load: dict,
         "images_per_s": rates,
         "images_per_s_runs": {v: [round(rows / t, 1) for t in ts] for v, ts in times.items()},
         "peak_rss_mb_per_worker": rss,
+        "cpu_seconds_last_round": cpu,
     }
 
 
