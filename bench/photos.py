@@ -25,8 +25,9 @@ with ``sparkvision.prepare`` (all rows in ``train``). Networks: ``timm:resnet18`
   on 2 cores shared by both).
 - Peak RSS per worker: the resident set (VmRSS, sampled every 0.1 s) of each Python process
   that did the work — the Spark Python workers (children of the JVM) that used CPU during
-  the variant, or the baseline's own process. Spark reuses its Python workers, so theirs
-  includes what earlier variants left (cached networks, allocator pools).
+  the variant, or the baseline's own process. Spark reuses its Python workers (the same two
+  train and then predict) and the inference baselines share one process, so an inference
+  figure includes what earlier variants left there (networks, allocator pools).
 
 Run: ``.venv-zoo/bin/python bench/photos.py`` (``--quick``: a short smoke run)
 → bench/results/photos.json
@@ -51,8 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ensure_glibc_tunables, write_result  # noqa: E402
 
 MODELS = ("timm:resnet18", "timm:mobilenetv3_small_100")
-#: inference rows per network: ~5-10 s a variant here (mobilenet runs ~5x faster)
-ROWS = {"timm:resnet18": 1440, "timm:mobilenetv3_small_100": 4800}
+#: inference rows per network (a few seconds a variant here; mobilenet runs faster)
+ROWS = {"timm:resnet18": 1440, "timm:mobilenetv3_small_100": 2880}
 TARGETS = {
     "train_loop_vs_plain_pytorch": 0.95,
     "transform_vs_plain_pytorch": 1.0,
@@ -525,14 +526,15 @@ def main() -> None:
                         help="smoke run: mobilenet only, 1 epoch, 960 inference rows, 1 round")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--train-repeats", type=int, default=1)
+    parser.add_argument("--train-repeats", type=int, default=2,
+                        help="training rounds (the order alternates)")
     parser.add_argument("--batch", type=int, default=96,
                         help="global training batch (96: 480 rows in 5 full steps)")
     parser.add_argument("--rows", type=int, default=0,
                         help=f"inference rows (default: per network, {ROWS})")
     parser.add_argument("--infer-batch", type=int, default=64,
                         help="images per forward pass (every inference variant)")
-    parser.add_argument("--repeats", type=int, default=2, help="inference rounds")
+    parser.add_argument("--repeats", type=int, default=3, help="inference rounds")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
