@@ -22,6 +22,7 @@ from sparkvision.ml.model import ImageClassificationModel
 from sparkvision.ml.normalization import resolve_normalization
 from sparkvision.ml.params import ImageClassifierParams, set_known
 from sparkvision.ml.transfer import starting_weights
+from sparkvision.models.registry import validate_model_name
 from sparkvision.settings import TrainSettings
 from sparkvision.training.history import BalanceRecord
 
@@ -175,6 +176,7 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
             frac = get(self.validationFraction)
             train_df, val_df = dataset.randomSplit([1 - frac, frac], seed=get(self.seed))
         shape = _image_shape(dataset, get(self.imageShape))
+        validate_model_name(get(self.model), shape)  # a size the network cannot take
         counts, classes = _label_counts(dataset, label_col, list(get(self.classes)))
         if train_df is not dataset:
             counts = _counts_of(train_df, label_col, counts)

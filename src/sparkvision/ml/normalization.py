@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from sparkvision.errors import InvalidParameterError
-from sparkvision.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, channel_stats
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +111,8 @@ def resolve_normalization(get: Callable[[str], Any], network: str, df: Any,
                           image_col: str, shape: tuple[int, int, int]) -> tuple[Stats, str]:
     """((mean, std), how they were chosen) for a training: ``get`` reads the classifier's
     Params, ``df`` is the training split (read only for ``dataset``)."""
+    from sparkvision.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, channel_stats
+
     c = shape[2]
     mode = get("normalize")
     if get("inputMean"):

@@ -95,8 +95,8 @@ class TrainedNetworkParams(TableParams):
         from sparkvision.models.registry import validate_model_name
 
         get = self.getOrDefault
-        validate_model_name(get("model"))
         shape = get("imageShape")
+        validate_model_name(get("model"), tuple(shape) if len(shape) == 3 else None)
         if shape and (len(shape) != 3 or min(shape) < 1 or shape[2] not in (1, 3)):
             raise InvalidParameterError("imageShape", shape, "use [height, width, 1 or 3]")
 
@@ -135,6 +135,9 @@ class ImageClassifierParams(
         from sparkvision.ml.normalization import check_normalization
 
         check_normalization(get)
+        from sparkvision.ml.transfer import check_pretrained
+
+        check_pretrained(get("pretrained"), get("initWeights"), get("initFrom"))
         if get("initWeights") and get("initFrom"):
             raise InvalidParameterError(
                 "initFrom", get("initFrom"), "give either initWeights (a safetensors file) "
