@@ -54,9 +54,11 @@ def _features(df, col: str = "features") -> dict[str, np.ndarray]:
     return {r.path: r[col].toArray() for r in df.select("path", col).collect()}
 
 
-def _hooked_features(weights: bytes, images: np.ndarray, layer: str) -> np.ndarray:
+def _hooked_features(weights: bytes, images: np.ndarray, layer: str,
+                     mean: float, std: float) -> np.ndarray:
     """Plain PyTorch: the network with the weights, one forward with a hook on ``layer``
-    ("" = the input of the last Linear, the classifier head of ``cnn``)."""
+    ("" = the input of the last Linear, the classifier head of ``cnn``), the images
+    normalised with the model's statistics."""
     net = build_model("cnn", 10, SHAPE)
     net.load_state_dict(load_state_dict_bytes(weights))
     net.eval()
@@ -68,7 +70,7 @@ def _hooked_features(weights: bytes, images: np.ndarray, layer: str) -> np.ndarr
     else:
         head = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
         handle = head.register_forward_pre_hook(lambda _m, inp: got.append(inp[0].flatten(1)))
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
     with torch.no_grad():
         net(x)
     handle.remove()
@@ -112,7 +114,8 @@ def test_features_equal_a_plain_pytorch_forward_with_a_hook(mnist_model, digits2
     test = digits28[1]
     rows = test.select("path", "image").orderBy("path").collect()
     images = np.stack([np.frombuffer(r.image, np.uint8) for r in rows]).reshape(-1, *SHAPE)
-    expected = _hooked_features(mnist_model.weights, images, layer)
+    (mean,), (std,) = mnist_model.getInputMean(), mnist_model.getInputStd()
+    expected = _hooked_features(mnist_model.weights, images, layer, mean, std)
     featurizer = ImageFeaturizer.fromModel(mnist_model, layer=layer)
     assert featurizer.featureDimension() == dim
     got = _features(featurizer.setInferenceBatchSize(7).transform(test))

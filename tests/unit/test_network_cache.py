@@ -57,7 +57,8 @@ def test_different_weights_or_network_are_different_networks():
     assert network_key("cnn", 3, SHAPE, a.weights) == a.key
     assert len({a.key, network_key("lenet5", 3, SHAPE, a.weights),
                 network_key("cnn", 4, SHAPE, a.weights),
-                network_key("cnn", 3, (8, 8, 3), a.weights)}) == 4
+                network_key("cnn", 3, (8, 8, 3), a.weights),
+                network_key("cnn", 3, SHAPE, a.weights, (0.4,), (0.2,))}) == 5
 
 
 def test_the_bound_evicts_the_least_recently_used():

@@ -34,11 +34,14 @@ CAPACITY = 3
 
 
 def network_key(model: str, num_classes: int, image_shape: tuple[int, int, int],
-                weights: bytes) -> str:
-    """``SHA256-of-weights:model:classes:HxWxC``: equal exactly when two networks are the
-    same (same code, same head, same input, same weights)."""
+                weights: bytes, mean: tuple[float, ...] = (),
+                std: tuple[float, ...] = ()) -> str:
+    """``SHA256-of-weights:model:classes:HxWxC[:mean:std]``: equal exactly when two
+    networks are the same (same code, same head, same input, same weights, same input
+    normalisation)."""
     h, w, c = image_shape
-    return f"{hashlib.sha256(weights).hexdigest()}:{model}:{num_classes}:{h}x{w}x{c}"
+    key = f"{hashlib.sha256(weights).hexdigest()}:{model}:{num_classes}:{h}x{w}x{c}"
+    return f"{key}:{list(mean)}:{list(std)}" if mean or std else key
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,8 @@ class TrainedNetwork:
         shape = (int(self.image_shape[0]), int(self.image_shape[1]), int(self.image_shape[2]))
         object.__setattr__(self, "image_shape", shape)
         object.__setattr__(self, "key", network_key(self.model, self.num_classes, shape,
-                                                    self.weights)
-                           + f":{self.input_mean}:{self.input_std}")
+                                                    self.weights, self.input_mean,
+                                                    self.input_std))
 
     @classmethod
     def of(cls, config: Any) -> TrainedNetwork:
