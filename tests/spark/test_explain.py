@@ -192,7 +192,9 @@ def test_stored_maps_equal_captum_on_the_driver(gradcam_run, mnist_images):
     cam = LayerGradCam(net, net.get_submodule(conv))
     for record in (summary["images"][0], summary["images"][-1]):
         image = mnist_images[record["path"]]
-        x = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None] * (2 / 255) - 1
+        (mean,), (std,) = model.getInputMean() or [0.5], model.getInputStd() or [0.5]
+        x = (torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None] / 255 - mean
+             ) / std  # the model's normalisation
         target = summary["classes"].index(record["predicted"])
         ref = LayerAttribution.interpolate(
             cam.attribute(x, target=target, relu_attributions=True), (28, 28),

@@ -29,10 +29,19 @@ def onnx_file(tmp_path):
     return path
 
 
-def _no_jvm() -> bool:
+def _spark_context():
     from pyspark import SparkContext
 
-    return SparkContext._active_spark_context is None
+    return SparkContext._active_spark_context
+
+
+@pytest.fixture
+def no_new_jvm():
+    """The command under test starts no Spark (in a whole-suite run another test's session
+    may already be up: then it must be the same one afterwards)."""
+    before = _spark_context()
+    yield
+    assert _spark_context() is before
 
 
 @pytest.mark.parametrize("template", NAMES)
@@ -50,7 +59,8 @@ def test_zoo_names_need_the_zoo_through_the_api(template, onnx_file):
 
 
 @pytest.mark.parametrize("template", NAMES)
-def test_zoo_names_need_the_zoo_through_the_cli(template, onnx_file, tmp_path, capsys):
+def test_zoo_names_need_the_zoo_through_the_cli(template, onnx_file, tmp_path, capsys,
+                                                 no_new_jvm):
     data = tmp_path / "data"
     data.mkdir()
     (data / "dataset.json").write_text(json.dumps({
@@ -60,10 +70,9 @@ def test_zoo_names_need_the_zoo_through_the_cli(template, onnx_file, tmp_path, c
     assert main(["train", str(data), "--out", str(tmp_path / "m"), "--model", name]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sparkvision train: error:") and INSTALL in err[0]
-    assert _no_jvm()
 
 
-def test_models_lists_the_built_in_networks_and_how_to_get_the_zoo(capsys):
+def test_models_lists_the_built_in_networks_and_how_to_get_the_zoo(capsys, no_new_jvm):
     assert main(["models"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[:5] == ["builtin (4):", "  cnn", "  simple_cnn", "  lenet5", "  resnet8"]
@@ -71,4 +80,3 @@ def test_models_lists_the_built_in_networks_and_how_to_get_the_zoo(capsys):
     assert main(["models", "--filter", "*net*", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert payload["models"] == {"builtin": ["lenet5", "resnet8"]} and INSTALL in payload["zoo"]
-    assert _no_jvm()
