@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("prepare", help="images / built-in data set → split shards + dataset.json")
-    p.add_argument("source", help="digits | mnist | faces | IMAGE_FOLDER | TFRECORD_PATH")
+    p.add_argument("source", help="digits | mnist | faces | scenes | IMAGE_FOLDER | TFRECORD_PATH")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions")
     p.add_argument("--seed", type=int, default=42)
