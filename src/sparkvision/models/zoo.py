@@ -281,6 +281,11 @@ def _torchvision_transforms(arch: str):
         return None
 
 
+#: what a zoo network without a pretrained config of its own expects (ImageNet's input)
+_IMAGENET_CONFIG: dict[str, Any] = {"input_size": (3, 224, 224), "mean": IMAGENET_MEAN,
+                                    "std": IMAGENET_STD, "interpolation": "bilinear"}
+
+
 def zoo_config(name: str) -> dict[str, Any]:
     """What the zoo says of the network's pretrained input: ``input_size`` (C, H, W),
     ``mean``, ``std`` and ``interpolation``; empty for ONNX and built-in networks."""
@@ -291,16 +296,14 @@ def zoo_config(name: str) -> dict[str, Any]:
         timm_builder(name)
         cfg = _timm_cfg(name[len(TIMM_PREFIX):])
         if cfg is None:
-            return {"input_size": (3, 224, 224), "mean": IMAGENET_MEAN,
-                    "std": IMAGENET_STD, "interpolation": "bilinear"}
+            return dict(_IMAGENET_CONFIG)
         return {"input_size": tuple(cfg.input_size), "mean": tuple(cfg.mean),
                 "std": tuple(cfg.std), "interpolation": cfg.interpolation}
     if name.startswith(TORCHVISION_PREFIX):
         torchvision_builder(name)
         tf = _torchvision_transforms(name[len(TORCHVISION_PREFIX):])
         if tf is None:
-            return {"input_size": (3, 224, 224), "mean": IMAGENET_MEAN,
-                    "std": IMAGENET_STD, "interpolation": "bilinear"}
+            return dict(_IMAGENET_CONFIG)
         crop = list(getattr(tf, "crop_size", [224]))
         size = (3, crop[0], crop[-1])
         interpolation = getattr(getattr(tf, "interpolation", None), "value", "bilinear")
