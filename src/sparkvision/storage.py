@@ -167,6 +167,18 @@ def remove(path: str | os.PathLike[str]) -> None:
         fs.rm(p, recursive=True)
 
 
+def move(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Move a file or folder to ``target`` (which must not exist): a rename on a local
+    disk, the filesystem's ``mv`` elsewhere."""
+    src, dst = os.fspath(source), os.fspath(target)
+    local_src, local_dst = local_path(src), local_path(dst)
+    if local_src is not None and local_dst is not None:
+        os.replace(local_src, local_dst)
+        return
+    fs, p = _fs(src)
+    fs.mv(p, _fs(dst)[1], recursive=True)
+
+
 def open_read(path: str, buffering: int = -1, gzip: bool = False) -> IO[bytes]:
     """A binary file object for reading (seekable unless ``gzip``); closing it closes
     everything beneath it."""

@@ -20,9 +20,10 @@ def _shard_bytes(folder: Path) -> int:
 def mnist_raw_png(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("encoded")
     raw, png = root / "raw", root / "png"
-    prepare(spark, PrepareConfig(source="mnist", out=str(raw), seed=4))
+    # two shards per split: each of the two ranks trains on one (repartition=False below)
+    prepare(spark, PrepareConfig(source="mnist", out=str(raw), seed=4, num_shards=2))
     prepare(spark, PrepareConfig(source="mnist", out=str(png), seed=4, store="encoded",
-                                 encoding="png"))
+                                 encoding="png", num_shards=2))
     return raw, png
 
 

@@ -70,7 +70,9 @@ def register(sub) -> None:
     p.add_argument("--format", choices=["tfrecords", "parquet"], default="tfrecords")
     p.add_argument("--image-size", default=None, help="N or HxW (default: source size; 32)")
     p.add_argument("--channels", type=int, choices=[1, 3], default=None)
-    p.add_argument("--num-shards", type=int, default=2, help="files per split")
+    p.add_argument("--num-shards", type=int, default=None,
+                   help="files per split, one task each (default: one per 1,000-10,000 "
+                        "images, about 64 tasks)")
     p.add_argument("--store", choices=["raw", "encoded"], default="raw",
                    help="raw: uint8 pixels; encoded: PNG/JPEG bytes at the target size "
                         "(smaller shards; decoded when training and predicting)")

@@ -15,6 +15,12 @@ RECORD_TYPES = ("Example", "ByteArray")
 SAVE_MODES = ("append", "overwrite", "error", "errorifexists", "ignore")
 _TEMP_SUFFIXES = (".tmp", "._COPYING_")
 
+#: Rows per Arrow batch of a read (at most; ``maxBytesPerBatch`` may close one earlier).
+BATCH_ROWS = 1024
+#: Default ``maxBytesPerBatch``: a read's Arrow batches hold at most this many record bytes
+#: (1,024 rows of 192x192x3 images would be 108 MB, which a reused Python worker keeps).
+BATCH_BYTES = 16 << 20
+
 
 def _flag(options: Mapping[str, str], name: str, default: bool) -> bool:
     value = options.get(name)
@@ -61,6 +67,7 @@ class TFRecordOptions:
     max_files_per_trigger: int | None = None
     max_bytes_per_trigger: int | None = None
     records_per_partition: int | None = None
+    max_bytes_per_batch: int = BATCH_BYTES
 
     @classmethod
     def parse(cls, options: Mapping[str, str]) -> TFRecordOptions:
@@ -87,6 +94,7 @@ class TFRecordOptions:
             max_files_per_trigger=_positive(options, "maxFilesPerTrigger"),
             max_bytes_per_trigger=_positive(options, "maxBytesPerTrigger"),
             records_per_partition=_positive(options, "recordsPerPartition"),
+            max_bytes_per_batch=_positive(options, "maxBytesPerBatch") or BATCH_BYTES,
         )
 
 

@@ -1,11 +1,16 @@
 """The batch reader of the ``tfrecords`` source: input partitions (a file, or the records
-starting in a byte range of one) read into Arrow batches of typed columns or raw records."""
+starting in a byte range of one) read into Arrow batches of typed columns or raw records.
+
+A batch closes at :data:`BATCH_ROWS` rows or before its records pass ``maxBytesPerBatch``
+bytes (default 16 MB; a larger record is a batch of its own): Python workers are reused
+and run with glibc's trimming off (``session.conf.GLIBC_TUNABLES``), so what one batch
+needs stays in the worker — and in the training task that runs in it next."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import pyarrow as pa
 from pyspark.sql.datasource import (
@@ -15,7 +20,7 @@ from pyspark.sql.datasource import (
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StructType
 
-from sparkvision.data.datasource_options import TFRecordOptions
+from sparkvision.data.datasource_options import BATCH_ROWS, TFRecordOptions
 from sparkvision.data.datasource_schema import ColumnPlan, plan_columns
 from sparkvision.data.tf_example import Feature, decode_example
 from sparkvision.data.tfrecord import (
@@ -28,7 +33,7 @@ from sparkvision.errors import DataError
 
 log = logging.getLogger(__name__)
 
-BATCH_ROWS = 1024
+_T = TypeVar("_T")
 
 
 class TFRecordPartition(InputPartition):
@@ -97,50 +102,71 @@ def read_batches(
         records = read_range_records(
             path, byte_range[0], byte_range[1], opts.verify_checksums, opts.skip_corrupt, stats
         )
+    limit = opts.max_bytes_per_batch
     if opts.record_type == "ByteArray":
-        for chunk in _chunks(records):
-            yield pa.record_batch([pa.array(chunk, pa.binary())], schema=arrow_schema)
+        for chunk in _chunks(records, len, limit):
+            batch = pa.record_batch([pa.array(chunk, pa.binary())], schema=arrow_schema)
+            del chunk  # neither the rows nor the last batch held while the next is built
+            yield batch
+            del batch
     else:
         columns = plan_columns(schema)
         examples = _examples(records, path, opts.skip_corrupt, stats)
-        for chunk in _chunks(examples):
-            yield _to_batch(chunk, columns, arrow_schema, path)
+        for example_chunk in _chunks(examples, _example_size, limit):
+            batch = _to_batch(example_chunk, columns, arrow_schema, path)
+            del example_chunk
+            yield batch
+            del batch
     if set(stats) - {"records"}:
         log.warning("read %s with skipCorrupt: %s", path, stats)
 
 
-def _chunks(items: Iterator[Any]) -> Iterator[list[Any]]:
-    chunk = []
+def _chunks(items: Iterable[_T], size: Callable[[_T], int], max_bytes: int,
+            max_rows: int = BATCH_ROWS) -> Iterator[list[_T]]:
+    """``items`` in lists of at most ``max_rows`` items whose sizes add up to at most
+    ``max_bytes`` (an item larger than that alone)."""
+    chunk: list[_T] = []
+    total = 0
     for item in items:
-        chunk.append(item)
-        if len(chunk) == BATCH_ROWS:
+        n = size(item)
+        if chunk and total + n > max_bytes:
             yield chunk
-            chunk = []
+            chunk, total = [], 0
+        chunk.append(item)
+        total += n
+        if len(chunk) >= max_rows:
+            yield chunk
+            chunk, total = [], 0
     if chunk:
         yield chunk
 
 
 def _examples(
     records: Iterator[bytes], path: str, skip_corrupt: bool, stats: dict[str, int]
-) -> Iterator[tuple[int, dict[str, Feature]]]:
-    """Decode records to ``(index, features)``; a malformed one raises, or is skipped."""
+) -> Iterator[tuple[int, dict[str, Feature], int]]:
+    """Decode records to ``(index, features, record bytes)``; a malformed one raises, or is
+    skipped."""
     for index, record in enumerate(records):
         try:
-            yield index, decode_example(record)
+            yield index, decode_example(record), len(record)
         except DataError as exc:
             if not skip_corrupt:
                 raise DataError(f"record {index} of {path}: {exc}") from exc
             stats["malformed_examples"] = stats.get("malformed_examples", 0) + 1
 
 
+def _example_size(example: tuple[int, dict[str, Feature], int]) -> int:
+    return example[2]
+
+
 def _to_batch(
-    examples: list[tuple[int, dict[str, Feature]]],
+    examples: list[tuple[int, dict[str, Feature], int]],
     columns: list[ColumnPlan],
     schema: pa.Schema,
     path: str,
 ) -> pa.RecordBatch:
     values: list[list[Any]] = [[] for _ in columns]
-    for index, features in examples:
+    for index, features, _ in examples:
         for col, out in zip(columns, values, strict=True):
             feature = features.get(col.name)
             if feature is None:
@@ -174,7 +200,8 @@ def read_partition(
 
 
 class TFRecordReader(DataSourceReader):
-    """Batch reader: one partition per file, Arrow batches of :data:`BATCH_ROWS` rows."""
+    """Batch reader: one partition per file (or byte range), Arrow batches of at most
+    :data:`BATCH_ROWS` rows and ``maxBytesPerBatch`` record bytes."""
 
     def __init__(self, opts: TFRecordOptions, schema: StructType, files: list[str]) -> None:
         self.opts = opts

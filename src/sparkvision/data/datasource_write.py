@@ -38,7 +38,7 @@ class TFRecordCommitMessage(WriterCommitMessage):
     records: int = 0
 
 
-def _example_encoder(schema: StructType) -> Callable[[pa.RecordBatch], Iterator[bytes]]:
+def example_encoder(schema: StructType) -> Callable[[pa.RecordBatch], Iterator[bytes]]:
     columns = plan_columns(schema)
 
     def encode(batch: pa.RecordBatch) -> Iterator[bytes]:
@@ -108,7 +108,7 @@ class TFRecordWriter(DataSourceArrowWriter):
         if self.opts.record_type == "ByteArray":
             encode = _record_encoder
         else:
-            encode = _example_encoder(self.schema)
+            encode = example_encoder(self.schema)
         count = 0
         # The file appears under its final name only when the task finished writing it
         # (temporary name + rename, or one upload to an object store); an empty partition

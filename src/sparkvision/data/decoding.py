@@ -19,6 +19,19 @@ DEFAULT_FOLDER_SIZE = 32
 DECODED_DDL = PREPARED_DDL + ", class_name STRING, error STRING"
 
 
+def decode_file(content: Any, spec: ImageSpec) -> tuple[bytes | None, str | None]:
+    """(raw uint8 pixels of ``spec.shape``, None) or (None, why the file is rejected).
+    ``content``: the file's bytes, or a function returning them (an ``OSError`` from it
+    rejects the file as unreadable)."""
+    try:
+        data = content() if callable(content) else content
+        return encoded_to_array(data or b"", spec).tobytes(), None
+    except OSError as exc:
+        return None, f"unreadable: {exc.strerror or exc}"
+    except ImageRejected as exc:
+        return None, str(exc)
+
+
 def _decoded_rows(
     rows: Iterator[tuple[str, Any]], root: str, spec: ImageSpec, need_class: bool,
     names: list[str],
@@ -30,21 +43,15 @@ def _decoded_rows(
         local = path[5:] if path.startswith("file:") else path
         rel = os.path.relpath(local, root) if local.startswith(root) else local
         class_name = rel.split("/")[0] if "/" in rel else ""
-        image, error = None, None
+        image: bytes | None = None
         if not class_name and need_class:
-            error = "not inside a class sub-folder"
+            error: str | None = "not inside a class sub-folder"
         else:
-            try:
-                data = content() if callable(content) else content
-                image = encoded_to_array(data or b"", spec)
-            except OSError as exc:
-                error = f"unreadable: {exc.strerror or exc}"
-            except ImageRejected as exc:
-                error = str(exc)
+            image, error = decode_file(content, spec)
         out["path"].append(local)
         out["class_name"].append(class_name)
         out["error"].append(error)
-        out["image"].append(image.tobytes() if image is not None else None)
+        out["image"].append(image)
         out["height"].append(spec.height)
         out["width"].append(spec.width)
         out["channels"].append(spec.channels)
@@ -73,7 +80,7 @@ def _decode_batches(
         yield pa.RecordBatch.from_pydict(out, schema=schema)
 
 
-def _file_reader(path: str):
+def file_reader(path: str):
     """A function returning the bytes of the file at ``path`` (a ``file:`` URI, a local
     path or any fsspec URL)."""
     if path.startswith("file:") or "://" not in path:
@@ -99,7 +106,7 @@ def _decode_paths(batches: Iterator[Any], root: str, spec: ImageSpec, need_class
     for batch in batches:
         paths = [p for p in batch.column("path").to_pylist()
                  if (p[5:] if p.startswith("file:") else p) not in skip]
-        out = _decoded_rows(((p, _file_reader(p)) for p in paths), root, spec, need_class,
+        out = _decoded_rows(((p, file_reader(p)) for p in paths), root, spec, need_class,
                             schema.names)
         yield pa.RecordBatch.from_pydict(out, schema=schema)
 
@@ -130,26 +137,13 @@ def scan_files(root: Path) -> tuple[int, list[tuple[str, str]]]:
     """(number of files under ``root``, (path, reason) of those Spark's ``binaryFile``
     skips silently: empty, broken links, no read permission). Metadata only (``stat``, no
     reads); the driver keeps the bad ones, never a list of every file."""
+    from sparkvision.data.listing import walk_files
+
     count, bad = 0, []
-    stack = [str(root)]
-    while stack:
-        with os.scandir(stack.pop()) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                if entry.is_dir():
-                    stack.append(entry.path)
-                    continue
-                count += 1
-                try:
-                    size = entry.stat().st_size  # follows links: a broken one raises
-                except OSError as exc:
-                    bad.append((entry.path, f"unreadable: {exc.strerror or exc}"))
-                    continue
-                if not os.access(entry.path, os.R_OK):
-                    bad.append((entry.path, "unreadable: Permission denied"))
-                elif size == 0:
-                    bad.append((entry.path, "empty file (0 bytes)"))
+    for path, reason in walk_files(str(root)):
+        count += 1
+        if reason is not None:
+            bad.append((path, reason))
     return count, sorted(bad)
 
 

@@ -1,16 +1,21 @@
 """`prepare`: its config and result, and the run that ties the path together: source →
-decoded, validated, resized rows → label index → stratified split → shards + manifest.
+listing (hashes per class) → where each split starts → one job that decodes, validates,
+resizes, splits and writes → shards + manifest.
 
-Decoding runs on Spark executors (``binaryFile`` source + ``mapInArrow``); the driver only
-sees metadata (class names, counts, rejected file names). The decoded frame of each kind
-of source is :mod:`sparkvision.data.source_frames` (built-in data set, image folder) and
-:mod:`sparkvision.data.ingest_tfrecords`; the split is :mod:`sparkvision.data.splitting`.
+The driver lists and hashes (:mod:`sparkvision.data.listing`) and only sees metadata
+(class names, counts, rejected file names); the tasks (:mod:`sparkvision.data.prepare_tasks`)
+read the files and write the shards (:mod:`sparkvision.data.shards`); the split is
+:mod:`sparkvision.data.splitting`; ingested TFRecords are
+:mod:`sparkvision.data.ingest_tfrecords`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,17 +26,22 @@ from sparkvision.data.decoding import (
     DEFAULT_FOLDER_SIZE,
     MAX_LISTED_REJECTED,
     REJECTED_FILE,
-    label_by_class,
     looks_like_tfrecords,
-    rejected_rows,
-    write_rejected,
 )
-from sparkvision.data.images import ENCODINGS, ImageSpec, encode_array
+from sparkvision.data.images import ENCODINGS, ImageSpec
 from sparkvision.data.ingest_tfrecords import tfrecords_frame
+from sparkvision.data.listing import LISTING_DIR, Listing, list_builtin, list_folder
 from sparkvision.data.manifest import SPLITS, write_manifest
-from sparkvision.data.schema import PREPARED_DDL
-from sparkvision.data.source_frames import builtin_frame, folder_frame
-from sparkvision.data.splitting import assign_splits, minority_classes, split_bounds
+from sparkvision.data.prepare_tasks import (
+    CHECKED_DDL,
+    COUNTS_DDL,
+    TaskPlan,
+    run_check_tasks,
+    run_write_rows,
+    run_write_tasks,
+)
+from sparkvision.data.shards import ShardFormat, commit_splits, merge_rejected
+from sparkvision.data.splitting import minority_classes, path_hash, split_starts
 from sparkvision.errors import DataError, InvalidParameterError
 
 log = logging.getLogger(__name__)
@@ -49,7 +59,9 @@ class PrepareConfig:
     fmt: str = "tfrecords"
     image_size: tuple[int, int] | None = None
     channels: int | None = None
-    num_shards: int = 2
+    #: shard files per split = tasks; None: one task per ``ROWS_PER_TASK``..
+    #: ``MAX_ROWS_PER_TASK`` rows (:func:`task_count`)
+    num_shards: int | None = None
     #: > 1: the first half of the classes keep 1/imbalance of their training images
     #: (val/test untouched): a deliberately imbalanced training split for tests and demos.
     imbalance: float | None = None
@@ -69,7 +81,7 @@ class PrepareConfig:
         if self.encoding not in ENCODINGS:
             raise InvalidParameterError("encoding", self.encoding,
                                         f"use one of {', '.join(ENCODINGS)}")
-        if self.num_shards < 1:
+        if self.num_shards is not None and self.num_shards < 1:
             raise InvalidParameterError("num-shards", self.num_shards, "use 1 or more")
         if self.imbalance is not None and not self.imbalance > 1:
             raise InvalidParameterError(
@@ -139,29 +151,6 @@ def parse_image_size(text: str | int | None) -> tuple[int, int] | None:
     return parts[0], parts[1]
 
 
-# ----------------------------------------------------------------------------- storing
-
-
-def encode_images(df, encoding: str):
-    """Prepared rows with ``image`` as PNG/JPEG bytes instead of raw pixels (executors)."""
-    columns = [c.split()[0] for c in PREPARED_DDL.split(", ")]
-
-    def encode(batches):
-        import numpy as np
-        import pyarrow as pa
-
-        for batch in batches:
-            shapes = zip(batch.column("height").to_pylist(), batch.column("width").to_pylist(),
-                         batch.column("channels").to_pylist(), strict=True)
-            images = [encode_array(np.frombuffer(raw, np.uint8).reshape(h, w, c), encoding)
-                      for raw, (h, w, c) in zip(batch.column("image").to_pylist(), shapes,
-                                                strict=True)]
-            index = batch.schema.get_field_index("image")
-            yield batch.set_column(index, "image", pa.array(images, pa.binary()))
-
-    return df.select(*columns).mapInArrow(encode, PREPARED_DDL)
-
-
 # ----------------------------------------------------------------------------- main entry
 
 
@@ -180,84 +169,135 @@ def _resolve_spec(config: PrepareConfig, default_hw: tuple[int, int], default_c:
     return ImageSpec(h, w, config.channels or default_c)
 
 
-def prepare(spark, config: PrepareConfig) -> PrepareResult:
-    """Run the whole prepare path and write shards plus ``dataset.json``."""
-    from pyspark.sql import functions as F
+#: Rows per task: at least ``ROWS_PER_TASK`` (a Python task costs ~45 ms of its own here),
+#: at most ``MAX_ROWS_PER_TASK`` (a retry redoes a task's rows), aiming at ``TASKS`` tasks.
+ROWS_PER_TASK = 1000
+MAX_ROWS_PER_TASK = 10000
+TASKS = 64
+#: Classes with fewer files than this are decoded once before the split is decided, so
+#: that rejected files leave no hole in them (a class of 3 good files gets one in each split
+#: whatever else its folder holds); in larger classes a rejected file leaves its place empty.
+CHECKED_CLASS_SIZE = 1000
 
+
+def task_count(rows: int, num_shards: int | None) -> int:
+    """How many tasks (= shard files per split, at most) ``prepare`` runs for ``rows``
+    rows: ``num_shards`` when given."""
+    if num_shards is not None:
+        return num_shards
+    per_task = min(MAX_ROWS_PER_TASK, max(ROWS_PER_TASK, -(-rows // TASKS)))
+    return max(1, -(-rows // per_task))
+
+
+def _tasks_frame(spark, tasks: int):
+    return spark.range(0, tasks, 1, tasks)
+
+
+def _check_small_classes(spark, plan: TaskPlan, listing: Listing) -> list[tuple[str, str, str]]:
+    """Decode the files of the small classes (:data:`CHECKED_CLASS_SIZE`); drop the bad
+    ones from the listing's hashes; return their (relative path, path, reason)."""
+    import numpy as np
+
+    small = frozenset(c for c, h in listing.hashes.items() if len(h) < CHECKED_CLASS_SIZE)
+    if not small:
+        return []
+    rows = _tasks_frame(spark, plan.tasks).mapInArrow(
+        functools.partial(run_check_tasks, plan=plan, classes=small), CHECKED_DDL).collect()
+    bad = sorted((r.rel, r.path, r.error) for r in rows)
+    gone: dict[str, list[int]] = {}
+    for rel, _, _ in bad:
+        gone.setdefault(rel.split("/", 1)[0], []).append(path_hash(rel, plan.seed))
+    for name, hashes in gone.items():
+        values = listing.hashes[name]
+        listing.hashes[name] = values[~np.isin(values, np.array(hashes, np.uint64))]
+    return bad
+
+
+def _write(spark, plan: TaskPlan, frame=None) -> dict[tuple[str, int], int]:
+    """Run the writing job (over ``frame``'s rows, else over the plan's tasks); rows
+    written per (split, label)."""
+    if frame is None:
+        written = _tasks_frame(spark, plan.tasks).mapInArrow(
+            functools.partial(run_write_tasks, plan=plan), COUNTS_DDL)
+    else:
+        written = frame.mapInArrow(functools.partial(run_write_rows, plan=plan), COUNTS_DDL)
+    totals = written.groupBy("split", "label").sum("rows").collect()
+    return {(r.split, int(r.label)): int(r["sum(rows)"]) for r in totals}
+
+
+def _tfrecords_hashes(decoded, seed: int) -> dict[str, Any]:
+    """Per label (as a class name), the hashes of the paths of ingested rows (streamed
+    to the driver: 8 bytes a row are kept)."""
+    from array import array
+
+    import numpy as np
+
+    hashes: dict[str, array] = {}
+    for row in decoded.select("label", "path").toLocalIterator():
+        hashes.setdefault(str(row.label), array("Q")).append(path_hash(row.path, seed))
+    return {c: np.frombuffer(h, dtype=np.uint64) for c, h in hashes.items()}
+
+
+def prepare(spark, config: PrepareConfig) -> PrepareResult:
+    """Run the whole prepare path and write shards plus ``dataset.json``.
+
+    A folder or a built-in data set takes one pass: the driver lists (stat only) and hashes
+    the files per class, then one job decodes, validates, resizes, splits and writes every
+    split (small classes are checked first, :data:`CHECKED_CLASS_SIZE`). Ingested
+    TFRecords take two (their paths are hashed from a first read)."""
     started = time.monotonic()
     source = config.source
-    rejected: list[dict[str, str]] = []
-    rejected_count = 0
-    extra: list[tuple[str, str]] = []
-    counts: dict[int, int] | None = None
-
-    if source in BUILTIN_SOURCES:
-        spec = None
-        if config.image_size or config.channels:
-            shape = load_builtin(source).image_shape
-            spec = _resolve_spec(config, shape[:2], shape[2])
-        decoded, classes, image_shape = builtin_frame(spark, source, spec)
-        good = decoded
-    else:
-        check_source(source)
-        path = Path(source)
-        if looks_like_tfrecords(path):
-            decoded, classes, image_shape = tfrecords_frame(spark, path, config)
-            good = decoded
-        else:
-            spec = _resolve_spec(config, (DEFAULT_FOLDER_SIZE, DEFAULT_FOLDER_SIZE), 3)
-            decoded, extra = folder_frame(spark, path, spec)
-            # One job decodes every file (into the cache) and counts per class.
-            tally = decoded.groupBy("class_name", F.col("error").isNull().alias("ok")).count()
-            tally_rows = tally.collect()
-            classes = sorted({r.class_name for r in tally_rows if r.ok})
-            counts = {classes.index(r.class_name): int(r["count"])
-                      for r in tally_rows if r.ok}
-            rejected_count = sum(int(r["count"]) for r in tally_rows if not r.ok) + len(extra)
-            if rejected_count:
-                rejected = rejected_rows(decoded, limit=MAX_LISTED_REJECTED)
-                rejected += [{"path": p, "reason": reason} for p, reason in extra]
-                rejected = sorted(rejected, key=lambda r: r["path"])[:MAX_LISTED_REJECTED]
-            if not classes:
-                raise DataError(
-                    f"no usable images under {source}: put images in one sub-folder per class "
-                    f"(found {rejected_count} rejected files)"
-                )
-            good = label_by_class(decoded, classes)
-            image_shape = spec.shape
-
-    if counts is None:
-        counts = {int(r.label): int(r["count"])
-                  for r in good.groupBy("label").count().collect()}
-    split_df = assign_splits(good, counts, config.split, config.seed, config.imbalance)
-    # The split sizes follow from the counts alone (no job over the rows).
-    per_class: dict[str, dict[str, int]] = {s: {c: 0 for c in classes} for s in SPLITS}
-    for label, (keep, train_end, val_end) in split_bounds(
-            counts, config.split, config.imbalance).items():
-        name = classes[label]
-        per_class["train"][name] = keep
-        per_class["val"][name] = val_end - train_end
-        per_class["test"][name] = counts[label] - val_end
-
     out = storage.absolute(config.out)  # a local folder or any fsspec URL (s3://...)
     storage.makedirs(out)
-    columns = [c.split()[0] for c in PREPARED_DDL.split(", ")]
-    for split in SPLITS:
-        part = split_df.filter(F.col("split") == split).select(*columns)
-        if config.store == "encoded":
-            part = encode_images(part, config.encoding)
-        part = part.repartition(config.num_shards, "path").sortWithinPartitions("path")
-        writer = part.write.mode("overwrite")
-        target = storage.join(out, split)
-        if config.fmt == "tfrecords":
-            writer.format("tfrecords").save(target)
+    work = storage.join(out, f"_prepare-{uuid.uuid4().hex[:12]}")
+    shape = ShardFormat(config.fmt, config.store, config.encoding)
+    frame, bad = None, []
+    try:
+        if source in BUILTIN_SOURCES:
+            ds = load_builtin(source)
+            spec = (_resolve_spec(config, ds.image_shape[:2], ds.image_shape[2])
+                    if config.image_size or config.channels else None)
+            listing = list_builtin(source, ds.labels, list(ds.classes), config.seed)
+            image_shape = spec.shape if spec is not None else tuple(ds.image_shape)
+            plan = TaskPlan(listing.count, task_count(listing.count, config.num_shards),
+                            config.seed, spec, builtin=source, folder=work, shape=shape)
+            class_order = list(ds.classes)
         else:
-            writer.parquet(target)
-    rejected_file = None
-    if rejected_count:  # all of them, beside dataset.json (the manifest lists the first)
-        write_rejected(decoded, extra, storage.join(out, REJECTED_FILE))
-        rejected_file = REJECTED_FILE
-    decoded.unpersist()
+            check_source(source)
+            path = Path(source)
+            if looks_like_tfrecords(path):
+                frame, class_order, image_shape = tfrecords_frame(spark, path, config)
+                listing = Listing(0, _tfrecords_hashes(frame, config.seed))
+                plan = TaskPlan(0, 1, config.seed, None, folder=work, shape=shape)
+            else:
+                spec = _resolve_spec(config, (DEFAULT_FOLDER_SIZE, DEFAULT_FOLDER_SIZE), 3)
+                root = str(path.resolve())
+                listing = list_folder(root, config.seed, storage.join(work, LISTING_DIR))
+                plan = TaskPlan(listing.count, task_count(listing.count, config.num_shards),
+                                config.seed, spec, root=root,
+                                chunk_dir=listing.chunk_dir, folder=work, shape=shape)
+                bad = _check_small_classes(spark, plan, listing)
+                class_order = sorted(c for c, h in listing.hashes.items() if len(h))
+                image_shape = spec.shape
+                if not class_order:
+                    raise DataError(
+                        f"no usable images under {source}: put images in one sub-folder per "
+                        f"class (found {len(listing.rejected) + len(bad)} rejected files)")
+        classes = list(class_order)
+        labels = {name: i for i, name in enumerate(classes)}
+        starts = split_starts({labels[c]: h for c, h in listing.hashes.items() if c in labels},
+                              config.split, config.imbalance)
+        plan = dataclasses.replace(plan, labels=labels, starts=starts,
+                                   skip=frozenset(rel for rel, _, _ in bad))
+        counts = _write(spark, plan, frame)
+        per_class: dict[str, dict[str, int]] = {s: {c: counts.get((s, labels[c]), 0)
+                                                    for c in classes} for s in SPLITS}
+        known = sorted(listing.rejected + [(p, reason) for _, p, reason in bad])
+        rejected_count, rejected = merge_rejected(work, known, storage.join(out, REJECTED_FILE),
+                                                  MAX_LISTED_REJECTED)
+        commit_splits(work, out, config.fmt)
+    finally:
+        storage.remove(work)
 
     result = PrepareResult(
         out=out,
@@ -267,7 +307,7 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
         per_class=per_class,
         rejected=rejected,
         rejected_count=rejected_count,
-        rejected_file=rejected_file,
+        rejected_file=REJECTED_FILE if rejected_count else None,
         source=source,
         seed=config.seed,
         format=config.fmt,

@@ -7,9 +7,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -22,17 +24,62 @@ def local_dir() -> str:
     return dirs[0] if dirs else tempfile.gettempdir()
 
 
-def rss_anon_bytes() -> int | None:
-    """This process's anonymous resident memory (``RssAnon`` of /proc/self/status), or
-    None where there is no such file."""
+def rss_anon_bytes(pid: int | str = "self") -> int | None:
+    """A process's anonymous resident memory (``RssAnon`` of /proc/PID/status; this
+    process's by default), or None where there is no such file."""
     try:
-        with open("/proc/self/status", encoding="ascii") as fh:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
             for line in fh:
                 if line.startswith("RssAnon:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         return None
     return None
+
+
+class AnonMemoryWatch:
+    """This process's ``RssAnon`` over a task: at :meth:`start` (before its data is read),
+    after every input batch (:meth:`through`), whenever :meth:`sample` is called, and every
+    ``interval_s`` from a daemon thread in between, so that :attr:`peak` is the largest
+    value seen. Values are bytes (0 where /proc cannot be read)."""
+
+    def __init__(self, interval_s: float = 0.25) -> None:
+        self.interval_s = interval_s
+        self.start_bytes = 0
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> AnonMemoryWatch:
+        self.start_bytes = self.peak = rss_anon_bytes() or 0
+        self._thread = threading.Thread(target=self._run, name="sparkvision-rss-anon",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def sample(self) -> int:
+        """``RssAnon`` now (and the peak updated)."""
+        now = rss_anon_bytes() or 0
+        self.peak = max(self.peak, now)
+        return now
+
+    def through(self, batches: Iterable[Any]) -> Iterator[Any]:
+        """``batches`` unchanged, sampled after each one is used (when the next is asked
+        for) and after the last."""
+        for batch in batches:
+            yield batch
+            self.sample()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2 * self.interval_s + 1)
+            self._thread = None
+        self.sample()
 
 
 @dataclass

@@ -2,12 +2,17 @@
 
 Rows of each class are ranked by a seeded hash of their path; the split sizes follow from
 the class counts alone (every non-empty split keeps at least one image of a class of 3 or
-more), and ``--imbalance`` thins the training rows of the first half of the classes.
+more), and ``--imbalance`` thins the training rows of the first half of the classes. The
+driver turns the ranks into hash values where each split starts (:func:`split_starts`), so a
+task places each row by its own hash (:func:`split_of`): no shuffle, no join.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+
+import numpy as np
 
 
 def split_counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
@@ -48,49 +53,43 @@ def split_bounds(class_counts: dict[int, int], fractions: tuple[float, float, fl
     return bounds
 
 
-def assign_splits(df, class_counts: dict[int, int], fractions, seed: int,
-                   imbalance: float | None = None):
-    """Stratified, deterministic split: rank rows in each class by a seeded hash.
+def path_hash(key: str, seed: int) -> int:
+    """The seeded 64-bit hash that orders the rows of a class (``key``: the file's path
+    under the source folder, or a built-in data set's row name). Computed the same way on
+    the driver (to find where splits start) and in the tasks (to place each row)."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8,
+                             key=seed.to_bytes(8, "little", signed=True))
+    return int.from_bytes(digest.digest(), "little")
 
-    With ``imbalance``, minority training rows past 1/imbalance of the class's training
-    share get the split ``dropped`` (they are not written)."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
 
-    bounds = split_bounds(class_counts, fractions, imbalance)
-    # Rank only (label, path, hash) — not the images — and keep the rows where a split
-    # starts (at most 3 per class); each image row is then placed by comparing its (hash,
-    # path) with those boundaries: the same assignment as ranking every row, without
-    # shuffling the image bytes.
-    order = F.xxhash64(F.col("path"), F.lit(seed))
-    narrow = df.select("label", "path", order.alias("_h"))
-    rank = F.row_number().over(Window.partitionBy("label").orderBy("_h", "path")) - 1
-    names = ("dropped", "val", "test")  # the splits that start at the ranks in bounds
-    wanted = F.lit(False)
-    for label, ends in bounds.items():
-        wanted = wanted | ((F.col("label") == label) & F.col("_rank").isin(*set(ends)))
-    found: dict[int, dict[str, tuple[int, str]]] = {label: {} for label in bounds}
-    for r in narrow.withColumn("_rank", rank).filter(wanted).collect():
-        label = int(r.label)
-        for name, start in zip(names, bounds[label], strict=True):
-            if start == int(r._rank):
-                found[label][name] = (int(r._h), str(r.path))
-    cols = [f"_{name}_{part}" for name in names for part in ("h", "p")]
-    rows = [(label, *[v for name in names for v in found[label].get(name, (None, None))])
-            for label in bounds]
-    starts = df.sparkSession.createDataFrame(
-        rows, "label BIGINT, " + ", ".join(f"{c} {'BIGINT' if c.endswith('h') else 'STRING'}"
-                                           for c in cols))
-    def before(name: str):
-        """The row comes before the first row of split ``name`` of its class (there is no
-        such row: every row of the class does)."""
-        bh, bp = F.col(f"_{name}_h"), F.col(f"_{name}_p")
-        return bh.isNull() | (order < bh) | ((order == bh) & (F.col("path") < bp))
+#: Where a class's splits start, as hash values: a row with hash < ``dropped`` is train,
+#: < ``val`` dropped (``--imbalance``), < ``test`` val, else test.
+Starts = tuple[int, int, int]
+#: What :func:`split_of` returns for each interval, in order.
+SPLIT_ORDER = ("train", "dropped", "val", "test")
+_NEVER = 2**64  # greater than any hash: the split starts after the last row
 
-    split = (
-        F.when(before("dropped"), F.lit("train"))
-        .when(before("val"), F.lit("dropped"))
-        .when(before("test"), F.lit("val"))
-        .otherwise(F.lit("test"))
-    )
-    return df.join(F.broadcast(starts), "label", "left").withColumn("split", split).drop(*cols)
+
+def split_starts(hashes: dict[int, np.ndarray], fractions: tuple[float, float, float],
+                 imbalance: float | None = None) -> dict[int, Starts]:
+    """Per class, the hash values where ``dropped``, ``val`` and ``test`` start, from the
+    hashes of all its rows (uint64 arrays): the rows ranked by hash are split exactly as
+    :func:`split_bounds` says. Two rows of a class with the same 64-bit hash (odds ~n²/2⁶⁵)
+    fall in the same split."""
+    counts = {label: len(h) for label, h in hashes.items()}
+    starts: dict[int, Starts] = {}
+    for label, bounds in split_bounds(counts, fractions, imbalance).items():
+        values = hashes[label]
+        ranks = sorted({b for b in bounds if b < len(values)})
+        ordered = np.partition(values, ranks) if ranks else values
+        starts[label] = tuple(  # type: ignore[assignment]
+            int(ordered[b]) if b < len(values) else _NEVER for b in bounds)
+    return starts
+
+
+def split_of(row_hash: int, starts: Starts) -> str:
+    """The split of a row of a class whose splits start at ``starts``."""
+    for name, start in zip(SPLIT_ORDER, starts, strict=False):
+        if row_hash < start:
+            return name
+    return SPLIT_ORDER[-1]

@@ -82,13 +82,12 @@ def layout(train_df, val_df, image_col: str, label_col: str, num_workers: int, r
     from sparkvision.session import num_partitions
 
     parts = num_partitions(data)
-    if parts > num_workers:
-        return data.coalesce(num_workers)
-    if parts < num_workers:
+    if parts != num_workers:  # a barrier stage cannot coalesce or split partitions itself
         raise InvalidParameterError(
             "repartition", False,
             f"the data has {parts} partitions but numWorkers={num_workers}: set "
-            "repartition=True or repartition the DataFrame yourself",
+            "repartition=True, repartition the DataFrame yourself, or prepare the data "
+            f"with --num-shards {num_workers}",
         )
     return data
 
