@@ -11,6 +11,7 @@ from sparkvision.cli.predict import (
     add_backend_flag,
     add_input_flags,
     add_trust_flag,
+    load_model,
     load_model_and_input,
 )
 
@@ -20,15 +21,13 @@ EXPLANATIONS_DIR = "explanations"
 def run(args: argparse.Namespace) -> int:
     from sparkvision.explaining.job import check_explain, explain
     from sparkvision.inference.explain import require_captum
-    from sparkvision.ml.model import ImageClassificationModel, check_model_folder
 
-    # Every check that needs no data runs before Spark starts: K, captum, the model folder
-    # and, for gradcam, a convolutional layer in the network.
+    # Every check that needs no data runs before Spark starts: captum, the model folder,
+    # the input's existence, K and, for gradcam, a convolutional layer in the network.
     require_captum(f"`sparkvision explain --method {args.method}`")
-    check_model_folder(args.model_dir)
-    check_explain(ImageClassificationModel.load(args.model_dir, trust_code=args.trust_code),
-                  args.method, args.per_class, args.target)
-    _spark, model, df, rejected = load_model_and_input(args)
+    model = load_model(args)
+    check_explain(model, args.method, args.per_class, args.target)
+    _spark, model, df, rejected = load_model_and_input(args, model)
     out = args.out or storage.join(args.model_dir, EXPLANATIONS_DIR,
                                    f"{args.split}-{args.method}")
     result = explain(model, df, out, method=args.method, per_class=args.per_class,

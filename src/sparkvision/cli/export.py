@@ -8,7 +8,7 @@ import json
 import os
 import time
 
-from sparkvision.cli.common import add_common, emit, spark_session
+from sparkvision.cli.common import add_common, emit
 
 #: Same as ``sparkvision.models.export.FORMATS`` / ``OUTPUTS`` (kept here so that
 #: ``--help`` does not import torch).
@@ -17,11 +17,10 @@ OUTPUTS = ("probability", "logits")
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparkvision.ml.model import ImageClassificationModel, check_model_folder
+    from sparkvision.ml.model import ImageClassificationModel
 
     started = time.monotonic()
-    check_model_folder(args.model_dir)  # a wrong folder fails before Spark starts
-    spark_session(args)  # the model's Params are read with Spark, as `predict` does
+    # No Spark session: a model folder is read and exported without one.
     model = ImageClassificationModel.load(args.model_dir, trust_code=args.trust_code)
     path = model.export(args.out, format=args.format, output=args.output)
     with open(path + ".json", encoding="utf-8") as fh:

@@ -10,16 +10,19 @@ from sparkvision.cli.predict import add_input_flags, add_trust_flag
 
 
 def run(args: argparse.Namespace) -> int:
+    from sparkvision.checks import check_prediction_input
     from sparkvision.data.prediction_input import load_prediction_input
     from sparkvision.ml.featurizer import ImageFeaturizer
     from sparkvision.ml.model import check_model_folder
 
     started = time.monotonic()
-    check_model_folder(args.model_dir)  # a wrong folder fails before Spark starts
-    spark = spark_session(args)
+    # a wrong folder, input or --layer fails before Spark starts
+    check_model_folder(args.model_dir)
+    check_prediction_input(args.input)
     featurizer = ImageFeaturizer.fromModelDir(args.model_dir, layer=args.layer,
                                               trust_code=args.trust_code)
-    dimension = featurizer.featureDimension()  # an unknown --layer fails before any job
+    dimension = featurizer.featureDimension()
+    spark = spark_session(args)
     df, rejected = load_prediction_input(
         spark, args.input, tuple(featurizer.getImageShape()), featurizer.getClasses(),
         args.split,

@@ -10,15 +10,28 @@ from sparkvision.cli.common import accuracy, add_common, emit, spark_session
 OUTPUT_COLUMNS = ("prediction", "predictedLabel", "confidence", "probability", "rawPrediction")
 
 
-def load_model_and_input(args: argparse.Namespace):
-    """(spark, model with ``--backend``, input DataFrame, rejected files) for the MODEL_DIR
-    and DATA of ``add_input_flags``."""
-    from sparkvision.data.prediction_input import load_prediction_input
-    from sparkvision.ml.model import ImageClassificationModel
+def load_model(args: argparse.Namespace):
+    """The model of MODEL_DIR with ``--backend``, after every check of MODEL_DIR and DATA
+    that needs no Spark (so they fail before the JVM starts): the folder, the input's
+    existence, then the load's own checks (weights, trust)."""
+    from sparkvision.checks import check_prediction_input
+    from sparkvision.ml.model import ImageClassificationModel, check_model_folder
 
-    spark = spark_session(args)
+    check_model_folder(args.model_dir)
+    check_prediction_input(args.input)
     model = ImageClassificationModel.load(args.model_dir, trust_code=args.trust_code)
     model.setInferenceBackend(args.backend)
+    return model
+
+
+def load_model_and_input(args: argparse.Namespace, model=None):
+    """(spark, model with ``--backend``, input DataFrame, rejected files) for the MODEL_DIR
+    and DATA of ``add_input_flags``; ``model``: already ``load_model(args)``."""
+    from sparkvision.data.prediction_input import load_prediction_input
+
+    if model is None:
+        model = load_model(args)
+    spark = spark_session(args)
     df, rejected = load_prediction_input(
         spark, args.input, tuple(model.getImageShape()), model.getClasses(), args.split
     )

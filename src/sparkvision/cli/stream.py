@@ -10,7 +10,9 @@ from sparkvision.cli.common import add_common, emit, spark_session
 
 
 def run(args: argparse.Namespace) -> int:
+    from sparkvision.checks import check_stream_input
     from sparkvision.display import end_status, status_line
+    from sparkvision.ml.model import check_model_folder
     from sparkvision.streaming import start
     from sparkvision.streaming.monitor import (
         batch_progress,
@@ -21,6 +23,8 @@ def run(args: argparse.Namespace) -> int:
     )
 
     started = time.monotonic()
+    check_model_folder(args.model_dir)  # a wrong folder or input fails before Spark starts
+    check_stream_input(args.input)
     spark = spark_session(args)
     query = start(
         args.model_dir, args.input, args.out, args.checkpoint, format=args.format,

@@ -62,16 +62,27 @@ def classifier_params(args: argparse.Namespace, manifest: dict[str, Any]) -> dic
     return params
 
 
+def checked_classifier(params: dict[str, Any]):
+    """The ImageClassifier of ``params`` (``classifier_params``), after every check of them
+    that needs no Spark (they fail before the JVM starts): ``validateParams``, and a network
+    given as an import path imports here with its function."""
+    from sparkvision.checks import check_user_network
+    from sparkvision.ml.classifier import ImageClassifier
+
+    clf = ImageClassifier(**params)
+    clf.validateParams()
+    check_user_network(clf.getOrDefault("model"))
+    return clf
+
+
 @tracked
 def run(args: argparse.Namespace, tracking: Tracking) -> int:
     from sparkvision.data.manifest import copy_manifest, read_manifest
     from sparkvision.data.prepared_splits import load_prepared
-    from sparkvision.ml.classifier import ImageClassifier
 
     started = time.monotonic()
-    manifest = read_manifest(args.data)
-    clf = ImageClassifier(**classifier_params(args, manifest))
-    clf.validateParams()  # bad flags fail before Spark starts
+    manifest = read_manifest(args.data)  # a wrong folder fails first (no torch, no pyspark)
+    clf = checked_classifier(classifier_params(args, manifest))
     tracking.train_started(clf)  # --mlflow: the run, its Params, an epoch logger
     spark = spark_session(args)
     train_df = load_prepared(spark, args.data, "train")

@@ -6,26 +6,29 @@ import argparse
 
 from sparkvision.cli.common import add_common, emit, spark_session
 from sparkvision.cli.mlflow_flags import Tracking, add_mlflow_flags, tracked
-from sparkvision.cli.train import add_train_flags, classifier_params
+from sparkvision.cli.train import add_train_flags, checked_classifier, classifier_params
 
 
 @tracked
 def run(args: argparse.Namespace, tracking: Tracking) -> int:
+    from sparkvision.checks import check_user_network
     from sparkvision.data.manifest import read_manifest
     from sparkvision.data.prepared_splits import load_prepared
-    from sparkvision.ml.classifier import ImageClassifier
     from sparkvision.tuning.search import TuneConfig, tune
     from sparkvision.tuning.space import parse_space
 
-    # Everything is checked before Spark starts.
+    # Everything is checked before Spark starts; a wrong folder first (no torch, no pyspark).
+    manifest = read_manifest(args.data)
     space = parse_space(args.space)
     config = TuneConfig(out=args.out, strategy=args.strategy, trials=args.trials,
                         parallelism=args.parallel, metric=args.metric, pruner=args.pruner,
                         seed=args.search_seed, storage=args.storage)
     config.check(space)
-    manifest = read_manifest(args.data)
     params = classifier_params(args, manifest)
-    ImageClassifier(**params).validateParams()
+    checked_classifier(params)
+    for d in space:  # a searched import path: every choice imports
+        for choice in d.choices if d.name == "model" else ():
+            check_user_network(choice)
     has_val = bool(manifest["splits"].get("val"))
     if args.metric.startswith("val_") and not has_val:
         from sparkvision.errors import InvalidParameterError
