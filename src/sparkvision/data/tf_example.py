@@ -11,6 +11,7 @@ This module imports no pyspark: executors and plain Python loops both use it.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -104,11 +105,22 @@ def encode_example(features: Mapping[str, Feature]) -> bytes:
     """
     entries = []
     for name, (kind, values) in features.items():
-        entry = _len_field(b"\x0a", name.encode("utf-8")) + _len_field(
-            b"\x12", encode_feature(kind, values, name)
-        )
-        entries.append(_len_field(b"\x0a", entry))
+        if kind == "int64" and len(values) == 1 and type(values[0]) is int:
+            entries.append(_int64_entry(name, values[0]))  # shapes, labels: a few values
+        else:
+            entries.append(_entry(name, kind, values))
     return _len_field(b"\x0a", b"".join(entries))
+
+
+def _entry(name: str, kind: Kind, values: Sequence[Any]) -> bytes:
+    """One ``features`` map entry (name → Feature)."""
+    return _len_field(b"\x0a", _len_field(b"\x0a", name.encode("utf-8"))
+                      + _len_field(b"\x12", encode_feature(kind, values, name)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _int64_entry(name: str, value: int) -> bytes:
+    return _entry(name, "int64", [value])
 
 
 def _bad(reason: str) -> DataError:
