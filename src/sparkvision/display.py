@@ -155,3 +155,22 @@ def end_status() -> None:
         _status_open = False
         sys.stderr.write("\n")
         sys.stderr.flush()
+
+
+def discard(bar: Progress) -> None:
+    """Close ``bar`` without writing its final line (its counts are stale: the driver JVM
+    died, say); a bar on a TTY clears its line as ``close`` does."""
+    if isinstance(bar, _Lines):
+        bar._closed = True
+    else:
+        bar.close()
+
+
+def error_line(text: str) -> None:
+    """Write ``text`` as one whole line on stderr, also while a transient status line or a
+    live bar holds the terminal's current line (on a TTY: that line is cleared first)."""
+    global _status_open
+    prefix = "\r\033[K" if _stderr_is_tty() else ""
+    _status_open = False
+    sys.stderr.write(f"{prefix}{text}\n")
+    sys.stderr.flush()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sparkvision.session.conf import (
+    DRIVER_JAVA_OPTIONS,
     LOCAL_CONF,
     LOOPBACK_CONF,
     REQUIRED_CONF,
@@ -30,7 +31,9 @@ def test_an_embedded_local_master_gets_the_small_machine_defaults(master):
     assert settings["spark.ui.enabled"] == "false"
     assert settings["spark.driver.host"] == "127.0.0.1"
     assert REQUIRED_CONF.items() <= settings.items()
-    assert "log4j2.configurationFile" in settings["spark.driver.extraJavaOptions"]
+    assert "log4j2.configurationFile" in settings[DRIVER_JAVA_OPTIONS]
+    assert "-XX:+ExitOnOutOfMemoryError" in settings[DRIVER_JAVA_OPTIONS]
+    assert "spark.driver.extraJavaOptions" not in settings  # the user's own, untouched
 
 
 @pytest.mark.parametrize("master", ["spark://head:7077", "yarn", "k8s://https://api:6443",
@@ -41,7 +44,7 @@ def test_a_cluster_master_keeps_sparks_defaults(master):
     assert settings[BARRIER_CHECK] == "2s"  # needed everywhere
     assert settings["spark.executorEnv.GLIBC_TUNABLES"] == REQUIRED_CONF[
         "spark.executorEnv.GLIBC_TUNABLES"]
-    assert "spark.driver.extraJavaOptions" in settings
+    assert "-XX:+ExitOnOutOfMemoryError" in settings[DRIVER_JAVA_OPTIONS]
 
 
 def test_the_driver_address_is_loopback_only_when_the_cluster_is():
@@ -76,6 +79,21 @@ def test_the_launchers_conf_stays(master):
     assert settings["spark.python.worker.reuse"] == "true"  # the rest is still set
     # ... and a conf passed to get_spark beats both
     assert session_conf(master, {SHUFFLE: "16"}, launched)[SHUFFLE] == "16"
+
+
+@pytest.mark.parametrize("master", ["local[2]", "spark://head:7077"])
+def test_the_users_driver_java_options_add_to_sparkvisions(master):
+    """A user's extraJavaOptions (anywhere) is a different key, left alone: Spark puts it
+    after sparkvision's. The user's defaultJavaOptions (launcher, then ``conf``) come after
+    sparkvision's in the one value, so the JVM takes theirs where both set a flag."""
+    ours = session_conf(master)[DRIVER_JAVA_OPTIONS]
+    extra = {"spark.driver.extraJavaOptions": "-Xss4m"}
+    assert session_conf(master, extra)[DRIVER_JAVA_OPTIONS] == ours
+    assert session_conf(master, None, extra)[DRIVER_JAVA_OPTIONS] == ours
+    merged = session_conf(master, {DRIVER_JAVA_OPTIONS: " -Db=2 "},
+                          {DRIVER_JAVA_OPTIONS: "-XX:-ExitOnOutOfMemoryError"})
+    assert merged[DRIVER_JAVA_OPTIONS] == f"{ours} -XX:-ExitOnOutOfMemoryError -Db=2"
+    assert DRIVER_JAVA_OPTIONS not in session_conf("sc://head:15002")
 
 
 def test_is_embedded():

@@ -35,6 +35,8 @@ from sparkvision.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_USER_ERROR,
     Parser,
+    driver_died,
+    end_driver_watch,
     log_file,
 )
 from sparkvision.errors import user_error_message
@@ -76,8 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        return EXIT_INTERNAL_ERROR if driver_died(args) else EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - turn user errors into one line
+        if driver_died(args, exc):  # the driver JVM's end, whatever the call raised
+            return EXIT_INTERNAL_ERROR
         message = user_error_message(exc)
         if message is not None:
             sys.stderr.write(f"sparkvision {args.command}: error: {message}\n")
@@ -85,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         return _internal_error(args, exc)
+    finally:
+        end_driver_watch()
 
 
 def _internal_error(args: argparse.Namespace, exc: BaseException) -> int:

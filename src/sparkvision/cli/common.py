@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from sparkvision.session.health import Death, DriverWatch
 
 EXIT_OK = 0
 EXIT_INTERNAL_ERROR = 1
@@ -43,6 +48,38 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="INFO logs, and Spark's own output (JVM banner, executor stack "
                    "traces) on stderr instead of the log file")
+    p.add_argument("--conf", action="append", default=[], type=_conf_pair,
+                   metavar="KEY=VALUE",
+                   help="a Spark conf for the session (repeatable); wins over sparkvision's "
+                   "and spark-defaults.conf's. The driver JVM's own (spark.driver.memory, "
+                   "spark.driver.extraJavaOptions) apply where this command starts it, not "
+                   "over --remote")
+    p.add_argument("--driver-memory", default=None, type=_memory_size, metavar="SIZE",
+                   help="the driver JVM's heap, e.g. 4g (spark.driver.memory; Spark's "
+                   "default 1g; with a local master, tasks run in it too)")
+
+
+def _conf_pair(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key.strip():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not KEY=VALUE (e.g. --conf spark.sql.shuffle.partitions=8)")
+    return key.strip(), value
+
+
+def _memory_size(text: str) -> str:
+    if re.fullmatch(r"\d+[kmgt]b?", text.strip(), re.IGNORECASE) is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a JVM memory size: use a number with k, m, g or t (e.g. 4g)")
+    return text.strip()
+
+
+def spark_confs(args: argparse.Namespace) -> dict[str, str]:
+    """The Spark confs the command line gives: each ``--conf``, then ``--driver-memory``."""
+    confs = dict(getattr(args, "conf", None) or [])
+    if getattr(args, "driver_memory", None):
+        confs["spark.driver.memory"] = args.driver_memory
+    return confs
 
 
 def log_file(command: str) -> Path:
@@ -63,14 +100,128 @@ def emit(args: argparse.Namespace, payload: dict[str, Any], human: str) -> None:
 
 
 def spark_session(args: argparse.Namespace):
-    """The SparkSession for ``--master`` (started on first use) or ``--remote`` (a Spark
-    Connect client). Unless ``-v``, the JVM's own output goes to the run's log file
-    (``args.log_file``), not the terminal."""
+    """The SparkSession for ``--master`` (started on first use, with the ``--conf`` /
+    ``--driver-memory`` confs) or ``--remote`` (a Spark Connect client). Unless ``-v``, the
+    JVM's own output goes to the run's log file (``args.log_file``), not the terminal.
+
+    A driver JVM this process started is watched (``sparkvision.session.health``): when it
+    dies — out of memory, killed, crashed, or wedged by an OutOfMemoryError in one of its
+    threads (then the watch ends it) — the command ends with one line on stderr and exit
+    code 1 within seconds (``driver_died``), whatever it was waiting for."""
     from sparkvision.session import get_spark
 
     log = getattr(args, "log_file", None)
-    return get_spark(args.master, jvm_log=None if args.verbose or log is None else str(log),
-                     remote=getattr(args, "remote", None))
+    jvm_log = None if args.verbose or log is None else str(log)
+    spark = get_spark(args.master, conf=spark_confs(args) or None, jvm_log=jvm_log,
+                      remote=getattr(args, "remote", None))
+    _watch_driver(spark, args.command, jvm_log)
+    return spark
+
+
+#: After the driver JVM died: seconds the main thread has to fail its Spark call and say so
+#: itself (``driver_died``; its ``finally`` blocks run) before the watch says it and ends
+#: the process; then, once it said so, seconds the process has to exit (a thread or an exit
+#: handler waiting on the dead JVM) before the watch ends it.
+DRIVER_REPORT_GRACE_S = 3.0
+DRIVER_EXIT_GRACE_S = 5.0
+#: Seconds a failed Spark call waits for the JVM process to be reaped (its connection
+#: closes a moment before).
+DRIVER_DEATH_WAIT_S = 2.0
+
+
+class _DriverState:
+    """The watched driver JVM of this process and whether its death was reported."""
+
+    def __init__(self, watch: DriverWatch, command: str, memory_fix: str) -> None:
+        self.watch = watch
+        self.command = command
+        self.memory_fix = memory_fix
+        self.reported = threading.Event()
+        self.lock = threading.Lock()
+
+    def report(self, death: Death, command: str | None = None) -> None:
+        """The one line, once (from the main thread or the watch, whichever is first)."""
+        from sparkvision import display
+
+        with self.lock:
+            if self.reported.is_set():
+                return
+            display.error_line(f"sparkvision {command or self.command}: error: "
+                               f"{death.describe(self.memory_fix)}")
+            self.reported.set()
+
+    def on_death(self, death: Death) -> None:  # on the watch's thread
+        if not self.reported.wait(DRIVER_REPORT_GRACE_S):
+            self.report(death)  # the main thread waits on something else: end it here
+            os._exit(EXIT_INTERNAL_ERROR)
+        main = threading.main_thread()
+        main.join(DRIVER_EXIT_GRACE_S)
+        if main.is_alive():
+            return  # the CLI's main() was called in a process that goes on
+        time.sleep(DRIVER_EXIT_GRACE_S)  # exiting: end it if it hangs
+        os._exit(EXIT_INTERNAL_ERROR)
+
+
+_driver: _DriverState | None = None
+
+
+def _watch_driver(spark, command: str, jvm_log: str | None) -> None:
+    """Start watching the driver JVM pyspark launched for ``spark`` (none over Spark
+    Connect, or when the JVM was started elsewhere: ``PYSPARK_GATEWAY_PORT``)."""
+    global _driver
+    from sparkvision.session import is_connect
+    from sparkvision.session.health import DEFAULT_DRIVER_MEMORY, DriverWatch, more_memory
+
+    if is_connect(spark):
+        return
+    sc = spark.sparkContext
+    proc = getattr(getattr(sc, "_gateway", None), "proc", None)
+    if proc is None or (_driver is not None and _driver.watch.proc is proc
+                        and not _driver.watch.stopped):
+        return
+    memory = sc.getConf().get("spark.driver.memory", None)
+    now = memory or f"{DEFAULT_DRIVER_MEMORY}, Spark's default"
+    watch = DriverWatch(proc, jvm_log)
+    state = _DriverState(watch, command, f"--driver-memory {more_memory(memory)} (now {now})")
+    watch.on_death = state.on_death
+    _driver = state
+    watch.start()
+    atexit.register(watch.stop)  # the JVM ends after this process: expected
+
+
+def _spark_call_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it came from) is a failed py4j call or a broken
+    connection: what a Spark call raises when the JVM has gone."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if (type(current).__module__.startswith("py4j")
+                or isinstance(current, (ConnectionError, EOFError))):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def driver_died(args: argparse.Namespace, exc: BaseException | None = None) -> bool:
+    """True when the driver JVM this command watches has died; its one line (what
+    happened, what to do) is then on stderr. ``exc``: what the command raised (a failed
+    Spark call waits a moment for the JVM's end to show)."""
+    state = _driver
+    if state is None or state.watch.stopped:
+        return False
+    wait = DRIVER_DEATH_WAIT_S if exc is not None and _spark_call_failed(exc) else 0.0
+    death = state.watch.death(wait)
+    if death is None:
+        return False
+    state.report(death, getattr(args, "command", None))
+    return True
+
+
+def end_driver_watch() -> None:
+    """Stop watching the driver JVM (the command is over)."""
+    if _driver is not None:
+        _driver.watch.stop()
 
 
 @contextlib.contextmanager
@@ -102,7 +253,7 @@ def spark_progress(spark, desc: str, poll_s: float = 0.5) -> Iterator[None]:
             bar.update(sum(d for d, _ in stages.values()) - bar.n)
 
     def poll() -> None:
-        while not stop.wait(poll_s):
+        while not stop.wait(poll_s) and not _driver_gone():
             with contextlib.suppress(Exception):  # progress must never break the command
                 refresh()
 
@@ -115,7 +266,16 @@ def spark_progress(spark, desc: str, poll_s: float = 0.5) -> Iterator[None]:
     finally:
         stop.set()
         thread.join(2 * poll_s + 1)
-        bar.close()
+        if _driver_gone():
+            display.discard(bar)  # its counts stopped with the JVM: no final line
+        else:
+            bar.close()
+
+
+def _driver_gone() -> bool:
+    """Whether the watched driver JVM has ended (no Spark call can answer any more)."""
+    state = _driver
+    return state is not None and not state.watch.stopped and state.watch.proc.poll() is not None
 
 
 def accuracy(df, label_col: str = "label", prediction_col: str = "prediction") -> float | None:

@@ -2,12 +2,13 @@
 
 Three groups (the user's value for any key always wins):
 
-- needed on every master (``REQUIRED_CONF`` + the log4j config): the barrier stage's slot
-  check that fails in seconds instead of hanging ~10 minutes, Arrow batches small enough
-  for image rows, reused Python workers (the per-worker network cache), the executors'
-  glibc malloc tunables and one OpenMP thread per task, no console progress bar over
-  sparkvision's own, quiet JVM logging. Over Spark Connect only the runtime (SQL) ones can
-  be set from the client: Arrow on, 16 MB batches;
+- needed on every master (``REQUIRED_CONF`` + the driver JVM's options): the barrier
+  stage's slot check that fails in seconds instead of hanging ~10 minutes, Arrow batches
+  small enough for image rows, reused Python workers (the per-worker network cache), the
+  executors' glibc malloc tunables and one OpenMP thread per task, no console progress bar
+  over sparkvision's own, quiet JVM logging, a driver JVM that exits at its first
+  OutOfMemoryError instead of living on wedged (``driver_java_options``). Over Spark
+  Connect only the runtime (SQL) ones can be set from the client: Arrow on, 16 MB batches;
 - a loopback master (driver and executors on this machine): the driver's address is
   127.0.0.1 (``LOOPBACK_CONF``);
 - small-machine tuning, for an embedded ``local`` / ``local[N]`` / ``local[*]`` only
@@ -54,6 +55,26 @@ REQUIRED_CONF: dict[str, str] = {
     "spark.ui.showConsoleProgress": "false",
 }
 
+#: Spark's driver JVM options that sparkvision's go in: Spark puts them before
+#: ``spark.driver.extraJavaOptions``, so a user's extra options add to sparkvision's (and win
+#: where both set one: the JVM takes the last) instead of replacing them.
+DRIVER_JAVA_OPTIONS = "spark.driver.defaultJavaOptions"
+#: HotSpot's exit code under ``-XX:+ExitOnOutOfMemoryError``.
+OOM_EXIT_CODE = 3
+
+
+def driver_java_options() -> str:
+    """sparkvision's driver JVM options: quiet log4j (the packaged config); exit at the first
+    OutOfMemoryError (code ``OOM_EXIT_CODE``) instead of living on wedged — a scheduler
+    thread dead of it leaves every job waiting forever while the JVM answers Python; and
+    HotSpot's own messages ("Terminating due to java.lang.OutOfMemoryError: Java heap
+    space") on stderr, i.e. the run's JVM log, not on this command's stdout."""
+    options = ["-XX:+ExitOnOutOfMemoryError", "-XX:+DisplayVMOutputToStderr"]
+    if LOG4J_CONFIG.exists():
+        options.insert(0, f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG}")
+    return " ".join(options)
+
+
 #: When the driver and every executor run on this machine (``local…``, a master URL on
 #: 127.0.0.1 / localhost): executors call the driver back on the loopback address.
 LOOPBACK_CONF: dict[str, str] = {
@@ -87,7 +108,9 @@ def session_conf(master: str, conf: Mapping[str, str] | None = None,
     Connect URL ``sc://…``), the user's own values winning:
 
     - every master: ``REQUIRED_CONF`` (what sparkvision needs to work as documented) and,
-      for a classic driver, the log4j config (``spark.driver.extraJavaOptions``);
+      for a classic driver, ``driver_java_options()`` in ``DRIVER_JAVA_OPTIONS`` (the log4j
+      config, exit on OutOfMemoryError), with any value the launcher or ``conf`` gives that
+      key after sparkvision's (a user's ``spark.driver.extraJavaOptions`` comes after both);
     - a loopback master (``local…``, ``spark://127.0.0.1:…``): ``LOOPBACK_CONF``;
     - an embedded ``local`` / ``local[N]`` / ``local[*]`` only: ``LOCAL_CONF``, the
       small-machine defaults. A cluster master (``spark://``, ``yarn``, ``k8s://``) and a
@@ -101,16 +124,19 @@ def session_conf(master: str, conf: Mapping[str, str] | None = None,
     connect = master.startswith("sc://")
     settings = dict(REQUIRED_CONF)
     if not connect:
-        if LOG4J_CONFIG.exists():
-            settings["spark.driver.extraJavaOptions"] = (
-                f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG}")
+        settings[DRIVER_JAVA_OPTIONS] = driver_java_options()
         if is_loopback(master):
             settings.update(LOOPBACK_CONF)
         if is_embedded(master):
             settings.update(LOCAL_CONF)
     given = launched or {}
+    ours = settings.get(DRIVER_JAVA_OPTIONS)
     settings = {k: v for k, v in settings.items() if k not in given}
     settings.update(conf or {})
+    if ours is not None:  # added to, never replaced: theirs last (the JVM takes the last)
+        theirs = (given.get(DRIVER_JAVA_OPTIONS), (conf or {}).get(DRIVER_JAVA_OPTIONS))
+        settings[DRIVER_JAVA_OPTIONS] = " ".join(
+            [ours, *(t.strip() for t in theirs if t and t.strip())])
     return settings
 
 
