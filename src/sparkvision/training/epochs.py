@@ -18,6 +18,8 @@ from sparkvision.training.watchdog import Heartbeat
 if TYPE_CHECKING:
     import torch
 
+    from sparkvision.training.loop import StepProfile
+
 
 @dataclass
 class Run:
@@ -35,6 +37,8 @@ class Run:
     resumed_from: int | None
     started: float
     allreduce: str
+    #: opt-in per-phase step times (``loop.PROFILE_ENV``); None: nothing is measured
+    profile: StepProfile | None = None
 
 
 def train(x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
@@ -48,7 +52,7 @@ def train(x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Tensor, y_val: to
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from sparkvision.models import build_model
-    from sparkvision.training.loop import make_optimizer
+    from sparkvision.training.loop import StepProfile, make_optimizer, profile_dir
     from sparkvision.training.resume import restore, transfer
     from sparkvision.training.shm_comm_hook import install_shm_allreduce
 
@@ -82,6 +86,12 @@ def train(x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Tensor, y_val: to
         resumed.history, resumed.resumed_from, started,
         "dp-sgd" if config.privacy == "dp" else "shm" if shm is not None else dist.get_backend(),
     )
+    if profile_dir():
+        run.profile = StepProfile()
+        if shm is not None:
+            shm.timed = True
+            run.profile.comm_clock = lambda: (shm.seconds, shm.cpu_seconds)
+            run.profile.comm_wait_clock = lambda: shm.wait_seconds
     try:
         return run_epochs(run, x_tr, y_tr, x_val, y_val, beat)
     finally:
@@ -150,10 +160,12 @@ def run_epochs(run: Run, x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Te
             if url and (step % config.progress_every_steps == 0 or step == steps):
                 events.send({"type": "step", "global_step": base + step})
 
+        t_steps = time.monotonic()
         tot = train_epoch(
             run.ddp, run.optimizer, x_tr, y_tr, order, config, gen, base, total_steps, weights,
-            on_step, device,
+            on_step, device, run.profile,
         )
+        t_steps = time.monotonic() - t_steps
         loss_sum, correct, count = allreduce([tot.loss_sum, tot.correct, tot.count])
         lr = run.optimizer.param_groups[0]["lr"]
         beat.phase = "validating"
@@ -165,6 +177,8 @@ def run_epochs(run: Run, x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Te
             vl, vc, vn = allreduce([v.loss_sum, v.correct, v.count])
             val_loss, val_accuracy = vl / vn, vc / vn
         seconds = round(time.monotonic() - t0, 3)
+        if run.profile is not None:  # what the epoch's seconds hold besides its steps
+            run.profile.seconds["epoch_end"] += seconds - t_steps
         samples = steps * config.batch_size * world
         record = EpochRecord(
             epoch=epoch + 1, train_loss=loss_sum / count, train_accuracy=correct / count,
@@ -212,5 +226,29 @@ def run_epochs(run: Run, x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Te
         seconds=round(time.monotonic() - run.started, 3),
         privacy=privacy,
     )
+    if run.profile is not None:
+        _write_profile(run, summary)
     weights_bytes = state_dict_bytes(run.model) if rank == 0 else b""
     return weights_bytes, summary
+
+
+def _write_profile(run: Run, summary: TrainingHistory) -> None:
+    """This rank's step profile as ``<PROFILE_ENV folder>/profile-<pid>-r<rank>-<ns>.json``
+    (a process runs one training at a time; the bench picks the files a fit added)."""
+    import json
+    import os
+    from pathlib import Path
+
+    from sparkvision.training.loop import profile_dir
+
+    assert run.profile is not None
+    folder = Path(profile_dir())
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"rank": run.rank, "world": run.world, "allreduce": run.allreduce,
+            "batch_size": run.config.batch_size, "steps_per_epoch": summary.steps_per_epoch,
+            "epochs": len(run.history), "epoch_seconds": [e.seconds for e in run.history],
+            **run.profile.to_dict()}
+    path = folder / f"profile-{os.getpid()}-r{run.rank}-{time.time_ns()}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)

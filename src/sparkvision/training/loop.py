@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -134,6 +136,85 @@ def compute_loss(
     return per_row.sum() if reduction == "sum" else per_row.mean()
 
 
+#: Executor environment variable: a folder where every training rank writes the per-phase
+#: time of its steps (``StepProfile``) as JSON; unset (the default), nothing is measured.
+PROFILE_ENV = "SPARKVISION_PROFILE_DIR"
+
+#: Phases of one step, in loop order ("allreduce" is the part of the backward pass spent in
+#: the gradient all-reduce, "progress" the heartbeat update and progress events).
+STEP_PHASES = ("data", "forward", "backward", "allreduce", "optimizer", "metrics", "progress")
+
+
+def _no_comm() -> tuple[float, float]:
+    return 0.0, 0.0
+
+
+def _no_wait() -> float:
+    return 0.0
+
+
+@dataclass
+class StepProfile:
+    """Opt-in time per phase of the training steps: wall (``time.perf_counter`` laps) and
+    this thread's CPU (``time.thread_time``: wall minus CPU is time spent waiting or
+    preempted), plus the CPU time of the process's other threads (heartbeat, event senders,
+    prefetch, gloo) over the timed steps. ``comm_clock`` returns the cumulative (wall, CPU)
+    seconds spent in the gradient all-reduce so far (moved out of "backward"),
+    ``comm_wait_clock`` the wall seconds of them spent waiting for a slower peer.
+    Profiling is off unless a caller passes one (``profile_dir`` reads ``PROFILE_ENV``)."""
+
+    comm_clock: Callable[[], tuple[float, float]] = _no_comm
+    comm_wait_clock: Callable[[], float] = _no_wait
+    seconds: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(STEP_PHASES + ("epoch_end",), 0.0))
+    cpu_seconds: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(STEP_PHASES, 0.0))
+    steps: int = 0
+    process_cpu_s: float = 0.0
+    _t: tuple[float, float] = (0.0, 0.0)
+    _comm: tuple[float, float] = (0.0, 0.0)
+    _process: float = 0.0
+
+    def start(self) -> None:
+        self._process = time.process_time()
+        self._comm = self.comm_clock()
+        self._t = (time.perf_counter(), time.thread_time())
+
+    def lap(self, phase: str) -> None:
+        now = (time.perf_counter(), time.thread_time())
+        self.seconds[phase] += now[0] - self._t[0]
+        self.cpu_seconds[phase] += now[1] - self._t[1]
+        self._t = now
+
+    def lap_comm(self, phase: str) -> None:
+        """Like ``lap``, with the all-reduce time spent meanwhile booked to "allreduce"."""
+        now, comm = (time.perf_counter(), time.thread_time()), self.comm_clock()
+        wall, cpu = comm[0] - self._comm[0], comm[1] - self._comm[1]
+        self.seconds["allreduce"] += wall
+        self.cpu_seconds["allreduce"] += cpu
+        self.seconds[phase] += now[0] - self._t[0] - wall
+        self.cpu_seconds[phase] += now[1] - self._t[1] - cpu
+        self._t, self._comm = now, comm
+
+    def stop(self) -> None:
+        self.process_cpu_s += time.process_time() - self._process
+
+    def to_dict(self) -> dict[str, object]:
+        main_cpu = sum(self.cpu_seconds.values())
+        return {"steps": self.steps,
+                "seconds": {k: round(v, 6) for k, v in self.seconds.items()},
+                "cpu_seconds": {k: round(v, 6) for k, v in self.cpu_seconds.items()},
+                "step_seconds": round(sum(self.seconds[k] for k in STEP_PHASES), 6),
+                "allreduce_wait_s": round(self.comm_wait_clock(), 6),
+                "main_thread_cpu_s": round(main_cpu, 6),
+                "other_threads_cpu_s": round(self.process_cpu_s - main_cpu, 6)}
+
+
+def profile_dir() -> str:
+    """The folder of ``PROFILE_ENV`` ("" when profiling is off)."""
+    return os.environ.get(PROFILE_ENV, "").strip()
+
+
 @dataclass
 class EpochTotals:
     loss_sum: float = 0.0
@@ -181,8 +262,10 @@ def train_epoch(
     class_weights: torch.Tensor | None,
     on_step: Callable[[int], None] | None = None,
     device: torch.device | None = None,
+    profile: StepProfile | None = None,
 ) -> EpochTotals:
-    """One pass over ``order`` (row indices) in batches of ``config.batch_size``."""
+    """One pass over ``order`` (row indices) in batches of ``config.batch_size``; with
+    ``profile``, the time of each phase of every step is added to it."""
     model.train()
     if config.freeze == "backbone":  # its batch-norm statistics and dropout hold still too
         net = getattr(model, "module", model)  # DDP wraps the network
@@ -191,27 +274,44 @@ def train_epoch(
     shift = max_shift_for(config.image_shape, config.augment)
     warmup = max(1, total_steps // (config.epochs * 2)) if config.epochs > 1 else 1
     b = config.batch_size
+    if profile is not None:
+        profile.start()
     for step, (idx, xb_raw, yb) in enumerate(_batches(x, y, order, b, config.prefetch)):
         xb = normalize(augment_batch(xb_raw, config.augment, shift, gen),
                        config.input_mean, config.input_std)
         if device is not None and device.type != "cpu":
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-        factor = lr_factor(config.lr_schedule, global_step + step, total_steps, warmup)
-        for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate * factor * group.get("lr_scale", 1.0)
+        if profile is not None:
+            profile.lap("data")
         logits = model(xb)
         loss = compute_loss(logits, yb, config.loss, class_weights, gamma=config.focal_gamma)
+        if profile is not None:
+            profile.lap("forward")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.gradient_clip_norm > 0 and config.privacy == "none":
             nn.utils.clip_grad_norm_(model.parameters(), config.gradient_clip_norm)
+        if profile is not None:
+            profile.lap_comm("backward")
+        factor = lr_factor(config.lr_schedule, global_step + step, total_steps, warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = config.learning_rate * factor * group.get("lr_scale", 1.0)
         optimizer.step()
+        if profile is not None:
+            profile.lap("optimizer")
         totals.loss_sum += float(loss.detach()) * len(idx)
         totals.correct += int((logits.detach().argmax(1) == yb).sum())
         totals.count += len(idx)
         totals.steps += 1
+        if profile is not None:
+            profile.lap("metrics")
         if on_step is not None:
             on_step(step + 1)
+        if profile is not None:
+            profile.lap("progress")
+            profile.steps += 1
+    if profile is not None:
+        profile.stop()
     return totals
 
 

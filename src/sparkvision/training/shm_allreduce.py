@@ -150,6 +150,12 @@ class ShmAllReduce:
         self.timeout_s = float(timeout_s)
         self._gen = 0
         self._warned: set[str] = set()
+        #: With ``timed`` (profiling), the hook adds its wall and CPU seconds to ``seconds``
+        #: and ``cpu_seconds``, the waits for a slower peer to ``wait_seconds``.
+        self.timed = False
+        self.seconds = 0.0
+        self.cpu_seconds = 0.0
+        self.wait_seconds = 0.0
         buf = segment.buf if isinstance(segment, SharedMemory) else segment
         ctrl_offset, meta_offset, data_offset = _offsets(world)
         self._ctrl: np.ndarray | None = np.ndarray(
@@ -330,10 +336,13 @@ class ShmAllReduce:
 
     def _spin(self, ctrl: np.ndarray, q: int, word: int, target: int, gen: int) -> None:
         global _waiting_for
+        started = time.perf_counter() if self.timed else 0.0
         try:
             self._spin_loop(ctrl, q, word, target, gen)
         finally:
             _waiting_for = None
+            if self.timed:
+                self.wait_seconds += time.perf_counter() - started
 
     def _spin_loop(self, ctrl: np.ndarray, q: int, word: int, target: int, gen: int) -> None:
         global _waiting_for

@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -70,7 +71,13 @@ def shm_allreduce_hook(
     """
     buffer = bucket.buffer()
     if state.fits(buffer):
-        state.average_(buffer)
+        if state.timed:
+            started, cpu = time.perf_counter(), time.thread_time()
+            state.average_(buffer)
+            state.seconds += time.perf_counter() - started
+            state.cpu_seconds += time.thread_time() - cpu
+        else:
+            state.average_(buffer)
         fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
         fut.set_result(buffer)
         return fut
