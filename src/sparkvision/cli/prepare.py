@@ -10,10 +10,10 @@ from sparkvision.cli.common import add_common, emit, spark_progress, spark_sessi
 def run(args: argparse.Namespace) -> int:
     from sparkvision.data.prepare import (
         PrepareConfig,
-        check_source,
         parse_image_size,
         parse_split,
-        prepare,
+        plan_prepare,
+        run_prepare,
     )
 
     config = PrepareConfig(
@@ -29,10 +29,10 @@ def run(args: argparse.Namespace) -> int:
         store=args.store,
         encoding=args.encoding,
     )
-    check_source(args.source)  # before Spark starts
-    spark = spark_session(args)
-    with spark_progress(spark, "prepare"):
-        result = prepare(spark, config)
+    with plan_prepare(config) as planned:  # listed before Spark starts: bad input fails fast
+        spark = spark_session(args)
+        with spark_progress(spark, "prepare"):
+            result = run_prepare(spark, planned)
     payload = {
         "out": result.out,
         "classes": result.classes,

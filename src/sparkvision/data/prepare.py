@@ -11,11 +11,13 @@ read the files and write the shards (:mod:`sparkvision.data.shards`); the split 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,6 +240,63 @@ def _tfrecords_hashes(decoded, seed: int) -> dict[str, Any]:
     return {c: np.frombuffer(h, dtype=np.uint64) for c, h in hashes.items()}
 
 
+@dataclass
+class PreparePlan:
+    """What ``prepare`` knows before Spark starts: the output, the run's temporary folder,
+    and for a folder or a built-in data set the listing and the tasks' plan."""
+
+    config: PrepareConfig
+    out: str
+    work: str
+    started: float
+    listing: Listing | None = None  # None: ingested TFRecords (listed with Spark)
+    tasks: TaskPlan | None = None
+    classes: list[str] = field(default_factory=list)
+    image_shape: tuple[int, ...] = ()
+
+
+@contextlib.contextmanager
+def plan_prepare(config: PrepareConfig) -> Iterator[PreparePlan]:
+    """List the source without Spark (bad input fails here, before a JVM starts); the
+    run's temporary folder is removed when the block ends."""
+    started = time.monotonic()
+    source = config.source
+    out = storage.absolute(config.out)  # a local folder or any fsspec URL (s3://...)
+    if source not in BUILTIN_SOURCES:
+        check_source(source)
+    storage.makedirs(out)
+    work = storage.join(out, f"_prepare-{uuid.uuid4().hex[:12]}")
+    shape = ShardFormat(config.fmt, config.store, config.encoding)
+    planned = PreparePlan(config, out, work, started)
+    try:
+        if source in BUILTIN_SOURCES:
+            ds = load_builtin(source)
+            spec = (_resolve_spec(config, ds.image_shape[:2], ds.image_shape[2])
+                    if config.image_size or config.channels else None)
+            planned.listing = list_builtin(source, ds.labels, list(ds.classes), config.seed)
+            planned.image_shape = spec.shape if spec is not None else tuple(ds.image_shape)
+            planned.tasks = TaskPlan(planned.listing.count,
+                                     task_count(planned.listing.count, config.num_shards),
+                                     config.seed, spec, builtin=source, folder=work, shape=shape)
+            planned.classes = list(ds.classes)
+        elif not looks_like_tfrecords(Path(source)):
+            spec = _resolve_spec(config, (DEFAULT_FOLDER_SIZE, DEFAULT_FOLDER_SIZE), 3)
+            root = str(Path(source).resolve())
+            listing = list_folder(root, config.seed, storage.join(work, LISTING_DIR))
+            if not listing.count:
+                raise DataError(
+                    f"no usable images under {source}: put images in one sub-folder per "
+                    f"class (found {len(listing.rejected)} rejected files)")
+            planned.listing = listing
+            planned.image_shape = spec.shape
+            planned.tasks = TaskPlan(listing.count, task_count(listing.count, config.num_shards),
+                                     config.seed, spec, root=root, chunk_dir=listing.chunk_dir,
+                                     folder=work, shape=shape)
+        yield planned
+    finally:
+        storage.remove(work)
+
+
 def prepare(spark, config: PrepareConfig) -> PrepareResult:
     """Run the whole prepare path and write shards plus ``dataset.json``.
 
@@ -245,59 +304,42 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
     the files per class, then one job decodes, validates, resizes, splits and writes every
     split (small classes are checked first, :data:`CHECKED_CLASS_SIZE`). Ingested
     TFRecords take two (their paths are hashed from a first read)."""
-    started = time.monotonic()
+    with plan_prepare(config) as planned:
+        return run_prepare(spark, planned)
+
+
+def run_prepare(spark, planned: PreparePlan) -> PrepareResult:
+    """The Spark part of :func:`prepare`, after :func:`plan_prepare`."""
+    config, out, work = planned.config, planned.out, planned.work
     source = config.source
-    out = storage.absolute(config.out)  # a local folder or any fsspec URL (s3://...)
-    storage.makedirs(out)
-    work = storage.join(out, f"_prepare-{uuid.uuid4().hex[:12]}")
-    shape = ShardFormat(config.fmt, config.store, config.encoding)
     frame, bad = None, []
-    try:
-        if source in BUILTIN_SOURCES:
-            ds = load_builtin(source)
-            spec = (_resolve_spec(config, ds.image_shape[:2], ds.image_shape[2])
-                    if config.image_size or config.channels else None)
-            listing = list_builtin(source, ds.labels, list(ds.classes), config.seed)
-            image_shape = spec.shape if spec is not None else tuple(ds.image_shape)
-            plan = TaskPlan(listing.count, task_count(listing.count, config.num_shards),
-                            config.seed, spec, builtin=source, folder=work, shape=shape)
-            class_order = list(ds.classes)
-        else:
-            check_source(source)
-            path = Path(source)
-            if looks_like_tfrecords(path):
-                frame, class_order, image_shape = tfrecords_frame(spark, path, config)
-                listing = Listing(0, _tfrecords_hashes(frame, config.seed))
-                plan = TaskPlan(0, 1, config.seed, None, folder=work, shape=shape)
-            else:
-                spec = _resolve_spec(config, (DEFAULT_FOLDER_SIZE, DEFAULT_FOLDER_SIZE), 3)
-                root = str(path.resolve())
-                listing = list_folder(root, config.seed, storage.join(work, LISTING_DIR))
-                plan = TaskPlan(listing.count, task_count(listing.count, config.num_shards),
-                                config.seed, spec, root=root,
-                                chunk_dir=listing.chunk_dir, folder=work, shape=shape)
-                bad = _check_small_classes(spark, plan, listing)
-                class_order = sorted(c for c, h in listing.hashes.items() if len(h))
-                image_shape = spec.shape
-                if not class_order:
-                    raise DataError(
-                        f"no usable images under {source}: put images in one sub-folder per "
-                        f"class (found {len(listing.rejected) + len(bad)} rejected files)")
-        classes = list(class_order)
-        labels = {name: i for i, name in enumerate(classes)}
-        starts = split_starts({labels[c]: h for c, h in listing.hashes.items() if c in labels},
-                              config.split, config.imbalance)
-        plan = dataclasses.replace(plan, labels=labels, starts=starts,
-                                   skip=frozenset(rel for rel, _, _ in bad))
-        counts = _write(spark, plan, frame)
-        per_class: dict[str, dict[str, int]] = {s: {c: counts.get((s, labels[c]), 0)
-                                                    for c in classes} for s in SPLITS}
-        known = sorted(listing.rejected + [(p, reason) for _, p, reason in bad])
-        rejected_count, rejected = merge_rejected(work, known, storage.join(out, REJECTED_FILE),
-                                                  MAX_LISTED_REJECTED)
-        commit_splits(work, out, config.fmt)
-    finally:
-        storage.remove(work)
+    listing, plan = planned.listing, planned.tasks
+    class_order, image_shape = planned.classes, planned.image_shape
+    if listing is None or plan is None:  # TFRecords
+        frame, class_order, image_shape = tfrecords_frame(spark, Path(source), config)
+        listing = Listing(0, _tfrecords_hashes(frame, config.seed))
+        plan = TaskPlan(0, 1, config.seed, None, folder=work,
+                        shape=ShardFormat(config.fmt, config.store, config.encoding))
+    elif plan.root is not None:  # a folder
+        bad = _check_small_classes(spark, plan, listing)
+        class_order = sorted(c for c, h in listing.hashes.items() if len(h))
+        if not class_order:
+            raise DataError(
+                f"no usable images under {source}: put images in one sub-folder per "
+                f"class (found {len(listing.rejected) + len(bad)} rejected files)")
+    classes = list(class_order)
+    labels = {name: i for i, name in enumerate(classes)}
+    starts = split_starts({labels[c]: h for c, h in listing.hashes.items() if c in labels},
+                          config.split, config.imbalance)
+    plan = dataclasses.replace(plan, labels=labels, starts=starts,
+                               skip=frozenset(rel for rel, _, _ in bad))
+    counts = _write(spark, plan, frame)
+    per_class: dict[str, dict[str, int]] = {s: {c: counts.get((s, labels[c]), 0)
+                                                for c in classes} for s in SPLITS}
+    known = sorted(listing.rejected + [(p, reason) for _, p, reason in bad])
+    rejected_count, rejected = merge_rejected(work, known, storage.join(out, REJECTED_FILE),
+                                              MAX_LISTED_REJECTED)
+    commit_splits(work, out, config.fmt)
 
     result = PrepareResult(
         out=out,
@@ -317,7 +359,7 @@ def prepare(spark, config: PrepareConfig) -> PrepareResult:
             "minority_classes": [classes[i] for i in minority_classes(len(classes))],
         },
         storage="raw" if config.store == "raw" else config.encoding,
-        seconds=round(time.monotonic() - started, 3),
+        seconds=round(time.monotonic() - planned.started, 3),
     )
     write_manifest(out, result.manifest())
     log.info("prepared %s: %s", out, result.splits)
