@@ -216,27 +216,6 @@ def rejected_rows(decoded, limit: int | None = None) -> list[dict[str, str]]:
     return [{"path": r.path, "reason": r.error} for r in bad.collect()]
 
 
-def write_rejected(decoded, extra: list[tuple[str, str]], path: str) -> int:
-    """Write every rejected file as JSON lines (``{"path", "reason"}``, by path) to
-    ``path`` (atomically, any filesystem), streaming them partition by partition; return
-    how many. ``extra``: files Spark could not read at all."""
-    import json
-
-    from sparkvision import storage
-
-    count = 0
-    with storage.atomic_writer(path) as fh:
-        for p, reason in sorted(extra):
-            fh.write((json.dumps({"path": p, "reason": reason}, ensure_ascii=False)
-                      + "\n").encode())
-            count += 1
-        for row in _rejected(decoded).toLocalIterator():
-            fh.write((json.dumps({"path": row.path, "reason": row.error}, ensure_ascii=False)
-                      + "\n").encode())
-            count += 1
-    return count
-
-
 def with_class_label(decoded, classes: list[str]):
     """Decoded rows with ``label`` = index of their class folder (null when not a class)."""
     from pyspark.sql import functions as F
