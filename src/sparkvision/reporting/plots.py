@@ -104,10 +104,13 @@ def class_distribution(before: dict[str, int], seen: dict[str, int] | None,
     return _png(fig)
 
 
-def stream_latency(batches: list[dict[str, Any]], title: str = "Micro-batch latency") -> \
-        bytes | None:
-    """Latency (ms, line) and rows (bars, right axis) per micro-batch of a stream's
-    ``_stream.json``; None without a timed batch."""
+def stream_latency_figure(batches: list[dict[str, Any]],
+                          title: str = "Micro-batch latency") -> Any | None:
+    """The figure of :func:`stream_latency` (open: the caller closes it); None without a
+    timed batch. The x axis shows whole micro-batch numbers only, from the first batch to
+    the last, each bar drawn whole (a one-batch stream: one tick, its number)."""
+    from matplotlib.ticker import MaxNLocator
+
     points = [(int(b.get("batch", i)), float(b["ms"]), int(b.get("rows") or 0))
               for i, b in enumerate(batches) if isinstance(b.get("ms"), int | float)]
     if not points:
@@ -123,12 +126,23 @@ def stream_latency(batches: list[dict[str, Any]], title: str = "Micro-batch late
     ax.plot(ids, [p[1] for p in points], "o-", color="#1f77b4", markersize=3,
             label="latency (ms)")
     ax.set_xlabel("micro-batch")
-    _integer_x(ax)
+    # integer ticks even where the view holds one whole number (min_n_ticks=1; the
+    # default 2 falls back to fractions: a one-batch stream was drawn from -0.4 to 0.4)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ax.set_xlim(min(ids) - 0.6, max(ids) + 0.6)  # the bars (0.8 wide) whole, no other id
     ax.set_ylabel("latency (ms)")
     ax.set_ylim(bottom=0)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return fig
+
+
+def stream_latency(batches: list[dict[str, Any]], title: str = "Micro-batch latency") -> \
+        bytes | None:
+    """Latency (ms, line) and rows (bars, right axis) per micro-batch of a stream's
+    ``_stream.json``; None without a timed batch."""
+    fig = stream_latency_figure(batches, title)
+    return None if fig is None else _png(fig)
 
 
 def trial_curves(trials: list[dict[str, Any]], metric: str | None,
