@@ -197,3 +197,48 @@ def test_gradient_clip_norm_bounds_the_step_from_the_api_cli_and_tuning_space():
     assert classifier_params(args, manifest)["gradientClipNorm"] == 0.5
     (dim,) = parse_space({"gradientClipNorm": {"uniform": [0.5, 5.0]}})
     assert (dim.name, dim.low, dim.high) == ("gradientClipNorm", 0.5, 5.0)
+
+
+def _train_twice(profile) -> tuple[bytes, tuple[float, int, int, int]]:
+    torch.manual_seed(0)
+    config = TrainConfig(model="cnn", num_classes=3, image_shape=(8, 8, 1), lr_schedule="cosine",
+                         augment="shift", epochs=2, batch_size=8, gradient_clip_norm=1.0,
+                         input_mean=(0.4,), input_std=(0.2,))
+    model = build_model("cnn", 3, (8, 8, 1))
+    opt = make_optimizer(config, model.parameters())
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=gen)
+    y = torch.randint(0, 3, (40,), generator=gen)
+    steps = []
+    for epoch in range(2):
+        order = epoch_indices(40, 5, 8, 0, epoch, 0)
+        t = train_epoch(model, opt, x, y, order, config, gen, 5 * epoch, 10, None,
+                        on_step=steps.append, profile=profile)
+    weights = b"".join(p.detach().numpy().tobytes() for p in model.parameters())
+    return weights, (t.loss_sum, t.correct, t.count, len(steps))
+
+
+def test_step_profile_times_every_phase_and_changes_nothing():
+    from sparkvision.training.loop import STEP_PHASES, StepProfile
+
+    profile = StepProfile()
+    assert _train_twice(profile) == _train_twice(None)  # bit-identical weights and metrics
+    d = profile.to_dict()
+    assert d["steps"] == 10
+    assert set(d["seconds"]) == {*STEP_PHASES, "epoch_end"}
+    assert set(d["cpu_seconds"]) == set(STEP_PHASES)
+    assert all(d["seconds"][k] > 0 for k in ("data", "forward", "backward", "optimizer"))
+    assert d["seconds"]["allreduce"] == 0.0  # no all-reduce clock: nothing booked to it
+
+
+def test_step_profile_books_the_all_reduce_out_of_the_backward_pass():
+    from sparkvision.training.loop import StepProfile
+
+    comm = [0.0, 0.0]
+    profile = StepProfile(comm_clock=lambda: (comm[0], comm[1]))
+    profile.start()
+    comm[:] = [0.25, 0.125]  # what the comm hook spent during this backward pass
+    profile.lap_comm("backward")
+    profile.stop()
+    assert profile.seconds["allreduce"] == 0.25 and profile.cpu_seconds["allreduce"] == 0.125
+    assert profile.to_dict()["seconds"]["allreduce"] == 0.25
