@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sparkvision import settings
 from sparkvision.cli.common import accuracy, add_common, emit, spark_session
 from sparkvision.cli.mlflow_flags import Tracking, add_mlflow_flags, tracked
 from sparkvision.settings import TrainSettings
-from sparkvision.training.history import EpochRecord
+
+if TYPE_CHECKING:
+    from sparkvision.training.history import EpochRecord
 
 #: the training settings that have a CLI flag
 _FLAG_ROWS = tuple(r for r in settings.rows(TrainSettings) if r.setting.flag)
