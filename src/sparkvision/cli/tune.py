@@ -6,12 +6,16 @@ import argparse
 
 from sparkvision.cli.common import add_common, emit, spark_session
 from sparkvision.cli.mlflow_flags import Tracking, add_mlflow_flags, tracked
-from sparkvision.cli.train import add_train_flags, checked_classifier, classifier_params
+from sparkvision.cli.train import (
+    add_train_flags,
+    check_user_network,
+    checked_classifier,
+    classifier_params,
+)
 
 
 @tracked
 def run(args: argparse.Namespace, tracking: Tracking) -> int:
-    from sparkvision.checks import check_user_network
     from sparkvision.data.manifest import read_manifest
     from sparkvision.data.prepared_splits import load_prepared
     from sparkvision.tuning.search import TuneConfig, tune
