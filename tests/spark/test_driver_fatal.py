@@ -168,7 +168,11 @@ def test_a_wedged_driver_is_stopped_when_exit_on_oom_is_turned_off(tmp_path):
                      "--driver-memory 1g (now 512m)")
 
 
-def test_driver_killed_during_a_job_ends_the_command_with_one_line(tmp_path):
+@pytest.mark.parametrize("work", [
+    "sleep",  # the main thread waits in the Spark call: it fails and says so
+    pytest.param("sleep-elsewhere", marks=pytest.mark.slow),  # it waits on something else:
+])                                                             # the watch says so, ends it
+def test_driver_killed_during_a_job_ends_the_command_with_one_line(tmp_path, work):
     marker = tmp_path / "task-started"
     killed: list[int] = []
 
@@ -181,6 +185,6 @@ def test_driver_killed_during_a_job_ends_the_command_with_one_line(tmp_path):
         os.kill(java[0], signal.SIGKILL)
         killed.append(java[0])
 
-    run = _run_cli(tmp_path, "sleep", ["-q"], during=kill_the_jvm_once_a_task_runs)
+    run = _run_cli(tmp_path, work, ["-q"], during=kill_the_jvm_once_a_task_runs)
     assert killed, run.stderr[-3000:]
     _assert_one_line(run, f"(pid {killed[0]}) was killed by SIGKILL from outside")

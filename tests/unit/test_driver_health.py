@@ -14,7 +14,14 @@ import pytest
 
 from sparkvision.cli import build_parser, main
 from sparkvision.cli.common import spark_confs
-from sparkvision.session.health import Death, DriverWatch, last_oom, memory_bytes, more_memory
+from sparkvision.session.health import (
+    Death,
+    DriverWatch,
+    last_oom,
+    memory_bytes,
+    more_memory,
+    start_failure,
+)
 
 HANG_GUARD_S = 60
 
@@ -54,6 +61,26 @@ def test_last_oom_skips_sparks_own_memory_errors():
             "Terminating due to java.lang.OutOfMemoryError: Metaspace\n")
     assert last_oom(text) == "java.lang.OutOfMemoryError: Metaspace"
     assert last_oom("SparkOutOfMemoryError: no\n") is None
+
+
+def test_a_jvm_that_did_not_start_is_named_with_its_reason(tmp_path):
+    log = tmp_path / "jvm.log"
+    log.write_text("an earlier run: Error: something else\n")
+    offset = log.stat().st_size
+    with open(log, "a") as fh:
+        fh.write("WARNING: Using incubator modules: jdk.incubator.vector\n"
+                 "To adjust logging level use sc.setLogLevel(newLevel).\n"
+                 "Error occurred during initialization of VM\n"
+                 "Could not reserve enough space for 104857600000KB object heap\n"
+                 "Error: Could not create the Java Virtual Machine.\n")
+    assert str(start_failure(str(log), offset)) == (
+        "the Spark driver JVM exited while starting (Could not reserve enough space for "
+        f"104857600000KB object heap); its log: {log}")
+    assert str(start_failure(None)) == "the Spark driver JVM exited while starting"
+    killed = tmp_path / "killed.log"
+    killed.write_text("To adjust logging level use sc.setLogLevel(newLevel).\n")
+    assert str(start_failure(str(killed))) == (
+        f"the Spark driver JVM exited while starting; its log: {killed}")
 
 
 def _stand_in(log: Path) -> subprocess.Popen:

@@ -112,9 +112,19 @@ def spark_session(args: argparse.Namespace):
 
     log = getattr(args, "log_file", None)
     jvm_log = None if args.verbose or log is None else str(log)
-    spark = get_spark(args.master, conf=spark_confs(args) or None, jvm_log=jvm_log,
-                      remote=getattr(args, "remote", None))
-    _watch_driver(spark, args.command, jvm_log)
+    from sparkvision.session.health import start_failure
+
+    offset = os.path.getsize(jvm_log) if jvm_log and os.path.exists(jvm_log) else 0
+    try:
+        spark = get_spark(args.master, conf=spark_confs(args) or None, jvm_log=jvm_log,
+                          remote=getattr(args, "remote", None))
+    except BaseException as exc:
+        if "JAVA_GATEWAY_EXITED" in str(exc):  # pyspark's: it never answered
+            raise start_failure(jvm_log, offset) from exc
+        with contextlib.suppress(Exception):  # a JVM that died starting: driver_died says so
+            _watch_driver(None, args, jvm_log)
+        raise
+    _watch_driver(spark, args, jvm_log)
     return spark
 
 
@@ -165,28 +175,82 @@ class _DriverState:
 _driver: _DriverState | None = None
 
 
-def _watch_driver(spark, command: str, jvm_log: str | None) -> None:
-    """Start watching the driver JVM pyspark launched for ``spark`` (none over Spark
-    Connect, or when the JVM was started elsewhere: ``PYSPARK_GATEWAY_PORT``)."""
-    global _driver
+def _watch_driver(spark, args: argparse.Namespace, jvm_log: str | None) -> None:
+    """Start watching the driver JVM pyspark launched in this process (none over Spark
+    Connect, or when the JVM was started elsewhere: ``PYSPARK_GATEWAY_PORT``); ``spark``:
+    its session, None when starting it failed."""
+    global _driver, _next_excepthook
+    from pyspark import SparkContext
+
     from sparkvision.session import is_connect
     from sparkvision.session.health import DEFAULT_DRIVER_MEMORY, DriverWatch, more_memory
 
-    if is_connect(spark):
+    if spark is not None and is_connect(spark):
         return
-    sc = spark.sparkContext
-    proc = getattr(getattr(sc, "_gateway", None), "proc", None)
+    proc = getattr(SparkContext._gateway, "proc", None)
     if proc is None or (_driver is not None and _driver.watch.proc is proc
                         and not _driver.watch.stopped):
         return
-    memory = sc.getConf().get("spark.driver.memory", None)
+    memory = _driver_memory(args)
     now = memory or f"{DEFAULT_DRIVER_MEMORY}, Spark's default"
     watch = DriverWatch(proc, jvm_log)
-    state = _DriverState(watch, command, f"--driver-memory {more_memory(memory)} (now {now})")
+    state = _DriverState(watch, args.command,
+                         f"--driver-memory {more_memory(memory)} (now {now})")
     watch.on_death = state.on_death
     _driver = state
+    if threading.excepthook is not _thread_excepthook:
+        _next_excepthook = threading.excepthook
+        threading.excepthook = _thread_excepthook
+    server = getattr(SparkContext._active_spark_context, "_accumulatorServer", None)
+    if server is not None and not isinstance(server.handle_error, _QuietAfterDeath):
+        server.handle_error = _QuietAfterDeath(server.handle_error)
     watch.start()
     atexit.register(watch.stop)  # the JVM ends after this process: expected
+
+
+def _driver_memory(args: argparse.Namespace) -> str | None:
+    """The driver JVM's ``spark.driver.memory`` (None: Spark's default): the live conf,
+    else what the command line or Spark's launcher gave."""
+    from pyspark import SparkContext
+
+    from sparkvision.session.conf import launch_conf
+
+    sc = SparkContext._active_spark_context
+    if sc is not None:
+        with contextlib.suppress(Exception):  # a JVM that is gone already
+            return sc.getConf().get("spark.driver.memory", None)
+    return spark_confs(args).get("spark.driver.memory") or launch_conf().get(
+        "spark.driver.memory")
+
+
+class _QuietAfterDeath:
+    """A socket server's ``handle_error`` (pyspark's accumulator server: the JVM sends it
+    updates) that writes no traceback for a connection broken by the driver JVM's end."""
+
+    def __init__(self, handle_error: Any) -> None:
+        self.handle_error = handle_error
+
+    def __call__(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        state = _driver
+        if state is not None and not state.watch.stopped and exc is not None and (
+                state.watch.death(DRIVER_DEATH_WAIT_S if _spark_call_failed(exc) else 0.0)):
+            return
+        self.handle_error(request, client_address)
+
+
+_next_excepthook = threading.excepthook
+
+
+def _thread_excepthook(hook: Any) -> None:
+    """A thread's uncaught exception once the driver JVM has died is that death, which
+    the command's one line says: no traceback for it (any other goes on as before)."""
+    state = _driver
+    exc = hook.exc_value
+    if state is not None and not state.watch.stopped and exc is not None and (
+            state.watch.death(DRIVER_DEATH_WAIT_S if _spark_call_failed(exc) else 0.0)):
+        return
+    _next_excepthook(hook)
 
 
 def _spark_call_failed(exc: BaseException) -> bool:
@@ -207,6 +271,12 @@ def driver_died(args: argparse.Namespace, exc: BaseException | None = None) -> b
     """True when the driver JVM this command watches has died; its one line (what
     happened, what to do) is then on stderr. ``exc``: what the command raised (a failed
     Spark call waits a moment for the JVM's end to show)."""
+    from sparkvision.display import error_line
+    from sparkvision.session.health import DriverStartError
+
+    if isinstance(exc, DriverStartError):
+        error_line(f"sparkvision {getattr(args, 'command', '')}: error: {exc}")
+        return True
     state = _driver
     if state is None or state.watch.stopped:
         return False

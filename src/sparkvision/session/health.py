@@ -72,6 +72,42 @@ class Death:
                 f"{self.returncode}{where}")
 
 
+class DriverStartError(Exception):
+    """The driver JVM exited while starting (before it answered Python): bad JVM options,
+    a heap the machine cannot reserve, killed meanwhile."""
+
+
+#: HotSpot's closing lines after the reason it could not start (the reason comes first).
+_GENERIC_START_LINES = ("Error: Could not create the Java Virtual Machine.",
+                        "Error: A fatal exception has occurred. Program will exit.",
+                        "Error occurred during initialization of VM")
+
+
+#: A line of the JVM's output that says what went wrong (not its banner).
+_START_ERROR = re.compile(r"error|exception|invalid|could not|unrecognized|improperly|"
+                          r"cannot|failed|denied|not found", re.IGNORECASE)
+
+
+def start_failure(log: str | None, offset: int = 0) -> DriverStartError:
+    """Why the driver JVM did not start, from what it wrote to ``log`` after ``offset``
+    (its last line that says something: "Could not reserve enough space for …", "Invalid
+    maximum heap size: …", "Unrecognized VM option …")."""
+    text = ""
+    if log:
+        try:
+            with open(log, "rb") as fh:
+                fh.seek(offset)
+                text = fh.read(LOG_TAIL_BYTES).decode("utf-8", errors="replace")
+        except OSError:
+            text = ""
+    said = [line.strip() for line in text.splitlines()
+            if _START_ERROR.search(line) and not line.startswith((" ", "\t"))
+            and line.strip() not in _GENERIC_START_LINES]
+    reason = f" ({said[-1][:300]})" if said else ""
+    where = f"; its log: {log}" if log else ""
+    return DriverStartError(f"the Spark driver JVM exited while starting{reason}{where}")
+
+
 def log_tail(path: str | None, size: int = LOG_TAIL_BYTES) -> str:
     """The last ``size`` bytes of ``path`` as text ('' when there is none)."""
     if not path:
