@@ -79,6 +79,10 @@ class _Steps:
         flags += ["--remote", self.args.remote] if getattr(self.args, "remote", None) else []
         flags += ["-q"] if self.args.quiet else []
         flags += ["-v"] if self.args.verbose else []
+        for key, value in getattr(self.args, "conf", None) or []:  # the session's confs
+            flags += ["--conf", f"{key}={value}"]
+        if getattr(self.args, "driver_memory", None):
+            flags += ["--driver-memory", self.args.driver_memory]
         sub = self.parser.parse_args([name, *argv, *flags])
         sub.log_file = self.args.log_file
         started = time.monotonic()
