@@ -6,6 +6,7 @@ import argparse
 import atexit
 import contextlib
 import json
+import logging
 import os
 import re
 import sys
@@ -112,6 +113,9 @@ def spark_session(args: argparse.Namespace):
 
     log = getattr(args, "log_file", None)
     jvm_log = None if args.verbose or log is None else str(log)
+    root = logging.getLogger()
+    if not args.verbose and not any(isinstance(f, _Py4jOnRoot) for f in root.filters):
+        root.addFilter(_Py4jOnRoot())
     from sparkvision.session.health import start_failure
 
     offset = os.path.getsize(jvm_log) if jvm_log and os.path.exists(jvm_log) else 0
@@ -126,6 +130,16 @@ def spark_session(args: argparse.Namespace):
         raise
     _watch_driver(spark, args, jvm_log)
     return spark
+
+
+class _Py4jOnRoot(logging.Filter):
+    """Drops what py4j logs on the root logger (``logging.exception("Exception while
+    sending command.")`` when the JVM's connection breaks): like its own loggers', which
+    the CLI silences without ``-v``, it only repeats what the exception says."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "root"
+                    and f"{os.sep}py4j{os.sep}" in (record.pathname or ""))
 
 
 #: After the driver JVM died: seconds the main thread has to fail its Spark call and say so
