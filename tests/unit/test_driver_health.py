@@ -139,3 +139,31 @@ def test_bad_conf_flags_are_usage_errors(flags, capsys):
     assert main(["prepare", "digits", "--out", "x", *flags]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "error: argument --" in err
+
+
+def test_only_unanswered_spark_calls_wait_for_the_jvms_end():
+    """A failed Spark call waits a moment for a dying JVM to be reaped; an answer from
+    the JVM (a Java exception, also behind pyspark's own) is no sign of its end."""
+    from py4j.protocol import Py4JError, Py4JJavaError, Py4JNetworkError
+
+    from sparkvision.cli.common import _spark_call_failed
+
+    class Answered(Py4JJavaError):
+        def __init__(self) -> None:
+            Exception.__init__(self, "answered")
+
+        def __str__(self) -> str:
+            return "answered"
+
+    try:
+        try:
+            raise Answered()
+        except Py4JJavaError:
+            raise ValueError("converted by pyspark") from None
+    except ValueError as converted:
+        assert not _spark_call_failed(converted)
+    for exc in (Py4JNetworkError("Answer from Java side is empty"),
+                Py4JError("An error occurred while calling o1.count"),
+                ConnectionRefusedError(111, "Connection refused"), EOFError()):
+        assert _spark_call_failed(exc), exc
+    assert not _spark_call_failed(ValueError("x"))

@@ -268,13 +268,15 @@ def _thread_excepthook(hook: Any) -> None:
 
 
 def _spark_call_failed(exc: BaseException) -> bool:
-    """Whether ``exc`` (or an exception it came from) is a failed py4j call or a broken
-    connection: what a Spark call raises when the JVM has gone."""
+    """Whether ``exc`` (or an exception it came from) is a py4j call that got no answer or
+    a broken connection: what a Spark call raises when the JVM has gone (not a Java
+    exception the JVM answered with: ``Py4JJavaError``)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if (type(current).__module__.startswith("py4j")
+        if ((type(current).__module__.startswith("py4j")
+                and type(current).__name__ != "Py4JJavaError")
                 or isinstance(current, (ConnectionError, EOFError))):
             return True
         current = current.__cause__ or current.__context__
