@@ -32,7 +32,8 @@ def fake_java(tmp_path: Path) -> tuple[dict[str, str], Path]:
     java.chmod(java.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     env = dict(os.environ, JAVA_HOME=str(jdk), PATH=f"{jdk / 'bin'}{os.pathsep}"
                f"{os.environ.get('PATH', '')}", SPARKVISION_LOG_DIR=str(tmp_path / "logs"))
-    for key in ("SPARK_MASTER", "SPARK_REMOTE", "PYSPARK_SUBMIT_ARGS"):
+    for key in ("SPARK_MASTER", "SPARK_REMOTE", "PYSPARK_SUBMIT_ARGS", "PYSPARK_GATEWAY_PORT",
+                "PYSPARK_GATEWAY_SECRET"):
         env.pop(key, None)
     return env, marker
 

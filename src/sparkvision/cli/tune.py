@@ -21,13 +21,13 @@ def run(args: argparse.Namespace, tracking: Tracking) -> int:
     from sparkvision.tuning.search import TuneConfig, tune
     from sparkvision.tuning.space import parse_space
 
-    # Everything is checked before Spark starts; a wrong folder first (no torch, no pyspark).
-    manifest = read_manifest(args.data)
+    # Everything is checked before Spark starts.
     space = parse_space(args.space)
     config = TuneConfig(out=args.out, strategy=args.strategy, trials=args.trials,
                         parallelism=args.parallel, metric=args.metric, pruner=args.pruner,
                         seed=args.search_seed, storage=args.storage)
     config.check(space)
+    manifest = read_manifest(args.data)
     params = classifier_params(args, manifest)
     checked_classifier(params)
     for d in space:  # a searched import path: every choice imports
