@@ -457,3 +457,56 @@ def test_large_file_split_by_record_count(spark, tmp_path):
     with pytest.raises(Exception, match=f"byte offset {offsets[950]}"):
         spark.read.format("tfrecords").option("recordsPerPartition", "300").schema(
             "i BIGINT").load(str(path)).collect()
+
+
+def _write_blobs(path, sizes: list[int]) -> list[bytes]:
+    """Examples {i, blob of the given size}; return their serialized records."""
+    records = [tf_example.encode_example({"i": ("int64", [i]), "blob": ("bytes", [b"x" * n])})
+               for i, n in enumerate(sizes)]
+    with tfrecord.open_for_write(str(path)) as fh:
+        for record in records:
+            tfrecord.write_record(fh, record)
+    return records
+
+
+@pytest.mark.parametrize("record_type", ["Example", "ByteArray"])
+def test_read_batches_are_capped_by_bytes_as_well_as_rows(tmp_path, record_type):
+    """The reader's Arrow batches (executor side, no Spark here): at most maxBytesPerBatch
+    record bytes (a larger record alone), at most 1,024 rows, every record once, in order."""
+    from pyspark.sql.types import StructType as ST
+
+    from sparkvision.data.datasource_options import BATCH_ROWS, TFRecordOptions
+    from sparkvision.data.datasource_read import read_batches
+
+    sizes = [3000] * 10 + [20_000] + [10] * 3000 + [3000] * 5
+    records = _write_blobs(tmp_path / "blobs.tfrecord", sizes)
+    schema = (ST([StructField("record", BinaryType())]) if record_type == "ByteArray"
+              else ST([StructField("i", LongType()), StructField("blob", BinaryType())]))
+    opts = TFRecordOptions.parse({"path": str(tmp_path), "recordType": record_type,
+                                  "maxBytesPerBatch": "10000"})
+    batches = list(read_batches(str(tmp_path / "blobs.tfrecord"), opts, schema))
+    got, at = [], 0
+    for batch in batches:
+        chunk = records[at : at + batch.num_rows]
+        assert batch.num_rows <= BATCH_ROWS
+        assert sum(map(len, chunk)) <= 10_000 or batch.num_rows == 1
+        at += batch.num_rows
+        got += batch.column(0).to_pylist()
+    assert got == (records if record_type == "ByteArray" else list(range(len(sizes))))
+    # 3 x ~3 KB three times, the 10th alone (the 20 KB one follows), the 20 KB one alone
+    assert [b.num_rows for b in batches][:5] == [3, 3, 3, 1, 1]
+    default = TFRecordOptions.parse({"path": str(tmp_path), "recordType": record_type})
+    assert default.max_bytes_per_batch == 4 << 20  # 3,016 rows in 140 KB: the row cap closes
+    rows = [b.num_rows for b in read_batches(str(tmp_path / "blobs.tfrecord"), default,
+                                              schema)]
+    assert rows == [1024, 1024, 968]
+
+
+def test_max_bytes_per_batch_option_reads_the_same_rows(spark, tmp_path):
+    path = tmp_path / "blobs.tfrecord"
+    _write_blobs(path, [500, 70_000, 0, 3] * 50)
+    whole = spark.read.format("tfrecords").load(str(path))
+    tiny = spark.read.format("tfrecords").option("maxBytesPerBatch", "1").load(str(path))
+    assert sorted(tuple(r) for r in tiny.collect()) == sorted(tuple(r) for r in whole.collect())
+    with pytest.raises(Exception, match="maxBytesPerBatch"):
+        spark.read.format("tfrecords").option("maxBytesPerBatch", "0").load(str(path))

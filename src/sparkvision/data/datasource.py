@@ -11,9 +11,11 @@ system (executors open the paths directly; ``file:`` URIs are accepted)::
 Options (case-insensitive): ``recordType`` ``Example`` (default) or ``ByteArray`` (one
 binary column ``record``); ``compression`` ``none`` / ``gzip`` (read: detected from the
 ``.gz`` suffix by default); ``verifyChecksums`` (default true); ``skipCorrupt`` (default
-false); write only: ``saveMode`` ``error`` / ``ignore`` (Spark lets Python data sources
-run only ``append`` and ``overwrite``; use ``mode("append")`` with this option, or
-:func:`save_tfrecords`); stream only: ``maxFilesPerTrigger``, ``maxBytesPerTrigger``.
+false); read only: ``maxBytesPerBatch`` (record bytes in one Arrow batch, default 4 MB;
+a batch also closes at 1,024 rows); write only: ``saveMode`` ``error`` / ``ignore`` (Spark
+lets Python data sources run only ``append`` and ``overwrite``; use ``mode("append")``
+with this option, or :func:`save_tfrecords`); stream only: ``maxFilesPerTrigger``,
+``maxBytesPerTrigger``.
 
 A path is one file or a folder read recursively; names starting with ``.`` or ``_``
 (and ``*.tmp``) are skipped. One input partition per file; ``recordsPerPartition=N``

@@ -17,9 +17,12 @@ _TEMP_SUFFIXES = (".tmp", "._COPYING_")
 
 #: Rows per Arrow batch of a read (at most; ``maxBytesPerBatch`` may close one earlier).
 BATCH_ROWS = 1024
-#: Default ``maxBytesPerBatch``: a read's Arrow batches hold at most this many record bytes
-#: (1,024 rows of 192x192x3 images would be 108 MB, which a reused Python worker keeps).
-BATCH_BYTES = 16 << 20
+#: Default ``maxBytesPerBatch``: the record bytes of one Arrow batch of a read. A reused
+#: Python worker keeps about twice its largest batch (the records, then Arrow's copy; glibc
+#: trimming is off): 1,024 rows of 192x192x3 images were 108 MB, which the training task
+#: that ran next in that worker carried. 4 MB keeps that under what Spark's own 16 MB Arrow
+#: batches into a training task cost (``session.conf``), and reads no slower.
+BATCH_BYTES = 4 << 20
 
 
 def _flag(options: Mapping[str, str], name: str, default: bool) -> bool:

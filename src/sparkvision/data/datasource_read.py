@@ -2,7 +2,7 @@
 starting in a byte range of one) read into Arrow batches of typed columns or raw records.
 
 A batch closes at :data:`BATCH_ROWS` rows or before its records pass ``maxBytesPerBatch``
-bytes (default 16 MB; a larger record is a batch of its own): Python workers are reused
+bytes (default 4 MB; a larger record is a batch of its own): Python workers are reused
 and run with glibc's trimming off (``session.conf.GLIBC_TUNABLES``), so what one batch
 needs stays in the worker — and in the training task that runs in it next."""
 
@@ -117,6 +117,7 @@ def read_batches(
             del example_chunk
             yield batch
             del batch
+    pa.default_memory_pool().release_unused()  # what Arrow's allocator kept for the batches
     if set(stats) - {"records"}:
         log.warning("read %s with skipCorrupt: %s", path, stats)
 
