@@ -90,7 +90,9 @@ def _full() -> TrainingHistory:
         train_rows_per_rank=[10, 11, 10], val_rows_per_rank=[2, 2, 1], steps_per_epoch=1,
         resumed_from_epoch=1, stopped_early=3, diverged=None, epochs=epochs, seconds=4.25,
         privacy=PrivacyRecord("rdp", 1.5, 1e-5, 2.0, 1.0, 1.1, 0.25, stopped_at_budget=True),
-        memory=MemoryRecord(None, [0, 1, 0], [5, 6, 5], [1, 2, 3]),
+        memory=MemoryRecord(None, [0, 1, 0], [5, 6, 5], [1, 2, 3], pid=[41, 42, 43],
+                            rss_anon_start_kb=[9, 9, 9], rss_anon_read_kb=[10, 11, 10],
+                            rss_anon_peak_kb=[20, 21, 22], rss_anon_end_kb=[19, 21, 22]),
         progress_events=3, attempts=2, checkpoint_dir="s3://bucket/ck",
         transfer=TransferRecord(
             "backbone", 0.5, InitRecord("m/weights.safetensors", 8, [], ["x"], [], True),
@@ -114,6 +116,9 @@ def test_round_trip_through_json_keeps_every_field():
     plain = json.loads(TrainingHistory.from_dict(UNVERSIONED).to_json())
     assert "privacy" not in plain and "epsilon" not in plain["epochs"][0]
     assert "frozen_tensors" not in plain["transfer"] and "init_summary" not in plain["transfer"]
+    assert list(plain["memory"]) == ["budget_mb", "spilled", "partition_kb",
+                                      "rss_anon_growth_kb"]
+    assert d["memory"]["pid"] == [41, 42, 43] and d["memory"]["rss_anon_peak_kb"][2] == 22
 
 
 def test_the_callback_dict_of_an_epoch_is_its_json():

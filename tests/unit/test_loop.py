@@ -12,8 +12,10 @@ from sparkvision.models import build_model
 from sparkvision.models.preprocess import normalize
 from sparkvision.training import checkpoint as ckpt
 from sparkvision.training.loop import (
+    EVAL_BATCH_BYTES,
     compute_loss,
     epoch_indices,
+    evaluate,
     lr_factor,
     make_optimizer,
     photo_augment,
@@ -242,3 +244,25 @@ def test_step_profile_books_the_all_reduce_out_of_the_backward_pass():
     profile.stop()
     assert profile.seconds["allreduce"] == 0.25 and profile.cpu_seconds["allreduce"] == 0.125
     assert profile.to_dict()["seconds"]["allreduce"] == 0.25
+
+
+def test_evaluation_batches_of_big_images_are_capped_by_bytes():
+    """64 images of 96x96x3 (110 KB of floats each): batches of at most EVAL_BATCH_BYTES,
+    not 512 rows; the same totals as one row at a time. Small images keep 512-row batches."""
+    torch.manual_seed(0)
+    sizes: list[int] = []
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(96 * 96 * 3, 3))
+    net.register_forward_pre_hook(lambda _m, args: sizes.append(len(args[0])))
+    x = torch.randint(0, 256, (200, 3, 96, 96), dtype=torch.uint8)
+    y = torch.randint(0, 3, (200,))
+    got = evaluate(net, x, y, "cross_entropy")
+    assert max(sizes) * 96 * 96 * 3 * 4 <= EVAL_BATCH_BYTES and len(sizes) > 1
+    one = evaluate(net, x, y, "cross_entropy", batch_size=1)
+    assert (got.correct, got.count) == (one.correct, one.count) == (got.correct, 200)
+    assert got.loss_sum == pytest.approx(one.loss_sum, rel=1e-5)
+    sizes.clear()
+    small = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 3))
+    small.register_forward_pre_hook(lambda _m, args: sizes.append(len(args[0])))
+    evaluate(small, torch.zeros(600, 1, 28, 28, dtype=torch.uint8), torch.zeros(600).long(),
+             "cross_entropy")
+    assert sizes == [512, 88]

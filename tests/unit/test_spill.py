@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from sparkvision.data.spill import PartitionSink, local_dir, rss_anon_bytes
+from sparkvision.data import spill
+from sparkvision.data.spill import AnonMemoryWatch, PartitionSink, local_dir, rss_anon_bytes
 
 
 def _batches(rows: int, shape=(8, 6, 3), size=37, seed=0):
@@ -76,3 +77,39 @@ def test_local_dir_prefers_spark_local_dirs(monkeypatch, tmp_path):
     assert local_dir() == f"{tmp_path}/a"
     monkeypatch.delenv("SPARK_LOCAL_DIRS")
     assert local_dir()
+
+
+@pytest.mark.parametrize("budget", [None, 0])
+def test_rows_are_transposed_and_written_in_slices(tmp_path, monkeypatch, budget):
+    """Batches of only training rows, only validation rows, mixed and empty, copied a few
+    rows at a time: the same NCHW arrays as numpy's transpose of every row."""
+    monkeypatch.setattr(spill, "SLICE_BYTES", 500)  # 3 rows of 8x6x3 a slice
+    rng = np.random.default_rng(3)
+    sink = PartitionSink((8, 6, 3), budget, directory=str(tmp_path))
+    images, labels, flags = [], [], []
+    for n, val in ((7, False), (0, False), (5, True), (11, None), (1, None)):
+        x = rng.integers(0, 256, (n, 8, 6, 3), dtype=np.uint8)
+        y = rng.integers(0, 5, n)
+        f = rng.random(n) < 0.5 if val is None else np.full(n, val)
+        sink.add(x, y, f)
+        images.append(x)
+        labels.append(y)
+        flags.append(f)
+    x_all = np.concatenate(images).transpose(0, 3, 1, 2)
+    y_all, f_all = np.concatenate(labels), np.concatenate(flags)
+    x_tr, y_tr, x_val, y_val = sink.finish()
+    assert sink.spilled == (budget is not None)
+    assert np.array_equal(x_tr, x_all[~f_all]) and np.array_equal(y_tr, y_all[~f_all])
+    assert np.array_equal(x_val, x_all[f_all]) and np.array_equal(y_val, y_all[f_all])
+    assert x_tr.flags.c_contiguous and x_val.flags.c_contiguous
+    sink.cleanup()
+
+
+def test_anon_memory_watch_keeps_the_peak_of_its_samples():
+    watch = AnonMemoryWatch(interval_s=3600).start()  # no timed sample during the test
+    assert watch.start_bytes == watch.peak > 0
+    batches = list(watch.through(iter([np.ones(32 << 20, np.uint8)])))  # touched: resident
+    assert watch.peak >= watch.start_bytes + (30 << 20)
+    del batches
+    watch.stop()
+    assert watch.peak >= watch.sample() and watch._thread is None

@@ -75,7 +75,11 @@ def decode_stored(values: list[bytes], shape: tuple[int, int, int]) -> np.ndarra
 
 def batches_to_sink(batches: Iterable[Any], sink: Any, image_col: str, label_col: str,
                     flag_col: str, image_shape: tuple[int, int, int]) -> None:
-    """Feed a training partition's Arrow batches into a ``data.spill.PartitionSink``."""
+    """Feed a training partition's Arrow batches into a ``data.spill.PartitionSink``, one
+    at a time (none is held past the next); then the memory Arrow's allocator kept for them
+    goes back to the system."""
+    import pyarrow as pa
+
     h, w, c = image_shape
     for batch in batches:
         if batch.num_rows == 0:
@@ -84,3 +88,5 @@ def batches_to_sink(batches: Iterable[Any], sink: Any, image_col: str, label_col
         sink.add(images.reshape(-1, h, w, c),
                  batch.column(label_col).to_numpy(zero_copy_only=False),
                  batch.column(flag_col).to_numpy(zero_copy_only=False))
+        del batch, images
+    pa.default_memory_pool().release_unused()

@@ -11,7 +11,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -82,35 +82,64 @@ class AnonMemoryWatch:
         self.sample()
 
 
+#: Rows are transposed to NCHW and written in slices of about this many bytes, so that
+#: adding a batch needs ~1 MB besides the batch itself (not whole-batch copies).
+SLICE_BYTES = 1 << 20
+
+
+def _nchw_slices(images_nhwc: np.ndarray, rows: np.ndarray) -> Iterator[np.ndarray]:
+    """The images at the indices ``rows`` as contiguous NCHW uint8 arrays of about
+    :data:`SLICE_BYTES` each."""
+    n, h, w, c = images_nhwc.shape
+    step = max(1, SLICE_BYTES // max(1, h * w * c))
+    every = len(rows) == n
+    for start in range(0, len(rows), step):
+        part = (images_nhwc[start : start + step] if every
+                else images_nhwc[rows[start : start + step]])
+        yield np.ascontiguousarray(part.transpose(0, 3, 1, 2))
+
+
 @dataclass
 class _Part:
     """The images of one side (train or validation rows) as NCHW uint8."""
 
     chunks: list[np.ndarray] = field(default_factory=list)
     rows: int = 0
-    file: IO[bytes] | None = None
+    file: BinaryIO | None = None
     path: str = ""
 
-    def add(self, images: np.ndarray) -> None:
-        self.rows += len(images)
+    def add(self, images_nhwc: np.ndarray, rows: np.ndarray) -> None:
+        """The images at the indices ``rows`` of one (N, H, W, C) batch: one NCHW copy in
+        memory, or written to the file slice by slice."""
+        if not len(rows):
+            return
+        self.rows += len(rows)
         if self.file is not None:
-            self.file.write(images.tobytes())
-        else:
-            self.chunks.append(images)
+            for piece in _nchw_slices(images_nhwc, rows):
+                self.file.write(piece.data)
+            return
+        _, h, w, c = images_nhwc.shape
+        out = np.empty((len(rows), c, h, w), dtype=np.uint8)
+        at = 0
+        for piece in _nchw_slices(images_nhwc, rows):
+            out[at : at + len(piece)] = piece
+            at += len(piece)
+        self.chunks.append(out)
 
     def spill(self, path: str) -> None:
         self.path = path
         self.file = open(path, "wb", buffering=1 << 20)  # noqa: SIM115 - closed in finish
-        for chunk in self.chunks:
-            self.file.write(chunk.tobytes())
-        self.chunks = []
+        chunks, self.chunks = self.chunks, []
+        while chunks:  # each chunk freed once written
+            self.file.write(chunks.pop(0).data)
 
     def finish(self, shape: tuple[int, int, int]) -> np.ndarray:
         c, h, w = shape
         if self.file is None:
-            if not self.chunks:
+            chunks, self.chunks = self.chunks, []  # not held twice while the task trains
+            if not chunks:
                 return np.empty((0, c, h, w), dtype=np.uint8)
-            return np.ascontiguousarray(np.concatenate(self.chunks))
+            return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
         self.file.close()
         if self.rows == 0:
             return np.empty((0, c, h, w), dtype=np.uint8)
@@ -143,15 +172,14 @@ class PartitionSink:
 
     def add(self, images_nhwc: np.ndarray, labels: np.ndarray, is_val: np.ndarray) -> None:
         """One batch: ``images_nhwc`` (N, H, W, C) uint8, ``labels`` (N,), ``is_val`` (N,)."""
-        nchw = np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))
         flags = is_val.astype(bool)
         self._labels.append(labels.astype(np.int64))
         self._flags.append(flags)
-        self.bytes += nchw.nbytes
+        self.bytes += images_nhwc.nbytes
         if self.budget is not None and not self.spilled and self.bytes > self.budget:
             self._spill()
-        self._train.add(nchw[~flags])
-        self._val.add(nchw[flags])
+        self._train.add(images_nhwc, np.flatnonzero(~flags))
+        self._val.add(images_nhwc, np.flatnonzero(flags))
 
     def _spill(self) -> None:
         base = self.directory or local_dir()

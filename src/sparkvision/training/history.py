@@ -87,23 +87,42 @@ class EpochRecord:
 class MemoryRecord:
     """How each rank held its partition: the memory budget (MB; None: unbounded) and, per
     rank, whether it spilled to disk (0/1), the partition's size and the task's ``RssAnon``
-    growth while reading it (KB)."""
+    growth while reading it (KB).
+
+    Also per rank (empty in histories written before they were recorded): the training
+    task's process id (a reused Python worker, which keeps what earlier tasks in it
+    allocated) and its ``RssAnon`` (KB) when the task started (before its first Arrow
+    batch), once its data was read, at its peak (sampled after every batch and every
+    0.25 s) and at the end of training."""
 
     budget_mb: float | None
     spilled: list[int]
     partition_kb: list[int]
     rss_anon_growth_kb: list[int]
+    pid: list[int] = field(default_factory=list)
+    rss_anon_start_kb: list[int] = field(default_factory=list)
+    rss_anon_read_kb: list[int] = field(default_factory=list)
+    rss_anon_peak_kb: list[int] = field(default_factory=list)
+    rss_anon_end_kb: list[int] = field(default_factory=list)
+
+    #: The per-rank lists added later, written only when recorded.
+    LATER = ("pid", "rss_anon_start_kb", "rss_anon_read_kb", "rss_anon_peak_kb",
+             "rss_anon_end_kb")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"budget_mb": self.budget_mb, "spilled": list(self.spilled),
-                "partition_kb": list(self.partition_kb),
-                "rss_anon_growth_kb": list(self.rss_anon_growth_kb)}
+        out: dict[str, Any] = {
+            "budget_mb": self.budget_mb, "spilled": list(self.spilled),
+            "partition_kb": list(self.partition_kb),
+            "rss_anon_growth_kb": list(self.rss_anon_growth_kb)}
+        out.update({k: list(getattr(self, k)) for k in self.LATER if getattr(self, k)})
+        return out
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "memory") -> MemoryRecord:
         d = _object(data, where)
         return cls(d.get("budget_mb"), _ints(d.get("spilled")), _ints(d.get("partition_kb")),
-                   _ints(d.get("rss_anon_growth_kb")))
+                   _ints(d.get("rss_anon_growth_kb")),
+                   *(_ints(d.get(k)) for k in cls.LATER))
 
 
 @dataclass(frozen=True)

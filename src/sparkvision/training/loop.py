@@ -315,6 +315,12 @@ def train_epoch(
     return totals
 
 
+#: At most this many bytes of float input in one evaluation batch: 512 rows of 192x192x3
+#: images would be 226 MB (and their activations several times that), which a reused
+#: Python worker keeps (glibc trimming is off).
+EVAL_BATCH_BYTES = 16 << 20
+
+
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
@@ -328,9 +334,12 @@ def evaluate(
     std: tuple[float, ...] = (),
 ) -> EpochTotals:
     """Summed loss and correct count over all rows (unweighted loss), the images
-    normalised with ``mean``/``std``."""
+    normalised with ``mean``/``std``; in batches of ``batch_size`` rows, fewer when their
+    float input would pass :data:`EVAL_BATCH_BYTES` (big images)."""
     model.eval()
     totals = EpochTotals()
+    row_bytes = 4 * math.prod(x.shape[1:])
+    batch_size = max(1, min(batch_size, EVAL_BATCH_BYTES // max(1, row_bytes)))
     for start in range(0, len(x), batch_size):
         xb = normalize(x[start : start + batch_size], mean, std)
         yb = y[start : start + batch_size]

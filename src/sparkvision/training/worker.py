@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -65,7 +66,7 @@ def _train_task(batches: Iterator[Any], config: TrainConfig, ctx: Any, rank: int
     import torch.distributed as dist
 
     from sparkvision.data.feed import batches_to_sink
-    from sparkvision.data.spill import PartitionSink, memory_budget, rss_anon_bytes
+    from sparkvision.data.spill import AnonMemoryWatch, PartitionSink, memory_budget
     from sparkvision.training import devices
     from sparkvision.training.epochs import train
     from sparkvision.training.process_group import allgather_int, form_process_group
@@ -74,13 +75,17 @@ def _train_task(batches: Iterator[Any], config: TrainConfig, ctx: Any, rank: int
     placement = devices.local_rank([info.address for info in ctx.getTaskInfos()], rank)
     budget = memory_budget(config.memory_budget_mb, placement[1])
     sink = PartitionSink(config.image_shape, budget)
-    anon_before = rss_anon_bytes() or 0
+    watch = AnonMemoryWatch().start()  # before the first Arrow batch
     try:
-        batches_to_sink(batches, sink, "image", "label", FLAG_COL, config.image_shape)
+        batches_to_sink(watch.through(batches), sink, "image", "label", FLAG_COL,
+                        config.image_shape)
         x_tr, y_tr, x_val, y_val = sink.finish()
+        anon_read = watch.sample()
         memory = {"budget_mb": None if budget is None else round(budget / (1 << 20), 3),
                   "partition_kb": sink.bytes >> 10, "spilled": int(sink.spilled),
-                  "rss_anon_growth_kb": max(0, (rss_anon_bytes() or 0) - anon_before) >> 10}
+                  "rss_anon_growth_kb": max(0, anon_read - watch.start_bytes) >> 10,
+                  "pid": os.getpid(), "rss_anon_start_kb": watch.start_bytes >> 10,
+                  "rss_anon_read_kb": anon_read >> 10}
         if sink.spilled:
             config = replace(config, prefetch=True)
             log.info("rank %d: %.1f MB of images over its %.1f MB budget: memory-mapped from "
@@ -101,6 +106,9 @@ def _train_task(batches: Iterator[Any], config: TrainConfig, ctx: Any, rank: int
             if dist.is_initialized():
                 dist.destroy_process_group()
             raise
+        memory["rss_anon_end_kb"] = watch.sample() >> 10
+        watch.stop()
+        memory["rss_anon_peak_kb"] = watch.peak >> 10
         # The teardown order that avoids DDP deadlocks in reused Python workers.
         gathered = {k: allgather_int(int(v or 0)) for k, v in memory.items()
                     if k != "budget_mb"}
@@ -112,7 +120,7 @@ def _train_task(batches: Iterator[Any], config: TrainConfig, ctx: Any, rank: int
             weights, history = result
             history = replace(history, memory=MemoryRecord(
                 memory["budget_mb"], gathered["spilled"], gathered["partition_kb"],
-                gathered["rss_anon_growth_kb"]))
+                gathered["rss_anon_growth_kb"], *(gathered[k] for k in MemoryRecord.LATER)))
             rows: list[tuple[str, int, bytes]] = [
                 ("history", 0, history.to_json(indent=None).encode())]
             rows += [
@@ -127,4 +135,5 @@ def _train_task(batches: Iterator[Any], config: TrainConfig, ctx: Any, rank: int
                 }
             )
     finally:
+        watch.stop()
         sink.cleanup()  # also when the task fails: no spill file outlives its task
