@@ -47,6 +47,7 @@ too, and the tracker would unlink the segment or complain about it at exit.
 """
 
 import contextlib
+import errno
 import logging
 import mmap
 import os
@@ -80,16 +81,75 @@ _DEPTH = 2  # data slots per rank (double buffering)
 # Control-line word indices (the rest of each line is padding).
 _ARRIVE, _DONE = 0, 1
 
-# Spin-wait tuning: pure spin first (a peer usually arrives within microseconds when the
-# ranks are in step), then sched_yield, then short sleeps so a long wait (a peer
-# checkpointing, evaluating) does not burn a core.
+# Wait tuning: pure spin first (a peer usually arrives within microseconds when the ranks
+# are in step), then sched_yield for a short while, then block in the kernel on the peer's
+# counter (a futex: no CPU burnt while a slower or descheduled peer computes; woken as soon
+# as it publishes) in slices of _FUTEX_SLICE_SECONDS (the timeout is checked between
+# them). Where the futex call is refused, short sleeps instead.
 _SPIN_ITERS = 200
-_YIELD_SECONDS = 1e-3
+_YIELD_SECONDS = 100e-6
+_FUTEX_SLICE_SECONDS = 0.05
 _SLEEP_SECONDS = 50e-6
 
 # DDP's gradient buckets here are float32; other dtypes go through gloo.
 DTYPE = torch.float32
 _NP_DTYPE = np.dtype(np.float32)
+
+
+class _Futex:
+    """``futex(2)`` WAIT/WAKE on a 32-bit word of the shared segment (x86-64 Linux; shared,
+    not private, futexes: the ranks are different processes). The counters are aligned
+    little-endian int64, so their low 32 bits change with every store."""
+
+    SYS_FUTEX = 202  # x86-64
+    WAIT, WAKE = 0, 1
+    WAKE_ALL = 2**31 - 1
+
+    def __init__(self) -> None:
+        import ctypes
+
+        class Timespec(ctypes.Structure):
+            _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+        self._ctypes, self._timespec = ctypes, Timespec
+        # CDLL functions release the GIL while they block: the heartbeat thread keeps beating.
+        call = ctypes.CDLL(None, use_errno=True).syscall
+        call.restype = ctypes.c_long
+        call.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+                         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+        self._call = call
+
+    def wait(self, addr: int, value: int, timeout_s: float) -> None:
+        """Block while the word at ``addr`` holds ``value`` (low 32 bits), at most
+        ``timeout_s``; spurious returns are fine (the caller re-reads the counter).
+        Raises OSError when the kernel refuses futexes (the caller falls back)."""
+        value &= 0xFFFF_FFFF
+        if value >= 2**31:
+            value -= 2**32
+        ts = self._timespec(int(timeout_s), int((timeout_s % 1.0) * 1e9))
+        if self._call(self.SYS_FUTEX, addr, self.WAIT, value, self._ctypes.addressof(ts),
+                      None, 0) == -1:
+            err = self._ctypes.get_errno()
+            if err in (errno.ENOSYS, errno.EPERM, errno.EFAULT, errno.EINVAL):
+                raise OSError(err, os.strerror(err))
+
+    def wake(self, addr: int) -> None:
+        self._call(self.SYS_FUTEX, addr, self.WAKE, self.WAKE_ALL, None, None, 0)
+
+
+_futex: _Futex | None = None
+_futex_refused = False
+
+
+def _get_futex() -> _Futex | None:
+    global _futex, _futex_refused
+    if _futex is None and not _futex_refused:
+        try:
+            _futex = _Futex()
+        except (OSError, AttributeError) as e:  # no libc syscall(): sleep instead
+            log.debug("futex unavailable (%s): the all-reduce waits by sleeping", e)
+            _futex_refused = True
+    return _futex
 
 
 class ShmUnavailableError(RuntimeError):
@@ -161,6 +221,8 @@ class ShmAllReduce:
         self._ctrl: np.ndarray | None = np.ndarray(
             (world, _LINE_WORDS), np.int64, buffer=buf, offset=ctrl_offset
         )
+        self._ctrl_addr = int(self._ctrl.ctypes.data)  # of ctrl[0, 0], for the futexes
+        self._futex = _get_futex()
         self._meta: np.ndarray | None = np.ndarray(
             (world, _DEPTH), np.int64, buffer=buf, offset=meta_offset
         )
@@ -292,12 +354,22 @@ class ShmAllReduce:
         np.copyto(slots[rank][slot][:n], out)
         meta[rank, slot] = n
         ctrl[rank, _ARRIVE] = gen
+        self._wake(_ARRIVE)
         self._gen = gen
         # 2. Complete: everyone's data is in place; sum it in rank order, then average.
         self._wait_all(_ARRIVE, gen, gen)
         self._reduce_slot(out, slot, gen)
         ctrl[rank, _DONE] = gen  # my reads of generation gen are over
+        self._wake(_DONE)
         return tensor
+
+    def _addr(self, q: int, word: int) -> int:
+        return self._ctrl_addr + 8 * (q * _LINE_WORDS + word)
+
+    def _wake(self, word: int) -> None:
+        """Wake the peers blocked on this rank's counter ``word`` (just stored)."""
+        if self._futex is not None:
+            self._futex.wake(self._addr(self.rank, word))
 
     def _reduce_slot(self, out: np.ndarray, slot: int, gen: int) -> None:
         """``out`` ← the mean of every rank's data in ``slot`` (rank order, bitwise the
@@ -361,7 +433,7 @@ class ShmAllReduce:
                 os.sched_yield()
             elif waited < self.timeout_s:
                 _waiting_for = q  # a long wait: the watchdog's heartbeat names the peer
-                time.sleep(_SLEEP_SECONDS)
+                self._block(ctrl, q, word, min(_FUTEX_SLICE_SECONDS, self.timeout_s - waited))
             else:
                 what = "publish" if word == _ARRIVE else "finish reading"
                 raise TimeoutError(
@@ -369,6 +441,19 @@ class ShmAllReduce:
                     f"generation {gen} for rank {q} to {what} generation {target} (is rank "
                     f"{q} alive and making the same calls?)"
                 )
+
+
+    def _block(self, ctrl: np.ndarray, q: int, word: int, timeout_s: float) -> None:
+        """Sleep until rank ``q`` stores its counter ``word`` (or ``timeout_s``)."""
+        futex = self._futex
+        if futex is not None:
+            try:
+                futex.wait(self._addr(q, word), int(ctrl[q, word]), timeout_s)
+                return
+            except OSError as e:
+                log.debug("futex wait refused (%s): the all-reduce waits by sleeping", e)
+                self._futex = None
+        time.sleep(_SLEEP_SECONDS)
 
 
 #: The peer this process's all-reduce is waiting for after a long wait (None otherwise).
