@@ -376,6 +376,18 @@ def per_step_ms(profiles: list[list[dict[str, Any]]]) -> dict[str, Any]:
             1000 * r["main_thread_cpu_s"] / r["steps"] for r in ranks)
         table["other_threads_cpu"] = statistics.fmean(
             1000 * r["other_threads_cpu_s"] / r["steps"] for r in ranks)
+        # the machine around the steps: this rank's wait for a CPU (preempted), and the CPU
+        # the rest of the machine used meanwhile (other processes: JVM, driver, other jobs)
+        table["runqueue_wait"] = statistics.fmean(
+            1000 * r.get("runqueue_wait_s", 0.0) / r["steps"] for r in ranks)
+        busy = statistics.fmean(1000 * r.get("machine_busy_cpu_s", 0.0) / r["steps"]
+                                for r in ranks)
+        table["machine_cpu"] = busy
+        table["other_processes_cpu"] = busy - sum(
+            1000 * r.get("process_cpu_s", 0.0) / r["steps"] for r in ranks)
+        jvm = [1000 * v / r["steps"] for r in ranks
+               for k, v in r.get("ancestors_cpu_s", {}).items() if k.endswith(":java")]
+        table["executor_jvm_cpu"] = statistics.fmean(jvm) if jvm else 0.0
         return table
 
     tables = [run_table(ranks) for ranks in profiles if ranks]
@@ -407,8 +419,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--profile-repeats", type=int, default=3,
-                        help="extra, instrumented runs of the plain loops for their profile")
+    parser.add_argument("--profile-repeats", type=int, default=5,
+                        help="extra, instrumented runs of the plain loops for their profile "
+                        "(interleaved with the timed runs)")
     parser.add_argument("--loop-only", action="store_true",
                         help="only the training-loop comparison (no TorchDistributor, spill, "
                         "uncached runs); the results go to train_throughput_loop.json")
@@ -445,19 +458,23 @@ def main() -> None:
             "sparkvision_2x1_png_uncached": lambda: sparkvision_fit(
                 spark, png_dir, args.epochs, profile_dir, cache=False),
         }
+    # The plain loops' instrumented runs, interleaved with the rest too.
+    profiled = {"plain_pytorch_2_threads": lambda: plain_pytorch(args.epochs, profile=True),
+                "plain_pytorch_ddp_2x1": lambda: plain_pytorch_ddp(args.epochs, profile=True)}
+    profile_runs: dict[str, list[list[dict[str, Any]]]] = {name: [] for name in profiled}
+    # One untimed fit first: the JVM's first jobs (class loading, JIT) would otherwise run
+    # beside the first timed loop.
+    sparkvision_fit(spark, data_dir, 1, profile_dir)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in runners}
-    for i in range(args.repeats):  # interleaved, so drifts in machine speed hit all alike
-        for name, run in runners.items():
+    for i in range(max(args.repeats, args.profile_repeats)):
+        # interleaved, so drifts in machine speed hit all alike
+        for name, run in runners.items() if i < args.repeats else ():
             runs[name].append(timed(run))
             r = runs[name][-1]
             print(f"[{i + 1}/{args.repeats}] {name:30s} loop "
                   f"{r['samples'] / r['loop_seconds']:8.1f} samples/s  load {r['load_1m']}",
                   flush=True)
-    profiled = {"plain_pytorch_2_threads": lambda: plain_pytorch(args.epochs, profile=True),
-                "plain_pytorch_ddp_2x1": lambda: plain_pytorch_ddp(args.epochs, profile=True)}
-    profile_runs: dict[str, list[list[dict[str, Any]]]] = {name: [] for name in profiled}
-    for _ in range(args.profile_repeats):
-        for name, run in profiled.items():
+        for name, run in profiled.items() if i < args.profile_repeats else ():
             profile_runs[name].append(run()["profile"])
     spark.stop()
     load_end = load1()
@@ -518,7 +535,8 @@ def main() -> None:
     for k, v in ratios.items():
         print(f"{k:40s} {v}")
     keys = [*PHASES, "step_total", "epoch_end", "allreduce_wait", "main_thread_cpu",
-            "other_threads_cpu", *(f"{k}_cpu" for k in PHASES)]
+            "other_threads_cpu", *(f"{k}_cpu" for k in PHASES), "runqueue_wait",
+            "machine_cpu", "other_processes_cpu", "executor_jvm_cpu"]
     names = [n for n in profile if n != "unit"]
     print(f"{'ms/step':18s}" + "".join(f"{n[:22]:>24s}" for n in names))
     for k in keys:

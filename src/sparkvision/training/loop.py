@@ -153,6 +153,48 @@ def _no_wait() -> float:
     return 0.0
 
 
+def _runqueue_wait_s() -> float:
+    """Seconds this thread has spent runnable but waiting for a CPU (Linux schedstat; 0
+    where it is not readable)."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds all processes of this machine have used so far (``/proc/stat``: user,
+    nice, system, irq, softirq, steal; 0 where it is not readable)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]
+        return (sum(ticks[:3]) + sum(ticks[5:8])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return 0.0
+
+
+def _ancestors_cpu_s(levels: int = 3) -> dict[str, float]:
+    """CPU seconds used so far by this process's parent, grandparent, ... (``pid:name``;
+    in a Spark task: the PySpark daemon, then the executor JVM, whose CPU competes with the
+    training on the same host)."""
+    out: dict[str, float] = {}
+    pid, tick = os.getppid(), os.sysconf("SC_CLK_TCK")
+    for _ in range(levels):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            break
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()  # from field 3 (state) on
+        out[f"{pid}:{name}"] = (int(fields[11]) + int(fields[12])) / tick
+        pid = int(fields[1])
+        if pid <= 1:
+            break
+    return out
+
+
 @dataclass
 class StepProfile:
     """Opt-in time per phase of the training steps: wall (``time.perf_counter`` laps) and
@@ -171,11 +213,18 @@ class StepProfile:
         default_factory=lambda: dict.fromkeys(STEP_PHASES, 0.0))
     steps: int = 0
     process_cpu_s: float = 0.0
+    #: over the timed steps: this thread's wait for a CPU, the whole machine's busy CPU
+    #: seconds, and the CPU seconds of this process's ancestors
+    runqueue_wait_s: float = 0.0
+    machine_busy_s: float = 0.0
+    ancestors_cpu_s: dict[str, float] = field(default_factory=dict)
     _t: tuple[float, float] = (0.0, 0.0)
     _comm: tuple[float, float] = (0.0, 0.0)
     _process: float = 0.0
+    _env: tuple[float, float, dict[str, float]] = (0.0, 0.0, {})
 
     def start(self) -> None:
+        self._env = (_runqueue_wait_s(), _machine_busy_s(), _ancestors_cpu_s())
         self._process = time.process_time()
         self._comm = self.comm_clock()
         self._t = (time.perf_counter(), time.thread_time())
@@ -198,6 +247,13 @@ class StepProfile:
 
     def stop(self) -> None:
         self.process_cpu_s += time.process_time() - self._process
+        runqueue, busy, ancestors = self._env
+        self.runqueue_wait_s += _runqueue_wait_s() - runqueue
+        self.machine_busy_s += _machine_busy_s() - busy
+        for name, cpu in _ancestors_cpu_s().items():
+            if name in ancestors:
+                self.ancestors_cpu_s[name] = (self.ancestors_cpu_s.get(name, 0.0)
+                                              + cpu - ancestors[name])
 
     def to_dict(self) -> dict[str, object]:
         main_cpu = sum(self.cpu_seconds.values())
@@ -207,7 +263,11 @@ class StepProfile:
                 "step_seconds": round(sum(self.seconds[k] for k in STEP_PHASES), 6),
                 "allreduce_wait_s": round(self.comm_wait_clock(), 6),
                 "main_thread_cpu_s": round(main_cpu, 6),
-                "other_threads_cpu_s": round(self.process_cpu_s - main_cpu, 6)}
+                "other_threads_cpu_s": round(self.process_cpu_s - main_cpu, 6),
+                "process_cpu_s": round(self.process_cpu_s, 6),
+                "runqueue_wait_s": round(self.runqueue_wait_s, 6),
+                "machine_busy_cpu_s": round(self.machine_busy_s, 3),
+                "ancestors_cpu_s": {k: round(v, 3) for k, v in self.ancestors_cpu_s.items()}}
 
 
 def profile_dir() -> str:
@@ -274,6 +334,13 @@ def train_epoch(
     shift = max_shift_for(config.image_shape, config.augment)
     warmup = max(1, total_steps // (config.epochs * 2)) if config.epochs > 1 else 1
     b = config.batch_size
+    # On an accelerator the epoch's loss sum and correct count stay on the device until the
+    # epoch ends (no device-to-host sync per step), in float64 like the Python float of the
+    # CPU path: the same roundings, hence the same sums. On the CPU, Python numbers are the
+    # cheaper of the two (a few tensor ops fewer per step).
+    on_device = device is not None and device.type != "cpu"
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device) if on_device else None
+    correct = torch.zeros((), dtype=torch.int64, device=device) if on_device else None
     if profile is not None:
         profile.start()
     for step, (idx, xb_raw, yb) in enumerate(_batches(x, y, order, b, config.prefetch)):
@@ -299,8 +366,12 @@ def train_epoch(
         optimizer.step()
         if profile is not None:
             profile.lap("optimizer")
-        totals.loss_sum += float(loss.detach()) * len(idx)
-        totals.correct += int((logits.detach().argmax(1) == yb).sum())
+        if loss_sum is None or correct is None:
+            totals.loss_sum += float(loss.detach()) * len(idx)
+            totals.correct += int((logits.detach().argmax(1) == yb).sum())
+        else:
+            loss_sum += loss.detach().to(torch.float64) * len(idx)
+            correct += (logits.detach().argmax(1) == yb).sum()
         totals.count += len(idx)
         totals.steps += 1
         if profile is not None:
@@ -310,6 +381,8 @@ def train_epoch(
         if profile is not None:
             profile.lap("progress")
             profile.steps += 1
+    if loss_sum is not None and correct is not None:
+        totals.loss_sum, totals.correct = float(loss_sum), int(correct)
     if profile is not None:
         profile.stop()
     return totals
