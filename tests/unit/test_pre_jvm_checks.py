@@ -78,6 +78,8 @@ def _cases(tmp: Path, data: Path, model: Path) -> dict[str, tuple[list[str], str
             ["train", str(data), *out, "--model", "json:no_such_builder"],
             "json:no_such_builder"),
         "train_missing_data": (["train", missing, *out], missing),
+        "prepare_missing_folder": (["prepare", missing, *out], missing),
+        "prepare_no_class_folders": (["prepare", str(tmp / "loose"), *out], "loose"),
         "train_unknown_network": (["train", str(data), *out, "--model", "nosuchnet"],
                                   "nosuchnet"),
         "train_unknown_zoo_network": (["train", str(data), *out, "--model", "timm:nosuch"],
@@ -109,6 +111,9 @@ def test_user_error_fails_before_the_jvm(case, fake_java, data, model, tmp_path)
     argv, bad = _cases(tmp_path, data, model)[case]
     if argv[0] == "explain":
         pytest.importorskip("captum")  # without it, explain's first check names captum
+    loose = tmp_path / "loose"  # images, but none inside a class sub-folder
+    loose.mkdir()
+    (loose / "a.png").write_bytes(b"\x89PNG not really")
     done = _cli(argv, env)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2, done.stderr
