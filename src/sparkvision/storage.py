@@ -176,7 +176,15 @@ def move(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None
         os.replace(local_src, local_dst)
         return
     fs, p = _fs(src)
-    fs.mv(p, _fs(dst)[1], recursive=True)
+    q = _fs(dst)[1]
+    if not fs.isdir(p):
+        fs.mv(p, q)
+        return
+    p = p.rstrip("/")
+    for name in fs.find(p):  # file by file: object stores have no folders to rename
+        fs.mv(name, q.rstrip("/") + name[len(p):])
+    if fs.exists(p):
+        fs.rm(p, recursive=True)
 
 
 def open_read(path: str, buffering: int = -1, gzip: bool = False) -> IO[bytes]:
