@@ -15,7 +15,7 @@ from sparkvision.cli.predict import (
     add_backend_flag,
     add_input_flags,
     add_trust_flag,
-    load_model_and_input,
+    load_model_and_predictions,
 )
 
 METRICS_FILE = "metrics.json"
@@ -28,13 +28,13 @@ SAMPLES_PNG = "samples.png"
 @tracked
 def run(args: argparse.Namespace, tracking: Tracking) -> int:
     from sparkvision.errors import InvalidParameterError
-    from sparkvision.ml.evaluator import evaluate
+    from sparkvision.ml.evaluator import evaluate_predictions
 
     if args.top_k < 1:
         raise InvalidParameterError("top-k", args.top_k, "use 1 or more")
     started = time.monotonic()
-    _spark, model, df, rejected = load_model_and_input(args)
-    result = evaluate(model, df, k=args.top_k)
+    _spark, model, df, rejected = load_model_and_predictions(args, image=not args.no_plots)
+    result = evaluate_predictions(model, df, k=args.top_k)
     out = args.out or storage.join(args.model_dir, "evaluation", args.split)
     payload = result.to_dict()
     payload["rejected"] = rejected

@@ -38,10 +38,22 @@ def load_model_and_input(args: argparse.Namespace, model=None):
     return spark, model, df, rejected
 
 
+def load_model_and_predictions(args: argparse.Namespace, image: bool = False, model=None):
+    """(spark, model with ``--backend``, its predictions of DATA, rejected files): an image
+    folder is decoded and predicted in one pass (``data.prediction_input.load_predictions``);
+    ``image``: keep the image column; ``model``: already ``load_model(args)``."""
+    from sparkvision.data.prediction_input import load_predictions
+
+    if model is None:
+        model = load_model(args)
+    spark = spark_session(args)
+    predictions, rejected = load_predictions(spark, model, args.input, args.split, image=image)
+    return spark, model, predictions, rejected
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    spark, model, df, rejected = load_model_and_input(args)
-    out_df = model.transform(df)
+    spark, model, out_df, rejected = load_model_and_predictions(args)
     keep = [c for c in ("path", "label") if c in out_df.columns] + list(OUTPUT_COLUMNS)
     out_df.select(*keep).write.mode("overwrite").parquet(args.out)
     written = spark.read.parquet(args.out)

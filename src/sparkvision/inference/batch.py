@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,31 +45,35 @@ def torch_runner(net: Any, batch_size: int, mean: tuple[float, ...] = (),
     return run
 
 
-def onnxruntime_runner(
-    net: Any, image_shape: tuple[int, int, int], batch_size: int, name: str = "",
-    mean: tuple[float, ...] = (), std: tuple[float, ...] = (),
-) -> Runner:
-    """The network exported to ONNX (uint8 NHWC in, logits out; the scaling is in the
-    graph) and run by ONNX Runtime on one thread, ``batch_size`` images per call, straight
-    from the uint8 array (no torch tensor, no copy)."""
+def graph_runner(graph: bytes, batch_size: int) -> Runner:
+    """An ONNX graph of ``onnx_bytes`` (uint8 NHWC in, logits out; the scaling is in the
+    graph) run by ONNX Runtime on one thread, ``batch_size`` images per call, straight from
+    the uint8 array (no torch tensor, no copy). Imports no torch."""
     import onnxruntime as ort
-
-    from sparkvision.models.export import INPUT_NAME, onnx_bytes
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(
-        onnx_bytes(net, image_shape, "logits", name=name, mean=mean, std=std), options,
-        providers=["CPUExecutionProvider"],
-    )
+    session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
 
     def run(images_nhwc: np.ndarray) -> np.ndarray:
-        outs = [session.run(["logits"], {INPUT_NAME: images_nhwc[s : s + batch_size]})[0]
+        outs = [session.run(["logits"], {input_name: images_nhwc[s : s + batch_size]})[0]
                 for s in range(0, len(images_nhwc), batch_size)]
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
     return run
+
+
+def onnxruntime_runner(
+    net: Any, image_shape: tuple[int, int, int], batch_size: int, name: str = "",
+    mean: tuple[float, ...] = (), std: tuple[float, ...] = (),
+) -> Runner:
+    """The network exported to ONNX here and run by :func:`graph_runner`."""
+    from sparkvision.models.export import onnx_bytes
+
+    return graph_runner(onnx_bytes(net, image_shape, "logits", name=name, mean=mean,
+                                   std=std), batch_size)
 
 
 def build_runner(config: PredictConfig, net: Any) -> tuple[str, Runner]:
@@ -125,6 +130,76 @@ def runner_for(config: PredictConfig, trained: TrainedNetwork) -> Runner:
     once, on the worker's cached network)."""
     return NETWORKS.part(trained, f"predict:{config.backend}:{config.batch_size}",
                          lambda net: build_runner(config, net)[1])
+
+
+@dataclass(frozen=True)
+class DriverChoice:
+    """What the driver decided, once, for ``build_runner``'s backend choice: ``backend``
+    ``onnxruntime`` with the exported ``graph``, ``torch``, or ``""`` (the workers decide,
+    as ``build_runner`` does: the onnx packages are not installed on the driver)."""
+
+    backend: str = ""
+    graph: bytes | None = field(default=None, repr=False)
+
+
+def choose_on_driver(config: PredictConfig) -> DriverChoice:
+    """``build_runner``'s choice made here, once, instead of in every Python worker: the
+    network exported to ONNX (and, for ``auto``, checked against torch on the probe batch)
+    on the driver, so a worker only opens an ONNX Runtime session (it imports no torch and
+    builds no network). ``torch`` stays torch; ``auto`` whose export fails or disagrees is
+    torch (one warning, here); without the onnx packages here the workers decide."""
+    from sparkvision.models.export import missing_onnx_packages, onnx_bytes
+    from sparkvision.models.weights import trained_network
+
+    if config.backend == "torch":
+        return DriverChoice("torch")
+    if missing_onnx_packages():
+        return DriverChoice()
+    net = trained_network(config.model, config.num_classes, config.image_shape,
+                          config.weights)
+    def export() -> bytes:
+        return onnx_bytes(net, config.image_shape, "logits", name=config.model,
+                          mean=config.input_mean, std=config.input_std)
+
+    if config.backend == "onnxruntime":  # an export error is raised here, before any job
+        return DriverChoice("onnxruntime", export())
+    try:
+        graph = export()
+        reason = _disagreement(graph_runner(graph, config.batch_size),
+                               torch_runner(net, config.batch_size, config.input_mean,
+                                            config.input_std),
+                               config.image_shape)
+    except Exception as exc:  # noqa: BLE001 - auto falls back on any export/runtime error
+        reason = f"{type(exc).__name__}: {exc}"
+    if reason:
+        _log.warning("inferenceBackend='auto' runs network %r with torch: %s",
+                     config.model, reason)
+        return DriverChoice("torch")
+    return DriverChoice("onnxruntime", graph)
+
+
+def chosen_runner(config: PredictConfig, trained: TrainedNetwork,
+                  choice: DriverChoice) -> Runner:
+    """This worker's runner for the driver's ``choice`` (cached as ``runner_for``'s, under
+    the same name): the driver's ONNX graph in an ONNX Runtime session where onnxruntime
+    is installed here, else ``build_runner``'s own choice (an ``onnxruntime`` backend
+    without it: MissingDependencyError naming the install command)."""
+    import importlib.util
+
+    name = f"predict:{config.backend}:{config.batch_size}"
+    if choice.graph is not None and importlib.util.find_spec("onnxruntime") is not None:
+        graph = choice.graph
+        return NETWORKS.extra(trained, name, lambda: graph_runner(graph, config.batch_size))
+    if choice.backend == "torch":
+        import torch
+
+        torch.set_num_threads(1)
+        return NETWORKS.part(trained, name, lambda net: torch_runner(
+            net, config.batch_size, config.input_mean, config.input_std))
+    import torch
+
+    torch.set_num_threads(1)
+    return runner_for(config, trained)
 
 
 def predict_logits_array(model: Any, images_nhwc: np.ndarray, batch_size: int,

@@ -10,7 +10,9 @@ hash the weights again. ``NETWORKS.part(trained, name, build)`` gives what ``bui
 returned the first time ``name`` was asked for that network in this worker: the network is
 built once (eval mode) and shared by what is built on it (a torch runner, an ONNX Runtime
 session, a feature extractor, a Captum method …), each under its own part name (e.g.
-``predict:onnxruntime:1024``, where the backend and batch size tell runners apart). At most
+``predict:onnxruntime:1024``, where the backend and batch size tell runners apart);
+``NETWORKS.extra(trained, name, build)`` caches what needs no ``nn.Module`` (an ONNX Runtime
+session of the graph the driver exported: the worker imports no torch). At most
 ``CAPACITY`` networks stay in a worker; the least recently used one goes first, with
 everything built on it.
 
@@ -82,13 +84,14 @@ class TrainedNetwork:
 
 class NetworkCache:
     """Built networks by content key, least recently used first out beyond ``capacity``;
-    each with the parts built on it."""
+    each with the parts built on it (or for it: ``extra``)."""
 
     def __init__(self, capacity: int = CAPACITY) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be 1 or more, not {capacity}")
         self.capacity = capacity
-        self._entries: OrderedDict[str, tuple[Any, dict[str, Any]]] = OrderedDict()
+        # key → [the nn.Module (None until a part needs it), {part name: part}]
+        self._entries: OrderedDict[str, list[Any]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -104,17 +107,36 @@ class NetworkCache:
     def part(self, trained: TrainedNetwork, name: str, build: Callable[[Any], T]) -> T:
         """``build(network)`` for ``trained``, called once per ``name`` while the network
         stays cached. A build that raises caches nothing."""
+        return self._part(trained, name, build, needs_network=True)
+
+    def extra(self, trained: TrainedNetwork, name: str, build: Callable[[], T]) -> T:
+        """``build()`` for ``trained``, called once per ``name`` while the network stays
+        cached, without building the ``nn.Module`` (e.g. an ONNX Runtime session of a graph
+        exported on the driver: no torch in this worker). A build that raises caches
+        nothing."""
+        return self._part(trained, name, lambda _net: build(), needs_network=False)
+
+    def _part(self, trained: TrainedNetwork, name: str, build: Callable[[Any], T],
+              needs_network: bool) -> T:
         with self._lock:
             entry = self._entries.get(trained.key)
             if entry is None:
-                entry = self._entries[trained.key] = (trained.build(), {})
+                entry = [trained.build() if needs_network else None, {}]
+                self._entries[trained.key] = entry
                 while len(self._entries) > self.capacity:
                     self._entries.popitem(last=False)
             else:
                 self._entries.move_to_end(trained.key)
-            net, parts = entry
+            parts = entry[1]
             if name not in parts:
-                parts[name] = build(net)
+                try:
+                    if needs_network and entry[0] is None:
+                        entry[0] = trained.build()
+                    parts[name] = build(entry[0])
+                except BaseException:
+                    if entry[0] is None and not parts:  # nothing built: no entry left
+                        self._entries.pop(trained.key, None)
+                    raise
             return parts[name]
 
     def clear(self) -> None:

@@ -94,7 +94,13 @@ def evaluate(model, df, k: int = 5, curves: bool = True) -> EvaluationResult:
     ``model`` is an ``ImageClassificationModel`` (its classes name the per-class rows) or
     any pyspark.ml classification model with label/prediction/probability columns.
     """
-    predictions = model.transform(df)
+    return evaluate_predictions(model, model.transform(df), k=k, curves=curves)
+
+
+def evaluate_predictions(model, predictions, k: int = 5, curves: bool = True
+                         ) -> EvaluationResult:
+    """Every metric of ``model``'s ``predictions`` (its transform output, or what
+    ``data.prediction_input.load_predictions`` returns), computed by Spark."""
     get = model.getOrDefault
     cols = Columns(
         label=get("labelCol") if model.hasParam("labelCol") else "label",

@@ -80,6 +80,7 @@ def start(
     session_conf: bool = True,
     backend: str | None = None,
     trust_code: bool = False,
+    warm_up: bool = True,
 ):
     """Classify the files that appear in ``input`` and append predictions to ``output``.
 
@@ -88,7 +89,11 @@ def start(
     ``sparkvision_writer`` attribute records every micro-batch (rows, rejected, model
     version). ``session_conf`` sets ``STREAM_CONF`` on the session (lower latency per
     micro-batch). ``backend``: the model's ``inferenceBackend`` (None keeps the model's).
-    ``trust_code``: allow a model folder whose network is an import path (its code runs)."""
+    ``trust_code``: allow a model folder whose network is an import path (its code runs).
+    ``warm_up``: before the query starts, run the model's plan once on one blank image per
+    core (``BatchWriter.warm_up``: Python workers started, network runner opened, write
+    compiled), so the first micro-batch is not the slow one; its seconds are the
+    writer's ``warm_up_seconds``."""
     from pyspark.sql import SparkSession
 
     check_format(format)
@@ -125,6 +130,7 @@ def start(
     claim_checkpoint(checkpoint, spec)
     os.makedirs(output, exist_ok=True)
     writer = BatchWriter(models, format, os.path.abspath(input), os.path.abspath(output))
+    writer.warm_up_seconds = round(writer.warm_up(spark), 3) if warm_up else None
     stream = source.writeStream.foreachBatch(writer).option("checkpointLocation", checkpoint)
     if query_name:
         stream = stream.queryName(query_name)

@@ -1,7 +1,9 @@
 """``foreachBatch`` body of ``sparkvision stream``: decode/check one micro-batch, predict it
 with the current model, and write predictions and rejected rows idempotently.
 
-One Spark job per micro-batch: predicted and rejected rows are written together into
+One Spark job and one Python runner per micro-batch task: each file is decoded (``prepare``'s
+decoding, its rejection reasons) and predicted by one Arrow UDF (``inference/files.py``),
+built once per model version. Predicted and rejected rows are written together into
 ``OUT/_staging/batch=ID`` (partitioned by kind), then the driver moves each kind to its
 folder, ``OUT/batch=ID`` and ``OUT/_rejected/batch=ID``, counting rows from the Parquet
 footers.
@@ -21,12 +23,10 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import pyarrow as pa
-
-from sparkvision.inference.arrays import typed_arrow_udf
+from sparkvision.inference.files import ERROR, FilePredictor
 from sparkvision.streaming.model_source import ModelSource
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,9 @@ class BatchRecord:
     rejected: int
     model_version: str
     seconds: float
+    #: seconds of the driver's parts of the batch: ``plan`` (model check, the rows' plan),
+    #: ``job`` (the Spark job: decode, predict, write), ``publish`` (the folder moves)
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def batch_path(root: str, batch_id: int) -> str:
@@ -85,30 +88,53 @@ def publish(staged: str, target: str, columns: tuple[str, ...] | None = None) ->
     return rows
 
 
-def stored_image_error(shape: tuple[int, int, int]):
-    """An Arrow UDF: null for an image stored as ``shape`` raw pixels or as PNG/JPEG bytes
-    of that size (``prepare --store encoded``), else why not. Only the images whose length
-    is not the raw size are decoded."""
-    def check(images: pa.Array) -> pa.Array:  # resolved from this module's globals
-        import numpy as np
-        import pyarrow.compute as pc
+@dataclass(frozen=True)
+class _Plan:
+    """What a micro-batch runs for one model version, built once: the fused decode-and-
+    predict UDF (``inference/files.py``: one Python runner per task, the weights pickled
+    once) and the output columns. Each batch is then two ``select`` calls and the write."""
 
-        from sparkvision.data.images import stored_to_array
+    version: str
+    predictor: FilePredictor
+    keep: tuple[str, ...]
+    columns: tuple[Any, ...]
 
-        h, w, c = shape
-        lengths = np.asarray(pc.binary_length(images).fill_null(-1))
-        out: list[str | None] = [None] * len(images)
-        for i in np.flatnonzero(lengths != h * w * c):
-            value = images[int(i)].as_py()
-            if value is None:
-                continue
-            try:
-                stored_to_array(value, shape)
-            except ValueError as exc:
-                out[int(i)] = f"{exc}; the model expects {h}x{w}x{c}"
-        return pa.array(out, pa.string())
+    @classmethod
+    def build(cls, model, version: str, fmt: str, source_root: str) -> _Plan:
+        from pyspark.sql import functions as F
 
-    return typed_arrow_udf(check, "string")
+        if fmt == "image":
+            predictor = FilePredictor(model, "content", root=source_root, raw=False)
+            keep: tuple[str, ...] = ("path", "eventMicros")
+        else:
+            predictor = FilePredictor(model, "stored", raw=False)
+            keep = ("path", "label", "eventMicros")
+        ok = F.col(ERROR).isNull()
+        columns = (
+            F.col("path"), F.col("label"), *[F.col(c) for c in PREDICTION_COLUMNS],
+            F.lit(version).alias("modelVersion"),
+            F.timestamp_micros("eventMicros").alias("eventTime"),
+            F.current_timestamp().alias("processedTime"),
+            F.col(ERROR).alias("reason"),
+            F.when(ok, F.lit(PREDICTED)).otherwise(F.lit(REJECTED)).alias(KIND),
+        )
+        return cls(version, predictor, keep, columns)
+
+    def rows(self, batch_df):
+        """The batch's rows to write: predicted and rejected, told apart by ``kind``."""
+        return self.predictor.apply(batch_df, self.keep).select(*self.columns)
+
+
+def _blank_png(h: int, w: int, c: int) -> bytes:
+    """A PNG of ``h``x``w`` mid-grey pixels (``c`` channels)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L" if c == 1 else "RGB", (w, h), 128 if c == 1 else (128, 128, 128)).save(
+        buffer, format="PNG")
+    return buffer.getvalue()
 
 
 class BatchWriter:
@@ -121,58 +147,59 @@ class BatchWriter:
         self.out = out
         self.records: list[BatchRecord] = []
         self._lock = threading.Lock()
+        self._current: _Plan | None = None
+        #: seconds ``warm_up`` took before the query started (None: not warmed up)
+        self.warm_up_seconds: float | None = None
 
-    def _checked(self, batch_df, model):
-        """Rows of ``DECODED``-like shape with ``error`` (null = good) and ``eventMicros``."""
-        from pyspark.sql import functions as F
+    def _plan(self, model, version: str) -> _Plan:
+        """The current model's plan (built at its first use, then reused)."""
+        plan = self._current
+        if plan is None or plan.version != version:
+            plan = self._current = _Plan.build(model, version, self.fmt, self.source_root)
+        return plan
 
-        h, w, c = (int(v) for v in model.getImageShape())
-        if self.fmt == "image":
-            from sparkvision.data.decoding import decode_files
-            from sparkvision.data.images import ImageSpec
-
-            return decode_files(batch_df, self.source_root, ImageSpec(h, w, c),
-                                need_class=False, keep=("eventMicros",))
-        shape = F.concat_ws("x", "height", "width", "channels")
-        error = (
-            F.when(F.col("image").isNull(), F.lit("no image bytes"))
-            .when(
-                F.col("height").isNotNull()
-                & ((F.col("height") != h) | (F.col("width") != w) | (F.col("channels") != c)),
-                F.concat(F.lit("image is "), shape, F.lit(f", the model expects {h}x{w}x{c}")),
-            )
-            .otherwise(stored_image_error((h, w, c))("image"))
-        )
-        return batch_df.withColumn("error", error)
-
-    def _with_label(self, rows, model):
-        from sparkvision.data.decoding import with_class_label
-
-        return with_class_label(rows, model.getClasses()) if self.fmt == "image" else rows
-
-    def __call__(self, batch_df, batch_id: int) -> None:
+    def warm_up(self, spark) -> float:
+        """Run the current model's plan once, before the stream starts, on one synthetic
+        row per core (a blank image of the model's shape), written to a scratch folder
+        and removed: the Python workers start, import, and open the network's runner (a
+        worker keeps it), and the JVM compiles the write, so the first micro-batch costs
+        about what the others do. Returns the seconds it took."""
         from pyspark.sql import functions as F
 
         started = time.monotonic()
         model, version = self.models.current()
+        plan = self._plan(model, version)
+        cores = max(1, int(spark.sparkContext.defaultParallelism))
         h, w, c = (int(v) for v in model.getImageShape())
-        rows = self._with_label(self._checked(batch_df, model), model)
-        ok = F.col("error").isNull()
-        # One Spark job per micro-batch: bad rows go through the network as a blank image
-        # (their outputs are dropped) and both kinds are written by one partitioned write.
-        blank = F.lit(bytes(h * w * c))
-        scored = model.transform(rows.withColumn("image", F.when(ok, F.col("image"))
-                                                 .otherwise(blank)))
-        kind = F.when(ok, F.lit(PREDICTED)).otherwise(F.lit(REJECTED))
-        out = scored.select(
-            "path", "label", *[F.when(ok, F.col(c)).alias(c) for c in PREDICTION_COLUMNS],
-            F.lit(version).alias("modelVersion"),
-            F.timestamp_micros("eventMicros").alias("eventTime"),
-            F.current_timestamp().alias("processedTime"),
-            F.col("error").alias("reason"), kind.alias(KIND),
-        )
+        ids = spark.range(0, cores, 1, cores)  # one task per core, no Python input
+        path = F.concat(F.lit(os.path.join(self.source_root, ".sparkvision-warm-up-")),
+                        F.col("id").cast("string"))
+        nothing = F.lit(None).cast("bigint")
+        if self.fmt == "image":
+            rows = ids.select(path.alias("path"), F.lit(_blank_png(h, w, c)).alias("content"),
+                              nothing.alias("eventMicros"))
+        else:
+            rows = ids.select(F.lit(bytes(h * w * c)).alias("image"), path.alias("path"),
+                              nothing.alias("label"), F.lit(h).cast("bigint").alias("height"),
+                              F.lit(w).cast("bigint").alias("width"),
+                              F.lit(c).cast("bigint").alias("channels"),
+                              nothing.alias("eventMicros"))
+        scratch = os.path.join(self.out, STAGING_DIR, "warm-up")
+        try:
+            plan.rows(rows).write.mode("overwrite").partitionBy(KIND).parquet(scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return time.monotonic() - started
+
+    def __call__(self, batch_df, batch_id: int) -> None:
+        started = time.monotonic()
+        model, version = self.models.current()
+        plan = self._plan(model, version)
         staging = batch_path(os.path.join(self.out, STAGING_DIR), batch_id)
-        out.write.mode("overwrite").partitionBy(KIND).parquet(staging)
+        rows = plan.rows(batch_df)
+        planned = time.monotonic()
+        rows.write.mode("overwrite").partitionBy(KIND).parquet(staging)
+        written = time.monotonic()
         counts = {}
         for name, target in ((PREDICTED, batch_path(self.out, batch_id)),
                              (REJECTED, batch_path(os.path.join(self.out, REJECTED_DIR),
@@ -180,8 +207,12 @@ class BatchWriter:
             counts[name] = publish(os.path.join(staging, f"{KIND}={name}"), target,
                                    None if name == PREDICTED else REJECTED_COLUMNS)
         shutil.rmtree(staging, ignore_errors=True)
+        done = time.monotonic()
         record = BatchRecord(batch_id, counts[PREDICTED] + counts[REJECTED], counts[REJECTED],
-                             version, round(time.monotonic() - started, 3))
+                             version, round(done - started, 3),
+                             {"plan": round(planned - started, 3),
+                              "job": round(written - planned, 3),
+                              "publish": round(done - written, 3)})
         with self._lock:
             self.records.append(record)
         log.info("stream batch %s", asdict(record))
