@@ -5,6 +5,7 @@ as it goes."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     import torch
 
     from sparkvision.training.loop import StepProfile
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -227,7 +230,10 @@ def run_epochs(run: Run, x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Te
         privacy=privacy,
     )
     if run.profile is not None:
-        _write_profile(run, summary)
+        try:
+            _write_profile(run, summary)
+        except OSError as e:  # a diagnostic: never a reason to fail the training
+            log.warning("could not write the step profile: %s", e)
     weights_bytes = state_dict_bytes(run.model) if rank == 0 else b""
     return weights_bytes, summary
 
