@@ -447,3 +447,39 @@ def test_same_host():
     assert same_host(["10.0.0.1:4040", "10.0.0.1:4041"])
     assert not same_host(["node-a", "node-b"])
     assert not same_host([])
+
+
+def test_futex_wait_returns_on_a_changed_counter_a_timeout_or_a_wake():
+    """The blocking wait under a long all-reduce wait: returns at once when the counter
+    already moved, after its timeout otherwise, and as soon as another thread stores and
+    wakes (a liveness check: the join's bound is generous, not a measurement)."""
+    import mmap
+    import threading
+
+    from sparkvision.training.shm_allreduce import _get_futex
+
+    futex = _get_futex()
+    if futex is None:
+        pytest.skip("futex(2) not available here")
+    segment = mmap.mmap(-1, 4096)
+    counters = np.ndarray((2,), np.int64, buffer=segment)
+    addr = int(counters.ctypes.data)
+    counters[0] = 7
+    futex.wait(addr, 6, 5.0)  # the counter is no longer 6: no sleep
+    futex.wait(addr, 7, 1e-3)  # still 7: back after the timeout
+    counters[0] = 2**32 + 5  # only the low 32 bits are compared
+    futex.wait(addr, 4, 5.0)
+    woke = threading.Event()
+
+    def waiter() -> None:
+        while counters[0] < 2**32 + 6:
+            futex.wait(addr, int(counters[0]), 5.0)
+        woke.set()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.05)
+    counters[0] = 2**32 + 6
+    futex.wake(addr)
+    thread.join(30)
+    assert woke.is_set()
