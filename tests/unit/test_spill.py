@@ -3,6 +3,7 @@ no file left behind."""
 
 from __future__ import annotations
 
+import mmap
 import os
 
 import numpy as np
@@ -108,8 +109,13 @@ def test_rows_are_transposed_and_written_in_slices(tmp_path, monkeypatch, budget
 def test_anon_memory_watch_keeps_the_peak_of_its_samples():
     watch = AnonMemoryWatch(interval_s=3600).start()  # no timed sample during the test
     assert watch.start_bytes == watch.peak > 0
-    batches = list(watch.through(iter([np.ones(32 << 20, np.uint8)])))  # touched: resident
+    # fresh anonymous pages, touched: resident (np.ones could reuse memory the allocator
+    # freed earlier in the suite and kept resident, so RssAnon need not grow)
+    fresh = mmap.mmap(-1, 32 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    np.frombuffer(fresh, np.uint8)[:] = 1
+    batches = list(watch.through(iter([fresh])))
     assert watch.peak >= watch.start_bytes + (30 << 20)
     del batches
+    fresh.close()
     watch.stop()
     assert watch.peak >= watch.sample() and watch._thread is None

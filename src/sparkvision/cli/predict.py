@@ -40,9 +40,9 @@ def load_model_and_input(args: argparse.Namespace, model=None):
 
 def load_model_and_predictions(args: argparse.Namespace, image: bool = False, model=None):
     """(spark, model with ``--backend``, its predictions of DATA, rejected files): an image
-    folder is decoded and predicted in one pass (``data.prediction_input.load_predictions``);
+    folder is decoded and predicted in one pass (``inference.predictions.load_predictions``);
     ``image``: keep the image column; ``model``: already ``load_model(args)``."""
-    from sparkvision.data.prediction_input import load_predictions
+    from sparkvision.inference.predictions import load_predictions
 
     if model is None:
         model = load_model(args)

@@ -59,7 +59,7 @@ def _decoded_rows(
     return out
 
 
-def _decode_batches(
+def decode_batches(
     batches: Iterator[Any], root: str, spec: ImageSpec, need_class: bool = True,
     keep: tuple[str, ...] = (),
 ) -> Iterator[Any]:
@@ -95,7 +95,7 @@ def file_reader(path: str):
     return lambda: storage.read_bytes(path)
 
 
-def _decode_paths(batches: Iterator[Any], root: str, spec: ImageSpec, need_class: bool,
+def decode_paths(batches: Iterator[Any], root: str, spec: ImageSpec, need_class: bool,
                   skip: frozenset[str]) -> Iterator[Any]:
     """Executor side: file paths → decoded rows, each file read here (not by the JVM:
     ``binaryFile`` costs ~100 µs a file before Python sees it); ``skip``: paths the
@@ -178,7 +178,7 @@ def decode_image_folder(spark, root: str, spec: ImageSpec, need_class: bool = Tr
         files, _unreadable = scan_files(Path(root))
     skip = frozenset(skip)
     return fewer_tasks(listing, files).mapInArrow(
-        lambda it: _decode_paths(it, root, spec, need_class, skip), DECODED_DDL
+        lambda it: decode_paths(it, root, spec, need_class, skip), DECODED_DDL
     ).persist()
 
 
@@ -201,7 +201,7 @@ def decode_files(raw, root: str, spec: ImageSpec, need_class: bool = True,
     ``error``. Works on batch and streaming DataFrames."""
     ddl = DECODED_DDL + "".join(f", {name} BIGINT" for name in keep)
     return raw.select("path", "content", *keep).mapInArrow(
-        lambda it: _decode_batches(it, root, spec, need_class, keep), ddl
+        lambda it: decode_batches(it, root, spec, need_class, keep), ddl
     )
 
 

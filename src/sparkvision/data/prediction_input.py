@@ -1,7 +1,7 @@
 """Turn a prediction input (prepared folder, split, TFRecords, Parquet, image folder) into a
-DataFrame with raw ``image`` bytes of the model's shape (``load_prediction_input``), or into
-a model's predictions of it (``load_predictions``: an image folder decoded and predicted in
-one Python runner per task)."""
+DataFrame with raw ``image`` bytes of the model's shape (``load_prediction_input``); list an
+image folder's files (``list_image_files``, decoded and predicted by
+``inference/predictions.py``)."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def load_prediction_input(
     return good, rejected_rows(decoded)
 
 
-def _is_image_folder(source: str) -> bool:
+def is_image_folder(source: str) -> bool:
     """An image folder: a local folder that is not prepared, Parquet or TFRecords."""
     if not storage.is_local(source):
         return False
@@ -106,34 +106,3 @@ def list_image_files(spark, root: str):
     )
     files, _unreadable = scan_files(Path(root))
     return fewer_tasks(listing, files)
-
-
-def load_predictions(spark, model, source: str, split: str, *, image: bool = False
-                     ) -> tuple[Any, list[dict[str, str]]]:
-    """(``model``'s predictions of the prediction input ``source``, its rejected files).
-
-    The predictions hold ``path`` and ``label`` where the input has them and the model's
-    output columns, as ``model.transform`` writes them; ``image=True`` keeps the images
-    too. An image folder is decoded and predicted in one Python runner per task
-    (``inference/files.py``: ``prepare``'s decoding and rejection reasons, the network
-    built once per worker); its predictions are persisted and the rejected files read from
-    them (one decoding pass). Any other input is ``model.transform`` of
-    ``load_prediction_input``."""
-    from pyspark.sql import functions as F
-
-    if not _is_image_folder(source):
-        df, rejected = load_prediction_input(spark, source, tuple(model.getImageShape()),
-                                             model.getClasses(), split)
-        predictions = model.transform(df)
-        return (predictions if image else predictions.drop(model.getImageCol())), rejected
-    from sparkvision.inference.files import ERROR, FilePredictor
-
-    root = str(Path(source).resolve())
-    predictor = FilePredictor(model, "files", root=root, image=image)
-    predicted = predictor.apply(list_image_files(spark, root)).persist()
-    bad = predicted.filter(F.col(ERROR).isNotNull()).select("path", ERROR).orderBy("path")
-    rejected = [{"path": r.path, "reason": r[ERROR]} for r in bad.collect()]
-    good = predicted.filter(F.col(ERROR).isNull()).drop(ERROR)
-    if image:
-        good = good.withColumnRenamed("image", model.getImageCol())
-    return good, rejected

@@ -85,16 +85,16 @@ def _decoded(kind: str, columns: tuple[pa.Array, ...], root: str, shape: tuple[i
     """(path, image Binary array, error String array, class names) of one Arrow batch of image
     files, decoded by ``prepare``'s own per-file code (``need_class=False``: files directly
     under ``root`` are predicted with no class)."""
-    from sparkvision.data.decoding import _decode_batches, _decode_paths
+    from sparkvision.data.decoding import decode_batches, decode_paths
     from sparkvision.data.images import ImageSpec
 
     spec = ImageSpec(*shape)
     if kind == "files":
         batch = pa.RecordBatch.from_arrays([columns[0]], names=["path"])
-        decoded = next(_decode_paths(iter([batch]), root, spec, False, frozenset()))
+        decoded = next(decode_paths(iter([batch]), root, spec, False, frozenset()))
     else:
         batch = pa.RecordBatch.from_arrays(list(columns[:2]), names=["path", "content"])
-        decoded = next(_decode_batches(iter([batch]), root, spec, False))
+        decoded = next(decode_batches(iter([batch]), root, spec, False))
     return (decoded.column("path"), decoded.column("image"), decoded.column("error"),
             decoded.column("class_name").to_pylist())
 

@@ -100,7 +100,7 @@ def evaluate(model, df, k: int = 5, curves: bool = True) -> EvaluationResult:
 def evaluate_predictions(model, predictions, k: int = 5, curves: bool = True
                          ) -> EvaluationResult:
     """Every metric of ``model``'s ``predictions`` (its transform output, or what
-    ``data.prediction_input.load_predictions`` returns), computed by Spark."""
+    ``inference.predictions.load_predictions`` returns), computed by Spark."""
     get = model.getOrDefault
     cols = Columns(
         label=get("labelCol") if model.hasParam("labelCol") else "label",

@@ -4,9 +4,9 @@ with the current model, and write predictions and rejected rows idempotently.
 One Spark job and one Python runner per micro-batch task: each file is decoded (``prepare``'s
 decoding, its rejection reasons) and predicted by one Arrow UDF (``inference/files.py``),
 built once per model version. Predicted and rejected rows are written together into
-``OUT/_staging/batch=ID`` (partitioned by kind), then the driver moves each kind to its
-folder, ``OUT/batch=ID`` and ``OUT/_rejected/batch=ID``, counting rows from the Parquet
-footers.
+``OUT/_staging/batch=ID`` (one plain Parquet write: a write partitioned by kind costs a sort
+and twice the files), then the driver splits them (pyarrow, a few hundred rows) into
+``OUT/batch=ID`` and ``OUT/_rejected/batch=ID``.
 
 Exactly once: Spark writes a micro-batch's offsets before running it and re-runs the same
 batch id with the same input after a crash; the staging folder is overwritten and each
@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 REJECTED_DIR = "_rejected"
 STAGING_DIR = "_staging"
-KIND, PREDICTED, REJECTED = "kind", "predicted", "rejected"
+#: The column of a staged row saying why it is rejected (null: predicted).
+REASON = "reason"
 #: Columns of a rejected row (the prediction columns of its file are null).
 REJECTED_COLUMNS = ("path", "reason", "eventTime", "processedTime")
 #: Model output columns written per predicted row, after ``path`` and ``label`` (then come
@@ -59,33 +60,71 @@ def batch_path(root: str, batch_id: int) -> str:
     return os.path.join(root, f"batch={batch_id}")
 
 
-def publish(staged: str, target: str, columns: tuple[str, ...] | None = None) -> int:
-    """Replace ``target`` with the staged folder of one kind (absent: no such rows); return
-    its row count (from the Parquet footers, no Spark job). ``columns``: keep only these
-    (rewritten on the driver; rejected rows are few). Idempotent: a replayed batch publishes
-    again over what a killed run left."""
+#: The key of the Spark schema (JSON) in a Parquet file Spark wrote.
+SPARK_SCHEMA_KEY = b"org.apache.spark.sql.parquet.row.metadata"
+
+
+def _without_fields(metadata: dict[bytes, bytes] | None, drop: set[str]) -> dict[bytes, bytes]:
+    """A Spark-written file's schema metadata without the fields named in ``drop`` (Spark
+    reads a vector column's type from it)."""
+    import json
+
+    meta = dict(metadata or {})
+    if SPARK_SCHEMA_KEY in meta:
+        schema = json.loads(meta[SPARK_SCHEMA_KEY])
+        schema["fields"] = [f for f in schema["fields"] if f["name"] not in drop]
+        meta[SPARK_SCHEMA_KEY] = json.dumps(schema).encode()
+    return meta
+
+
+def _replace_folder(tables: list[tuple[str, Any]], scratch: str, target: str) -> None:
+    """Write ``tables`` (file name, table) as Parquet into ``scratch``, then replace
+    ``target`` with it (``_SUCCESS`` included)."""
     import pyarrow.parquet as pq
 
+    shutil.rmtree(scratch, ignore_errors=True)
+    os.makedirs(scratch)
+    for name, table in tables:
+        # INT96 timestamps, as Spark wrote them (Spark cannot read pyarrow's nanoseconds)
+        pq.write_table(table, os.path.join(scratch, name), use_deprecated_int96_timestamps=True)
+    open(os.path.join(scratch, "_SUCCESS"), "w").close()
     if os.path.exists(target):
         shutil.rmtree(target)
-    if not os.path.isdir(staged):
-        return 0
-    files = sorted(os.path.join(staged, f) for f in os.listdir(staged)
-                   if f.endswith(".parquet"))
-    rows = sum(pq.read_metadata(f).num_rows for f in files)
-    keep = list(columns or ())
-    for f in files if keep else ():
-        table = pq.read_table(f, columns=keep).replace_schema_metadata(None)
-        # INT96 timestamps, as Spark wrote them (Spark cannot read pyarrow's nanoseconds)
-        pq.write_table(table, f + ".tmp", use_deprecated_int96_timestamps=True)
-        os.replace(f + ".tmp", f)
-        crc = os.path.join(staged, f".{os.path.basename(f)}.crc")  # Hadoop's checksum of
-        if os.path.exists(crc):  # the old bytes: stale now
-            os.remove(crc)
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    os.replace(staged, target)
-    open(os.path.join(target, "_SUCCESS"), "w").close()
-    return rows
+    os.replace(scratch, target)
+
+
+def publish(staged: str, predicted: str, rejected: str) -> tuple[int, int]:
+    """Split the staged Parquet files of one micro-batch (every row, ``reason`` null for a
+    predicted one) on the driver: the predicted rows without ``reason`` replace the folder
+    ``predicted``, the rejected rows' ``REJECTED_COLUMNS`` the folder ``rejected`` (a
+    folder only where there are such rows). Return (predicted, rejected) row counts.
+    Idempotent: a replayed batch publishes again over what a killed run left. (One Spark
+    write of all the rows and this split cost less than Spark's partitioned write.)"""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    files = sorted(f for f in os.listdir(staged) if f.endswith(".parquet"))
+    good: list[tuple[str, Any]] = []
+    bad: list[tuple[str, Any]] = []
+    for name in files:
+        table = pq.read_table(os.path.join(staged, name))
+        is_bad = pc.is_valid(table[REASON])
+        n_bad = int(pc.sum(is_bad).as_py() or 0)
+        ok = table.filter(pc.invert(is_bad)) if n_bad else table
+        if ok.num_rows:
+            good.append((name, ok.drop_columns([REASON]).replace_schema_metadata(
+                _without_fields(ok.schema.metadata, {REASON}))))
+        if n_bad:
+            bad.append((name, table.filter(is_bad).select(list(REJECTED_COLUMNS))
+                        .replace_schema_metadata(None)))
+    for tables, target, scratch in ((good, predicted, ".predicted"),
+                                    (bad, rejected, ".rejected")):
+        if tables:
+            _replace_folder(tables, os.path.join(staged, scratch), target)
+        elif os.path.exists(target):
+            shutil.rmtree(target)
+    return (sum(t.num_rows for _, t in good), sum(t.num_rows for _, t in bad))
 
 
 @dataclass(frozen=True)
@@ -109,19 +148,17 @@ class _Plan:
         else:
             predictor = FilePredictor(model, "stored", raw=False)
             keep = ("path", "label", "eventMicros")
-        ok = F.col(ERROR).isNull()
         columns = (
             F.col("path"), F.col("label"), *[F.col(c) for c in PREDICTION_COLUMNS],
             F.lit(version).alias("modelVersion"),
             F.timestamp_micros("eventMicros").alias("eventTime"),
             F.current_timestamp().alias("processedTime"),
-            F.col(ERROR).alias("reason"),
-            F.when(ok, F.lit(PREDICTED)).otherwise(F.lit(REJECTED)).alias(KIND),
+            F.col(ERROR).alias(REASON),
         )
         return cls(version, predictor, keep, columns)
 
     def rows(self, batch_df):
-        """The batch's rows to write: predicted and rejected, told apart by ``kind``."""
+        """The batch's rows to write: predicted and rejected (``reason`` not null)."""
         return self.predictor.apply(batch_df, self.keep).select(*self.columns)
 
 
@@ -159,11 +196,12 @@ class BatchWriter:
         return plan
 
     def warm_up(self, spark) -> float:
-        """Run the current model's plan once, before the stream starts, on one synthetic
-        row per core (a blank image of the model's shape), written to a scratch folder
-        and removed: the Python workers start, import, and open the network's runner (a
-        worker keeps it), and the JVM compiles the write, so the first micro-batch costs
-        about what the others do. Returns the seconds it took."""
+        """Run a micro-batch's work once, before the stream starts, on one blank image of
+        the model's shape per core (image files: read by ``binaryFile`` from a scratch
+        folder, as the stream reads them), written and published to scratch folders that
+        are then removed: the Python workers start, import and open the network's runner
+        (a worker keeps it), and the JVM loads and compiles the reading and writing code,
+        so the first micro-batch costs about what the others do. Returns its seconds."""
         from pyspark.sql import functions as F
 
         started = time.monotonic()
@@ -171,22 +209,30 @@ class BatchWriter:
         plan = self._plan(model, version)
         cores = max(1, int(spark.sparkContext.defaultParallelism))
         h, w, c = (int(v) for v in model.getImageShape())
-        ids = spark.range(0, cores, 1, cores)  # one task per core, no Python input
-        path = F.concat(F.lit(os.path.join(self.source_root, ".sparkvision-warm-up-")),
-                        F.col("id").cast("string"))
-        nothing = F.lit(None).cast("bigint")
-        if self.fmt == "image":
-            rows = ids.select(path.alias("path"), F.lit(_blank_png(h, w, c)).alias("content"),
-                              nothing.alias("eventMicros"))
-        else:
-            rows = ids.select(F.lit(bytes(h * w * c)).alias("image"), path.alias("path"),
-                              nothing.alias("label"), F.lit(h).cast("bigint").alias("height"),
-                              F.lit(w).cast("bigint").alias("width"),
-                              F.lit(c).cast("bigint").alias("channels"),
-                              nothing.alias("eventMicros"))
         scratch = os.path.join(self.out, STAGING_DIR, "warm-up")
         try:
-            plan.rows(rows).write.mode("overwrite").partitionBy(KIND).parquet(scratch)
+            if self.fmt == "image":
+                from sparkvision.streaming.sources import BINARY_FILE_DDL, image_rows
+
+                folder = os.path.join(scratch, "in")
+                os.makedirs(folder, exist_ok=True)
+                for i in range(cores):
+                    with open(os.path.join(folder, f"blank-{i}.png"), "wb") as fh:
+                        fh.write(_blank_png(h, w, c))
+                raw = spark.read.format("binaryFile").schema(BINARY_FILE_DDL).load(folder)
+                rows = image_rows(raw).repartition(cores)  # one task per core
+            else:
+                nothing = F.lit(None).cast("bigint")
+                rows = spark.range(0, cores, 1, cores).select(  # one task per core
+                    F.lit(bytes(h * w * c)).alias("image"),
+                    F.concat(F.lit("warm-up-"), F.col("id").cast("string")).alias("path"),
+                    nothing.alias("label"), F.lit(h).cast("bigint").alias("height"),
+                    F.lit(w).cast("bigint").alias("width"),
+                    F.lit(c).cast("bigint").alias("channels"), nothing.alias("eventMicros"))
+            staged = os.path.join(scratch, "staged")
+            plan.rows(rows).write.mode("overwrite").parquet(staged)
+            publish(staged, os.path.join(scratch, "predicted"),
+                    os.path.join(scratch, "rejected"))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return time.monotonic() - started
@@ -198,18 +244,15 @@ class BatchWriter:
         staging = batch_path(os.path.join(self.out, STAGING_DIR), batch_id)
         rows = plan.rows(batch_df)
         planned = time.monotonic()
-        rows.write.mode("overwrite").partitionBy(KIND).parquet(staging)
+        rows.write.mode("overwrite").parquet(staging)
         written = time.monotonic()
-        counts = {}
-        for name, target in ((PREDICTED, batch_path(self.out, batch_id)),
-                             (REJECTED, batch_path(os.path.join(self.out, REJECTED_DIR),
-                                                   batch_id))):
-            counts[name] = publish(os.path.join(staging, f"{KIND}={name}"), target,
-                                   None if name == PREDICTED else REJECTED_COLUMNS)
+        predicted, rejected = publish(staging, batch_path(self.out, batch_id),
+                                      batch_path(os.path.join(self.out, REJECTED_DIR),
+                                                 batch_id))
         shutil.rmtree(staging, ignore_errors=True)
         done = time.monotonic()
-        record = BatchRecord(batch_id, counts[PREDICTED] + counts[REJECTED], counts[REJECTED],
-                             version, round(done - started, 3),
+        record = BatchRecord(batch_id, predicted + rejected, rejected, version,
+                             round(done - started, 3),
                              {"plan": round(planned - started, 3),
                               "job": round(written - planned, 3),
                               "publish": round(done - written, 3)})

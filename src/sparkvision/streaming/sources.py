@@ -22,6 +22,17 @@ def check_format(fmt: str) -> None:
         raise InvalidParameterError("format", fmt, f"use one of {', '.join(FORMATS)}")
 
 
+def image_rows(raw):
+    """``binaryFile`` rows (streaming or not) → ``path`` (no ``file:``), ``content``,
+    ``eventMicros``."""
+    from pyspark.sql import functions as F
+
+    return raw.select(
+        F.regexp_replace("path", "^file:", "").alias("path"), "content",
+        F.unix_micros("modificationTime").alias("eventMicros"),
+    )
+
+
 def read_stream(spark, source: str, fmt: str, max_files_per_trigger: int | None = None):
     """A streaming DataFrame over the files that appear in ``source``.
 
@@ -47,10 +58,7 @@ def read_stream(spark, source: str, fmt: str, max_files_per_trigger: int | None 
             .option("ignoreMissingFiles", "true")
             .load(source)
         )
-        return raw.select(
-            F.regexp_replace("path", "^file:", "").alias("path"), "content",
-            F.unix_micros("modificationTime").alias("eventMicros"),
-        )
+        return image_rows(raw)
     if fmt == "parquet":
         raw = reader.schema(PARQUET_DDL).option("recursiveFileLookup", "true").parquet(source)
         return raw.select(
