@@ -4,8 +4,10 @@ session start.
 
 Each check is written once. Those that already live with the code that reads the input
 are called from there (``data.manifest.read_manifest``, ``ml.model.check_model_folder``,
-``models.registry.validate_model_name``); this module holds the ones whose input is
-otherwise first read after a session exists. It sits just above ``storage`` in the layers
+``models.registry.validate_model_name`` and ``check_user_network``, through
+``validateParams``); this module holds the ones whose input is otherwise first read after a
+session exists, and the API calls them too (``load_prediction_input``, ``streaming.start``
+and ``read_stream``). It sits just above ``storage`` in the layers
 (it imports only ``errors`` and ``storage``), so the data and streaming code that reads
 these inputs can call the same functions. Nothing here imports torch or pyspark.
 """

@@ -51,8 +51,11 @@ def expected_predictions(spark, model, rows) -> list[float]:
     return [r.prediction for r in model.transform(df).select("prediction").collect()]
 
 
+# None: Spark writes each micro-batch and the driver splits the files; 100: the bounded
+# micro-batch's rows come to the driver as Arrow and are written there (BatchWriter.collect)
+@pytest.mark.parametrize("max_files", [None, 100])
 def test_available_now_two_waves_exactly_once_with_rejected(spark, trained, tmp_path,
-                                                            test_rows):
+                                                            test_rows, max_files):
     from sparkvision.streaming import start
 
     model = trained[0]
@@ -61,15 +64,21 @@ def test_available_now_two_waves_exactly_once_with_rejected(spark, trained, tmp_
     inbox.mkdir()
     first = drop_images(test_rows[:20], inbox, shape)
     bad = drop_corrupt(inbox, ["broken_a.png", "broken_b.png", "broken_c.jpg"])
-    q = start(model, str(inbox), str(out), str(ckpt), available_now=True, spark=spark)
+    q = start(model, str(inbox), str(out), str(ckpt), available_now=True, spark=spark,
+              max_files_per_trigger=max_files)
     q.awaitTermination(120)
     assert not q.isActive
+    assert q.sparkvision_writer.collect is (max_files is not None)
     second = drop_images(test_rows[20:], inbox, shape, start=20)
     bad |= drop_corrupt(inbox / "3", ["broken_d.png", "broken_e.png"])
-    q = start(model, str(inbox), str(out), str(ckpt), available_now=True, spark=spark)
+    q = start(model, str(inbox), str(out), str(ckpt), available_now=True, spark=spark,
+              max_files_per_trigger=max_files)
     q.awaitTermination(120)
 
     got = spark.read.parquet(str(out))
+    from pyspark.ml.linalg import VectorUDT
+
+    assert got.schema["probability"].dataType == VectorUDT()  # as transform writes it
     rows = got.collect()
     paths = [r.path for r in rows]
     assert len(paths) == len(set(paths)) == 45  # each good file once, over both waves

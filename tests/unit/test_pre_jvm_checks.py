@@ -130,3 +130,45 @@ def test_a_command_that_starts_spark_leaves_the_marker(fake_java, data, tmp_path
     done = _cli(["train", str(data), "--out", str(tmp_path / "out")], env)
     assert marker.exists(), done.stderr
     assert done.returncode not in (0, 2), done.stderr
+
+
+# The same checks from the Python API: one SparkVisionError naming the thing, no session.
+
+def test_api_classifier_with_an_import_path_that_does_not_import_fails_in_validate():
+    from sparkvision.errors import InvalidParameterError
+    from sparkvision.ml.classifier import ImageClassifier
+
+    with pytest.raises(InvalidParameterError) as info:
+        ImageClassifier(model="no_such_pkg_sv.nets:build").validateParams()
+    assert info.value.name == "model" and "cannot be imported" in str(info.value)
+    with pytest.raises(InvalidParameterError, match="has no callable 'nothing_here'"):
+        ImageClassifier(model="dp:json:nothing_here").validateParams()
+    ImageClassifier(model="json:loads").validateParams()  # importable and callable: passes
+
+
+def test_api_tuning_space_imports_every_searched_network():
+    from sparkvision.errors import InvalidParameterError
+    from sparkvision.tuning.space import parse_space
+
+    with pytest.raises(InvalidParameterError, match="no_such_pkg_sv"):
+        parse_space({"model": ["simple_cnn", "no_such_pkg_sv:net"]})
+
+
+def test_api_stream_of_a_missing_folder_fails_before_any_session(tmp_path: Path):
+    from sparkvision.errors import DataError
+    from sparkvision.streaming import start
+
+    missing = tmp_path / "incoming"
+    # the model argument is never looked at: the input is checked first
+    with pytest.raises(DataError, match="stream input folder .*incoming.* does not exist"):
+        start(str(tmp_path / "model"), str(missing), str(tmp_path / "out"),
+              str(tmp_path / "ckpt"))
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_api_prediction_input_that_does_not_exist_names_it(tmp_path: Path):
+    from sparkvision.data.prediction_input import load_prediction_input
+    from sparkvision.errors import DataError
+
+    with pytest.raises(DataError, match="prediction input .*nowhere.* does not exist"):
+        load_prediction_input(None, str(tmp_path / "nowhere"), (8, 8, 1), ["a"], "test")

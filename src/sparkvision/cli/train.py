@@ -64,28 +64,14 @@ def classifier_params(args: argparse.Namespace, manifest: dict[str, Any]) -> dic
     return params
 
 
-def check_user_network(name: str) -> str:
-    """For a network given as an import path (``package.module:function``, also behind
-    ``dp:``): the module imports here and has that callable, else ``InvalidParameterError``
-    naming ``model`` (``models.registry.resolve_user_builder``: the check a Spark task makes
-    when it builds the network, made before the JVM starts). Other names pass untouched
-    (``validate_model_name`` checks them). Imports the user's module, not torch."""
-    from sparkvision.models.registry import DP_PREFIX, resolve_user_builder, runs_user_code
-
-    if runs_user_code(name):
-        resolve_user_builder(name.removeprefix(DP_PREFIX))
-    return name
-
-
 def checked_classifier(params: dict[str, Any]):
     """The ImageClassifier of ``params`` (``classifier_params``), after every check of them
-    that needs no Spark (they fail before the JVM starts): ``validateParams``, and a network
-    given as an import path imports here with its function."""
+    that needs no Spark (``validateParams``, a network's import path included): they fail
+    before the JVM starts."""
     from sparkvision.ml.classifier import ImageClassifier
 
     clf = ImageClassifier(**params)
     clf.validateParams()
-    check_user_network(clf.getOrDefault("model"))
     return clf
 
 

@@ -8,7 +8,6 @@ from sparkvision.cli.common import add_common, emit, spark_session
 from sparkvision.cli.mlflow_flags import Tracking, add_mlflow_flags, tracked
 from sparkvision.cli.train import (
     add_train_flags,
-    check_user_network,
     checked_classifier,
     classifier_params,
 )
@@ -29,10 +28,7 @@ def run(args: argparse.Namespace, tracking: Tracking) -> int:
     config.check(space)
     manifest = read_manifest(args.data)
     params = classifier_params(args, manifest)
-    checked_classifier(params)
-    for d in space:  # a searched import path: every choice imports
-        for choice in d.choices if d.name == "model" else ():
-            check_user_network(choice)
+    checked_classifier(params)  # a searched import path: parse_space imported each choice
     has_val = bool(manifest["splits"].get("val"))
     if args.metric.startswith("val_") and not has_val:
         from sparkvision.errors import InvalidParameterError

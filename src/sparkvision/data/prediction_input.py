@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sparkvision import storage
+from sparkvision.checks import check_prediction_input
 from sparkvision.data.decoding import (
     decode_image_folder,
     label_by_class,
@@ -43,18 +44,12 @@ def load_prediction_input(
     """Return (DataFrame with image/path[/label], rejected files)."""
     from pyspark.sql import functions as F
 
+    check_prediction_input(source)
     if not storage.is_local(source):  # a URL: a prepared folder or TFRecords there
         if storage.exists(storage.join(source, MANIFEST)):
             return load_prepared(spark, source, split), []
-        if not storage.exists(source):
-            raise DataError(f"prediction input {source!r} does not exist: check the URL")
         return _prepared_or_raw_tfrecords(spark, source), []
     path = Path(source)
-    if not path.exists():
-        raise DataError(
-            f"prediction input {source!r} does not exist: give a prepared folder, a split "
-            "folder, TFRecord/Parquet files or an image folder"
-        )
     if (path / MANIFEST).exists():
         return load_prepared(spark, str(path), split), []
     h, w, c = image_shape

@@ -247,11 +247,11 @@ class FilePredictor:
     is predicted), ``label`` (``files``/``content``: the index of the row's class folder
     among the model's classes, null when none), the model's output columns under its Param
     names, as ``transform`` writes them (vectors built in the JVM; a Param set to ``""``
-    leaves that column out; null for a rejected row), and ``image`` (the decoded pixels)
-    when asked."""
+    leaves that column out; null for a rejected row, or an empty vector for a vector column
+    with ``empty_vectors``), and ``image`` (the decoded pixels) when asked."""
 
     def __init__(self, model: Any, kind: str, root: str = "", raw: bool = True,
-                 image: bool = False) -> None:
+                 image: bool = False, empty_vectors: bool = False) -> None:
         from pyspark.ml.functions import array_to_vector
         from pyspark.sql import functions as F
 
@@ -268,8 +268,12 @@ class FilePredictor:
         self._tmp = f"_sv_files_{model.uid}"
         tmp = F.col(f"`{self._tmp}`")
 
-        def vector(field: str) -> Any:  # null for a rejected row (array_to_vector fails)
-            return F.when(tmp[field].isNotNull(), array_to_vector(tmp[field]))
+        # a rejected row's vectors: null (array_to_vector fails on null), or with
+        # empty_vectors an empty vector (DataFrame.toArrow cannot convert a null vector)
+        empty = array_to_vector(F.array().cast("array<double>")) if empty_vectors else None
+
+        def vector(field: str) -> Any:
+            return F.when(tmp[field].isNotNull(), array_to_vector(tmp[field])).otherwise(empty)
 
         outputs = {
             get(model.rawPredictionCol): vector("rawPrediction") if raw else None,

@@ -123,9 +123,13 @@ class ImageClassifierParams(
     _tables: tuple[type, ...] = (TrainSettings, OutputSettings)
 
     def validateParams(self) -> None:
-        """Raise InvalidParameterError for any out-of-range Param (driver side)."""
+        """Raise InvalidParameterError for any out-of-range Param (driver side); a network
+        given as an import path must import, with its function."""
         get = self.getOrDefault
         self.validateNetworkParams()
+        from sparkvision.models.registry import check_user_network
+
+        check_user_network(get("model"))
         self.checkTables()
         if get("balance") == "weights" and get("classWeights") not in ([], "balanced"):
             raise InvalidParameterError(

@@ -91,6 +91,18 @@ def validate_model_name(name: str, input_shape: tuple[int, int, int] | None = No
     )
 
 
+def check_user_network(name: str) -> str:
+    """For a network given as an import path (``package.module:function``, also behind
+    ``dp:``): the module imports here and has that callable, else ``InvalidParameterError``
+    naming ``model`` (``resolve_user_builder``: the check a Spark task makes when it builds
+    the network, made on the driver before any job, and before the JVM starts from the
+    CLI). Other names pass untouched (``validate_model_name`` checks them). Imports the
+    user's module, not torch."""
+    if runs_user_code(name):
+        resolve_user_builder(name.removeprefix(DP_PREFIX))
+    return name
+
+
 def resolve_user_builder(path: str) -> Callable[..., Any]:
     module_name, func_name = path.split(":", 1)
     try:

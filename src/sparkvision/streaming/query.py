@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from sparkvision.checks import check_stream_input
 from sparkvision.errors import InvalidParameterError
 from sparkvision.streaming.model_source import ModelSource
 from sparkvision.streaming.sink import BatchWriter
@@ -97,6 +98,7 @@ def start(
     from pyspark.sql import SparkSession
 
     check_format(format)
+    check_stream_input(input)  # before the model is loaded or the session touched
     if not available_now and trigger_seconds <= 0:
         raise InvalidParameterError("trigger_seconds", trigger_seconds, "use a value > 0")
     if max_files_per_trigger is not None and max_files_per_trigger < 1:
@@ -129,7 +131,8 @@ def start(
     spec = StreamSpec(input, output, format)
     claim_checkpoint(checkpoint, spec)
     os.makedirs(output, exist_ok=True)
-    writer = BatchWriter(models, format, os.path.abspath(input), os.path.abspath(output))
+    writer = BatchWriter(models, format, os.path.abspath(input), os.path.abspath(output),
+                         max_files_per_trigger)
     writer.warm_up_seconds = round(writer.warm_up(spark), 3) if warm_up else None
     stream = source.writeStream.foreachBatch(writer).option("checkpointLocation", checkpoint)
     if query_name:

@@ -4,9 +4,8 @@ modification time in microseconds, or null where the format has none)."""
 
 from __future__ import annotations
 
-import os
-
-from sparkvision.errors import DataError, InvalidParameterError
+from sparkvision.checks import check_stream_input
+from sparkvision.errors import InvalidParameterError
 
 FORMATS = ("image", "tfrecords", "parquet")
 
@@ -41,11 +40,7 @@ def read_stream(spark, source: str, fmt: str, max_files_per_trigger: int | None 
     from pyspark.sql import functions as F
 
     check_format(fmt)
-    if not os.path.isdir(source):
-        raise DataError(
-            f"stream input folder {source!r} does not exist: create it (files dropped into it "
-            "are classified as they arrive)"
-        )
+    check_stream_input(source)
     reader = spark.readStream
     if max_files_per_trigger:
         reader = reader.option("maxFilesPerTrigger", str(max_files_per_trigger))
