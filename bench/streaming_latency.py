@@ -18,7 +18,8 @@ Python tasks (``SPARKVISION_PROFILE_DIR``): decoding, getting the network's runn
 once per Python worker), predicting, per Arrow batch.
 
 Baselines in the same run and session: the floor of Structured Streaming here (the same
-files, same trigger, a ``foreachBatch`` that only writes each file's path to Parquet), and
+files, same trigger, a ``foreachBatch`` that only writes each file's path to Parquet, run
+after ours), the same stream again in the now warm JVM (steady state), and
 the same 100 files predicted as a batch job (``load_predictions`` on the folder → Parquet,
 as ``sparkvision predict`` does), median of the 20 folders.
 Targets: p95 < 1 s, first micro-batch < 3 s. Run (2 cores are shared: take the lock):
@@ -183,6 +184,14 @@ def main() -> None:
     floor_ms = [b.ms for b in batch_progress(floor_q)]
     floor_parts = spark_parts(floor_q)
 
+    # the same stream again in this now warm JVM (no worker profile): steady-state latency
+    # without the JIT warm-up a fresh JVM pays over its first minute
+    warm_q = start(str(work / "model"), str(inbox), str(run / "out-warm"),
+                   str(run / "ckpt-warm"), available_now=True,
+                   max_files_per_trigger=args.batch_files, spark=spark)
+    warm_q.awaitTermination()
+    warm_ms = [b.ms for b in batch_progress(warm_q)]
+
     # baseline: each 100-file folder predicted by a batch job, as `sparkvision predict`
     model = ImageClassificationModel.load(str(work / "model"))
 
@@ -215,6 +224,8 @@ def main() -> None:
             "python_workers": workers,
             "floor_spark_parts_median": medians(floor_parts, SPARK_PARTS),
         },
+        "stream_again_warm_jvm_ms": {**percentiles(warm_ms), "first": warm_ms[0],
+                                     "batch_ms": warm_ms},
         "baseline_floor_stream_ms": {**percentiles(floor_ms), "first": floor_ms[0],
                                      "batch_ms": floor_ms},
         "baseline_batch_job_ms": percentiles(baseline_ms),
@@ -224,13 +235,15 @@ def main() -> None:
             "floor_p50_vs_stream_p50": round(statistics.median(floor_ms) / stats["p50_ms"], 3),
         },
         "targets": {"p95_ms": "< 1000", "first_ms": "< 3000",
-                    "met": bool(stats["p95_ms"] < 1000 and ms and ms[0] < 3000)},
+                    "met_cold_jvm": bool(stats["p95_ms"] < 1000 and ms and ms[0] < 3000),
+                    "p95_met_warm_jvm": bool(percentiles(warm_ms)["p95"] < 1000)},
         "load_avg_1m_start": load_at_start,  # machine.load_avg_1m: at the end
     }
     path = write_result("streaming_latency", result)
     print(f"stream: {stats['batches']} batches, p50 {stats['p50_ms']} ms, "
           f"p95 {stats['p95_ms']} ms, first {ms[0]} ms, {stats['rows_per_s']} rows/s "
           f"(start() {start_call_ms} ms, of which warm-up {result['stream']['warm_up_ms']} ms)")
+    print(f"the same stream again, warm JVM: {percentiles(warm_ms)}")
     print(f"floor stream (paths only): p50 {statistics.median(floor_ms)} ms")
     print(f"batch job per {args.batch_files} files: p50 {result['baseline_batch_job_ms']['p50']}"
           f" ms")
