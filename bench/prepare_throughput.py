@@ -198,6 +198,7 @@ def run_prepare(folder: Path, out: Path, log_dir: Path) -> dict:
         raise SystemExit(f"prepare exited {proc.returncode}:\n{stderr.decode()[-3000:]}")
     payload = json.loads(stdout.decode().strip().splitlines()[-1])
     return {"wall_s": round(wall, 2), "prepare_s": payload["seconds"],
+            "phases_s": payload.get("phases"),
             "images": sum(payload["splits"].values()),
             "rejected": payload.get("rejected_count", len(payload["rejected"])),
             "driver_peak_rss_mb": round(peak["driver"] / 1024, 1),

@@ -96,6 +96,11 @@ def test_prepare_folder_keeps_good_images_and_lists_bad_ones(spark, tmp_path, ca
     assert deep.label == 1 and len(deep.image) == 12 * 10 * 3
     assert set(deep.image) == {255}  # 16-bit white scaled to 8-bit white, not clipped
     assert json.loads((out / "dataset.json").read_text())["rejected"] == payload["rejected"]
+    # where the time went, phase by phase, adding up to the command's seconds
+    phases = payload["phases"]
+    assert list(phases) == ["list", "session", "check", "write", "commit"]
+    assert all(v >= 0 for v in phases.values()) and phases["write"] > 0
+    assert abs(sum(phases.values()) - payload["seconds"]) < 0.05
 
 
 @pytest.mark.parametrize(

@@ -266,3 +266,43 @@ def test_evaluation_batches_of_big_images_are_capped_by_bytes():
     evaluate(small, torch.zeros(600, 1, 28, 28, dtype=torch.uint8), torch.zeros(600).long(),
              "cross_entropy")
     assert sizes == [512, 88]
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_optimizer_is_fused_on_cpu_and_steps_like_the_per_tensor_loop(optimizer):
+    config = TrainConfig(model="cnn", num_classes=3, image_shape=(8, 8, 1), optimizer=optimizer,
+                         momentum=0.9, weight_decay=1e-4)
+    torch.manual_seed(0)
+    fused_net = build_model("cnn", 3, (8, 8, 1))
+    loop_net = build_model("cnn", 3, (8, 8, 1))
+    loop_net.load_state_dict(fused_net.state_dict())
+
+    def groups(net):  # parameter groups work too
+        params = list(net.parameters())
+        return [{"params": params[:2], "lr": 0.001}, {"params": params[2:]}]
+
+    fused = make_optimizer(config, groups(fused_net))
+    assert fused.defaults["fused"] is True
+    kind = torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam
+    extra = {"momentum": 0.9} if optimizer == "sgd" else {}
+    reference = kind(groups(loop_net), lr=config.learning_rate, weight_decay=1e-4, **extra)
+    assert not reference.defaults["fused"]
+    x = torch.randn(6, 1, 8, 8)
+    for net, opt in ((fused_net, fused), (loop_net, reference)):
+        torch.manual_seed(1)  # the same dropout masks
+        for _ in range(3):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(fused_net.parameters(), loop_net.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
+
+
+def test_optimizer_without_a_fused_kernel_falls_back_to_the_loop():
+    config = TrainConfig(model="cnn", num_classes=3, image_shape=(8, 8, 1))
+    p = torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))  # no fused kernel
+    opt = make_optimizer(config, [p])
+    assert not opt.defaults["fused"]
+    p.grad = torch.ones_like(p)
+    opt.step()
+    assert p.abs().sum() > 0

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         "storage": result.storage,
         "imbalance": result.imbalance,
         "seconds": result.seconds,
+        "phases": result.phases,
     }
     lines = [
         f"prepared {args.source} → {result.out} ({result.format})",

@@ -194,17 +194,6 @@ def fewer_tasks(raw, files: int):
     return raw.coalesce(max(1, -(-files // FILES_PER_TASK)))
 
 
-def decode_files(raw, root: str, spec: ImageSpec, need_class: bool = True,
-                 keep: tuple[str, ...] = ()):
-    """``binaryFile``-shaped rows (``path``, ``content``, and the BIGINT ``keep`` columns)
-    → ``DECODED_DDL`` rows (+ ``keep``), decoded on the executors; bad files carry
-    ``error``. Works on batch and streaming DataFrames."""
-    ddl = DECODED_DDL + "".join(f", {name} BIGINT" for name in keep)
-    return raw.select("path", "content", *keep).mapInArrow(
-        lambda it: decode_batches(it, root, spec, need_class, keep), ddl
-    )
-
-
 #: Rejected files listed in ``dataset.json`` and command output; all of them go to
 #: ``REJECTED_FILE`` beside it.
 MAX_LISTED_REJECTED = 1000

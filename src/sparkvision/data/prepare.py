@@ -108,11 +108,16 @@ class PrepareResult:
     imbalance: dict[str, Any] | None = None
     storage: str = "raw"  # raw | png | jpeg
     seconds: float = 0.0
+    #: seconds per phase: list (the driver's listing), session (from the listing to the
+    #: Spark part: the JVM's start when the CLI starts it), check (small classes), write
+    #: (the one job), commit (rejected files merged, splits swapped in)
+    phases: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def manifest(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("extra")
+        data.pop("phases")
         data["image_shape"] = list(self.image_shape)
         data["paths"] = {s: s for s in SPLITS}
         data["version"] = 1
@@ -249,6 +254,7 @@ class PreparePlan:
     out: str
     work: str
     started: float
+    listed: float = 0.0  # time.monotonic() when the listing ended
     listing: Listing | None = None  # None: ingested TFRecords (listed with Spark)
     tasks: TaskPlan | None = None
     classes: list[str] = field(default_factory=list)
@@ -292,6 +298,7 @@ def plan_prepare(config: PrepareConfig) -> Iterator[PreparePlan]:
             planned.tasks = TaskPlan(listing.count, task_count(listing.count, config.num_shards),
                                      config.seed, spec, root=root, chunk_dir=listing.chunk_dir,
                                      folder=work, shape=shape)
+        planned.listed = time.monotonic()
         yield planned
     finally:
         storage.remove(work)
@@ -312,6 +319,7 @@ def run_prepare(spark, planned: PreparePlan) -> PrepareResult:
     """The Spark part of :func:`prepare`, after :func:`plan_prepare`."""
     config, out, work = planned.config, planned.out, planned.work
     source = config.source
+    marks = {"list": planned.listed or planned.started, "session": time.monotonic()}
     frame, bad = None, []
     listing, plan = planned.listing, planned.tasks
     class_order, image_shape = planned.classes, planned.image_shape
@@ -333,13 +341,19 @@ def run_prepare(spark, planned: PreparePlan) -> PrepareResult:
                           config.split, config.imbalance)
     plan = dataclasses.replace(plan, labels=labels, starts=starts,
                                skip=frozenset(rel for rel, _, _ in bad))
+    marks["check"] = time.monotonic()
     counts = _write(spark, plan, frame)
+    marks["write"] = time.monotonic()
     per_class: dict[str, dict[str, int]] = {s: {c: counts.get((s, labels[c]), 0)
                                                 for c in classes} for s in SPLITS}
     known = sorted(listing.rejected + [(p, reason) for _, p, reason in bad])
     rejected_count, rejected = merge_rejected(work, known, storage.join(out, REJECTED_FILE),
                                               MAX_LISTED_REJECTED)
     commit_splits(work, out, config.fmt)
+    marks["commit"] = time.monotonic()
+    phases, before = {}, planned.started
+    for name, at in marks.items():
+        phases[name], before = round(at - before, 3), at
 
     result = PrepareResult(
         out=out,
@@ -360,6 +374,7 @@ def run_prepare(spark, planned: PreparePlan) -> PrepareResult:
         },
         storage="raw" if config.store == "raw" else config.encoding,
         seconds=round(time.monotonic() - planned.started, 3),
+        phases=phases,
     )
     write_manifest(out, result.manifest())
     log.info("prepared %s: %s", out, result.splits)

