@@ -16,6 +16,12 @@ nothing behind.
         cluster.start_worker()       # one more worker (e.g. a replacement)
 
 ``standalone_cluster`` is the same as a context manager function.
+
+Workers can run elsewhere than the Master: ``start_worker(launch=WorkerLaunch(...))`` starts
+one through a command prefix (``tests/netns.py``: ``ip netns exec NS unshare … sh -c …``, an
+emulated host with its own network, host name and ``/dev/shm``), with its own ``--host`` (or
+none: Spark picks the address as on a real machine) and environment changes; the Master then
+listens on an address those hosts reach (``host=``).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +97,17 @@ def _pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
+@dataclass(frozen=True)
+class WorkerLaunch:
+    """How to start one Worker elsewhere: ``prefix`` runs before ``spark-class`` (it must
+    ``exec`` it, so the Worker JVM keeps the spawned PID); ``host`` its ``--host`` (None:
+    none, Spark picks the address); ``env`` changes to its environment (None: removed)."""
+
+    prefix: tuple[str, ...] = ()
+    host: str | None = "127.0.0.1"
+    env: Mapping[str, str | None] = field(default_factory=dict)
+
+
 @dataclass
 class _Daemon:
     """A Master or Worker JVM we started (``spark-class`` execs java: same PID)."""
@@ -105,12 +122,14 @@ class ClusterError(RuntimeError):
 
 
 class StandaloneCluster:
-    """Spark standalone Master + Workers on 127.0.0.1, owned by this process.
+    """Spark standalone Master + Workers on 127.0.0.1 (the Master on ``host``), owned by this
+    process.
 
     ``root``: a folder for logs, worker dirs and local dirs. ``env``: extra environment for
     every daemon (executors inherit the Worker's environment, e.g.
     ``SPARKVISION_COLLECTIVE_TIMEOUT_S``). ``python``: what the executors run for Python
     (``PYSPARK_PYTHON``; the driver's own ``PYSPARK_PYTHON`` still decides per app).
+    ``host``: the address the Master (and its UI) listen on.
     """
 
     def __init__(
@@ -122,6 +141,7 @@ class StandaloneCluster:
         env: Mapping[str, str] | None = None,
         python: str = sys.executable,
         start_timeout_s: float = 120.0,
+        host: str = "127.0.0.1",
     ) -> None:
         self.root = Path(root)
         self.initial_workers = workers
@@ -130,10 +150,11 @@ class StandaloneCluster:
         self.python = python
         self.start_timeout_s = start_timeout_s
         self.token = secrets.token_hex(8)
+        self.host = host
         self.port = free_port()
         self.ui_port = free_port()
-        self.master_url = f"spark://127.0.0.1:{self.port}"
-        self.ui_url = f"http://127.0.0.1:{self.ui_port}"
+        self.master_url = f"spark://{host}:{self.port}"
+        self.ui_url = f"http://{host}:{self.ui_port}"
         self.master: _Daemon | None = None
         self.workers: list[_Daemon] = []
         conf_dir = self.root / "conf"  # empty: no spark-defaults.conf of the machine
@@ -141,7 +162,7 @@ class StandaloneCluster:
         self._env = dict(os.environ)
         self._env.update({
             "SPARK_CONF_DIR": str(conf_dir),
-            "SPARK_LOCAL_IP": "127.0.0.1",
+            "SPARK_LOCAL_IP": host,
             "SPARK_LOG_DIR": str(self.root / "logs"),
             "PYSPARK_PYTHON": python,
             MARKER: self.token,
@@ -164,7 +185,7 @@ class StandaloneCluster:
         try:
             self.master = self._spawn(
                 "master", MASTER_CLASS,
-                ["--host", "127.0.0.1", "--port", str(self.port),
+                ["--host", self.host, "--port", str(self.port),
                  "--webui-port", str(self.ui_port)], {},
             )
             self._wait(lambda: self.state() is not None, "the master's JSON UI", self.master)
@@ -175,9 +196,11 @@ class StandaloneCluster:
             self.stop()
             raise
 
-    def start_worker(self, wait: bool = True) -> int:
+    def start_worker(self, wait: bool = True, launch: WorkerLaunch | None = None) -> int:
         """Start one more Worker (``--cores``/``--memory`` as the others) with its own work
-        and local dirs; return its PID. ``wait``: until the Master counts it alive."""
+        and local dirs; return its PID. ``wait``: until the Master counts it alive.
+        ``launch``: where and how (default: on 127.0.0.1, as the others)."""
+        launch = launch or WorkerLaunch()
         index = len(self.workers)
         work = self.root / f"worker-{index}"
         (work / "work").mkdir(parents=True, exist_ok=True)
@@ -185,9 +208,12 @@ class StandaloneCluster:
         alive = self.alive_workers()
         worker = self._spawn(
             f"worker-{index}", WORKER_CLASS,
-            ["--host", "127.0.0.1", "--port", "0", "--webui-port", str(free_port()),
+            [*(["--host", launch.host] if launch.host else []), "--port", "0",
+             "--webui-port", str(free_port()),
              "--cores", str(self.cores), "--memory", self.memory, self.master_url],
-            {"SPARK_WORKER_DIR": str(work / "work"), "SPARK_LOCAL_DIRS": str(work / "local")},
+            {"SPARK_WORKER_DIR": str(work / "work"), "SPARK_LOCAL_DIRS": str(work / "local"),
+             **launch.env},
+            prefix=launch.prefix,
         )
         self.workers.append(worker)
         if wait:
@@ -264,13 +290,15 @@ class StandaloneCluster:
     # -- helpers -------------------------------------------------------------------------
 
     def _spawn(self, name: str, main_class: str, args: list[str],
-               extra_env: Mapping[str, str]) -> _Daemon:
+               extra_env: Mapping[str, str | None], prefix: tuple[str, ...] = ()) -> _Daemon:
         log = self.root / "logs" / f"{name}.out"
         log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**self._env, **extra_env}
         with open(log, "wb") as sink:  # the child keeps its own descriptor
             proc = subprocess.Popen(
-                [str(spark_class()), main_class, *args], stdin=subprocess.DEVNULL,
-                stdout=sink, stderr=subprocess.STDOUT, env={**self._env, **extra_env},
+                [*prefix, str(spark_class()), main_class, *args], stdin=subprocess.DEVNULL,
+                stdout=sink, stderr=subprocess.STDOUT,
+                env={k: v for k, v in env.items() if v is not None},
                 cwd=self.root, start_new_session=True, preexec_fn=_die_with_parent,
             )
         return _Daemon(name, proc, log)

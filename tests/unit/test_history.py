@@ -16,6 +16,7 @@ from sparkvision.training.history import (
     InitRecord,
     MemoryRecord,
     PrivacyRecord,
+    TopologyRecord,
     TrainingHistory,
     TransferRecord,
 )
@@ -99,6 +100,7 @@ def _full() -> TrainingHistory:
             head="fc", frozen_tensors=6, init_summary="8 tensors loaded from m"),
         balance=BalanceRecord("weights", {"a": 3, "b": 1}, {"a": 3, "b": 1}, [0.67, 2.0],
                               "focal"),
+        topology=TopologyRecord(2, [2, 1], "gloo", "gloo", ["node-a", "node-b"], [0, 0, 1]),
     )
 
 
@@ -119,6 +121,10 @@ def test_round_trip_through_json_keeps_every_field():
     assert list(plain["memory"]) == ["budget_mb", "spilled", "partition_kb",
                                       "rss_anon_growth_kb"]
     assert d["memory"]["pid"] == [41, 42, 43] and d["memory"]["rss_anon_peak_kb"][2] == 22
+    assert d["topology"] == {"hosts": 2, "ranks_per_host": [2, 1], "intra_host": "gloo",
+                             "inter_host": "gloo", "host_names": ["node-a", "node-b"],
+                             "host_of_rank": [0, 0, 1]}
+    assert "topology" not in plain and TrainingHistory.from_dict(UNVERSIONED).topology is None
 
 
 def test_the_callback_dict_of_an_epoch_is_its_json():

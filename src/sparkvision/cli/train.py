@@ -108,12 +108,17 @@ def run(args: argparse.Namespace, tracking: Tracking) -> int:
         "resumed_from_epoch": h.resumed_from_epoch,
         "transfer": h.transfer.to_dict() if h.transfer else None,
         "privacy": privacy.to_dict() if privacy else None,
+        "topology": h.topology.to_dict() if h.topology else None,
         "epsilon": privacy.epsilon if privacy else None,
         "delta": privacy.delta if privacy else None,
         "seconds": round(time.monotonic() - started, 3),
     }
     payload.update(tracking.train_finished(model, payload))  # + mlflow_run_id
     lines = [f"trained {args.model} on {h.world_size} workers → {args.out}"]
+    if h.topology and h.topology.hosts > 1:
+        lines.append(f"  on {h.topology.hosts} hosts (ranks per host "
+                     f"{h.topology.ranks_per_host}; between hosts: {h.topology.inter_host}, "
+                     f"within a host: {h.topology.intra_host or '-'})")
     transfer = h.transfer
     if transfer and transfer.init_summary:
         lines.append(f"  started from: {transfer.init_summary}")

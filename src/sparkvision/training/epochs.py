@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sparkvision.config import TrainConfig
-from sparkvision.training.history import EpochRecord, TrainingHistory
+from sparkvision.training.history import EpochRecord, TopologyRecord, TrainingHistory
 from sparkvision.training.transport import EventSender
 from sparkvision.training.watchdog import Heartbeat
 
@@ -40,6 +40,8 @@ class Run:
     resumed_from: int | None
     started: float
     allreduce: str
+    #: the hosts the ranks run on and the backend of each level
+    topology: TopologyRecord | None = None
     #: opt-in per-phase step times (``loop.PROFILE_ENV``); None: nothing is measured
     profile: StepProfile | None = None
 
@@ -55,6 +57,7 @@ def train(x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Tensor, y_val: to
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from sparkvision.models import build_model
+    from sparkvision.training import hosts
     from sparkvision.training.loop import StepProfile, make_optimizer, profile_dir
     from sparkvision.training.resume import restore, transfer
     from sparkvision.training.shm_comm_hook import install_shm_allreduce
@@ -68,6 +71,12 @@ def train(x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Tensor, y_val: to
 
     beat.phase = "looking for a checkpoint"
     resumed = restore(config, rank, model, optimizer)
+    beat.phase = "exchanging host identities"
+    # Collective: which ranks share a host (name, kernel boot and /dev/shm), for the
+    # shared-memory decision and the topology in the history.
+    identity = hosts.host_identity()
+    identities: list[Any] = [None] * world
+    dist.all_gather_object(identities, identity)
     # Small buckets let the all-reduce of the last layers overlap the backward pass of the
     # first ones (one 25 MB bucket would serialise communication after the whole backward).
     beat.phase = "wrapping the network in DDP"
@@ -82,12 +91,14 @@ def train(x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Tensor, y_val: to
         # Same-host CPU ranks average gradients through shared memory (~3x cheaper than
         # gloo's TCP loopback); collective, every rank takes the same decision.
         beat.phase = "setting up the gradient all-reduce"
-        shm = install_shm_allreduce(ddp) if dist.get_backend() == "gloo" else None
+        shm = (install_shm_allreduce(ddp, identity=identity)
+               if dist.get_backend() == "gloo" else None)
     beat.phase = "exchanging row counts"
     run = Run(
         config, rank, world, device, model, ddp, optimizer, resumed.start_epoch,
         resumed.history, resumed.resumed_from, started,
         "dp-sgd" if config.privacy == "dp" else "shm" if shm is not None else dist.get_backend(),
+        hosts.topology(identities, dist.get_backend(), shm is not None),
     )
     if profile_dir():
         run.profile = StepProfile()
@@ -228,6 +239,7 @@ def run_epochs(run: Run, x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Te
         epochs=run.history,
         seconds=round(time.monotonic() - run.started, 3),
         privacy=privacy,
+        topology=run.topology,
     )
     if run.profile is not None:
         try:

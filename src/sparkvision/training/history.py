@@ -244,13 +244,44 @@ class TransferRecord:
 
 
 @dataclass(frozen=True)
+class TopologyRecord:
+    """Where the ranks ran: the number of ``hosts`` (ranks share a host when they share a
+    host name, a kernel boot and a ``/dev/shm``), ``ranks_per_host`` and ``host_names`` in
+    the order of each host's lowest rank, ``host_of_rank`` (an index into those, per rank),
+    and the all-reduce backend of each level: ``intra_host`` between ranks of one host
+    (``shm``, ``gloo``, ``nccl``; None when every host has one rank) and ``inter_host``
+    between hosts (None on one host)."""
+
+    hosts: int
+    ranks_per_host: list[int]
+    intra_host: str | None
+    inter_host: str | None
+    host_names: list[str] = field(default_factory=list)
+    host_of_rank: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hosts": self.hosts, "ranks_per_host": list(self.ranks_per_host),
+                "intra_host": self.intra_host, "inter_host": self.inter_host,
+                "host_names": list(self.host_names), "host_of_rank": list(self.host_of_rank)}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "topology") -> TopologyRecord:
+        d = _object(data, where)
+        return cls(int(_need(d, "hosts", where)), _ints(d.get("ranks_per_host")),
+                   d.get("intra_host"), d.get("inter_host"),
+                   [str(n) for n in d.get("host_names") or []], _ints(d.get("host_of_rank")))
+
+
+@dataclass(frozen=True)
 class TrainingHistory:
     """The record of one ``ImageClassifier.fit``: where it ran (world size, ranks, the
     process group's backend, how gradients were all-reduced, the device, the rows and the
     steps per rank — the proof that it ran distributed), each epoch, how it ended (resumed
     from a checkpoint after a failed attempt, stopped early, diverged), and what the driver
     added (progress events received, stage attempts, the checkpoint folder, transfer
-    learning, class balance; under ``privacy="dp"`` the privacy guarantee)."""
+    learning, class balance; under ``privacy="dp"`` the privacy guarantee). ``topology``:
+    the hosts the ranks ran on and the backend between ranks of a host and between hosts
+    (None in histories written before it was recorded)."""
 
     world_size: int = 0
     ranks: list[int] = field(default_factory=list)
@@ -272,6 +303,7 @@ class TrainingHistory:
     checkpoint_dir: str | None = None
     transfer: TransferRecord | None = None
     balance: BalanceRecord | None = None
+    topology: TopologyRecord | None = None
 
     @property
     def last_epoch(self) -> EpochRecord | None:
@@ -299,6 +331,8 @@ class TrainingHistory:
             "transfer": None if self.transfer is None else self.transfer.to_dict(),
             "balance": None if self.balance is None else self.balance.to_dict(),
         })
+        if self.topology is not None:  # recorded since multi-host training
+            out["topology"] = self.topology.to_dict()
         return out
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -340,6 +374,7 @@ class TrainingHistory:
             progress_events=int(d.get("progress_events") or 0),
             attempts=int(d.get("attempts") or 0), checkpoint_dir=d.get("checkpoint_dir"),
             transfer=sub("transfer", TransferRecord), balance=sub("balance", BalanceRecord),
+            topology=sub("topology", TopologyRecord),
         )
 
     @classmethod

@@ -1,6 +1,8 @@
 """Set-up of a barrier training task: rendezvous with the other tasks through
-``BarrierTaskContext.allGather``, this rank's device, the gloo (nccl on GPUs) process group,
-and the small collectives (metrics, row counts) the rest of the training uses."""
+``BarrierTaskContext.allGather``, this rank's device, the gloo (nccl on GPUs) process group
+(bound to the interface that carries the task's own address: ``training.hosts``; a rank
+that cannot connect fails with one line naming its host, rank and address), and the small
+collectives (metrics, row counts) the rest of the training uses."""
 
 from __future__ import annotations
 
@@ -77,14 +79,31 @@ def form_process_group(config: TrainConfig, ctx: Any, rank: int, world: int,
     """Rendezvous, pick this rank's device and join the process group; the device."""
     import torch.distributed as dist
 
+    from sparkvision.errors import TrainingError
+    from sparkvision.training import hosts
+
     addr, port = rendezvous(ctx, rank)
     device, backend = task_device(config, ctx, rank, placement)
-    if addr in ("127.0.0.1", "localhost"):
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group(
-        backend, init_method=f"tcp://{addr}:{port}", rank=rank, world_size=world,
-        timeout=collective_timeout(),
-    )
+    # gloo and nccl advertise what the host name resolves to unless told an interface
+    # (127.0.1.1 on stock Debian/Ubuntu hosts: unreachable from any other host), so every
+    # rank binds to the interface carrying its own task address, unless the user chose one.
+    own = hosts.socket_interface(ctx.getTaskInfos()[rank].address)
+    bound = hosts.bind_socket_interface(own.interface)
+    if own.interface is None:
+        log.warning("rank %d: no network interface here carries its task address %s (%s); "
+                    "gloo/nccl pick one from the host name", rank, own.address, own.ip)
+    log.info("rank %d (%s, %s) joins the %s process group at %s:%d with %s", rank,
+             socket.gethostname(), own.ip or own.address, backend, addr, port,
+             bound or "no interface set")
+    try:
+        dist.init_process_group(
+            backend, init_method=f"tcp://{addr}:{port}", rank=rank, world_size=world,
+            timeout=collective_timeout(),
+        )
+    except (RuntimeError, OSError) as exc:  # torch's DistError kinds, gloo's connect errors
+        raise TrainingError(hosts.connect_failure(
+            rank, world, socket.gethostname(), own, bound, backend, f"{addr}:{port}", exc,
+        )) from exc
     return device
 
 

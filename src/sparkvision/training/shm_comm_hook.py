@@ -4,19 +4,20 @@ communication hook and the collective decision to install it.
 :func:`shm_allreduce_hook` plugs a :class:`~sparkvision.training.shm_allreduce.ShmAllReduce`
 into ``DistributedDataParallel.register_comm_hook``; :func:`install_shm_allreduce` decides
 (collectively: every rank alike) whether it can be used, i.e. every rank is on one x86-64
-host and the segment could be created and attached everywhere, and registers it.
+host (one host name, kernel boot and ``/dev/shm``: ``hosts.host_identity``) and the segment
+could be created and attached everywhere, and registers it.
 """
 
 import logging
 import os
 import secrets
-import socket
 import time
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
+from sparkvision.training.hosts import HostIdentity, host_identity, host_part, same_machine
 from sparkvision.training.shm_allreduce import (
     DTYPE,
     ShmAllReduce,
@@ -37,26 +38,16 @@ __all__ = [
 ]
 
 
-def _host_part(address: str) -> str:
-    """``host``, ``host:port`` or ``[v6]:port`` → the host part, lower-cased."""
-    address = address.strip().lower()
-    if address.startswith("["):
-        return address[1 : address.find("]")] if "]" in address else address
-    if address.count(":") == 1:
-        host, _, port = address.partition(":")
-        if port.isdigit():
-            return host
-    return address
-
-
 def same_host(ctx_hostnames: list[str]) -> bool:
     """True when every entry names the same host (``host:port`` forms are accepted).
 
     Equal names are necessary, not sufficient, for a shared ``/dev/shm`` (containers on
-    different machines can share a hostname); :meth:`ShmAllReduce.create` verifies the
-    segment itself with a nonce. An empty list is False.
+    different machines, or network namespaces on one, can share a hostname): the decision
+    to use shared memory takes ``hosts.same_machine`` of every rank's host identity, and
+    :meth:`ShmAllReduce.create` verifies the segment itself with a nonce. An empty list is
+    False.
     """
-    hosts = {_host_part(h) for h in ctx_hostnames}
+    hosts = {host_part(h).lower() for h in ctx_hostnames}
     return len(hosts) == 1 and "" not in hosts
 
 
@@ -121,19 +112,22 @@ def install_shm_allreduce(
     capacity_bytes: int | None = None,
     timeout_s: float = 600.0,
     name: str | None = None,
+    identity: HostIdentity | None = None,
 ) -> ShmAllReduce | None:
     """Collective: register :func:`shm_allreduce_hook` on ``ddp`` when it can work.
 
     Every rank takes the same decision: None (keep the default gloo all-reduce) unless
-    all ranks are on one x86-64 host and the segment could be created and attached
-    everywhere. ``capacity_bytes`` defaults to :func:`max_bucket_bytes` (the segment
+    all ranks are on one x86-64 host — one host name, kernel boot and ``/dev/shm``
+    (``hosts.host_identity``; ``identity``: this rank's, if already known), not a host
+    name alone — and the segment could be created and attached everywhere.
+    ``capacity_bytes`` defaults to :func:`max_bucket_bytes` (the segment
     takes 2 x world x that). The hook is registered on ``ddp`` only. Call
     :meth:`ShmAllReduce.close` after training (any time after the last backward pass).
     """
     world = dist.get_world_size()
     facts: list[Any] = [None] * world
-    dist.all_gather_object(facts, (socket.gethostname(), supported()))
-    if world < 2 or not all(ok for _, ok in facts) or not same_host([h for h, _ in facts]):
+    dist.all_gather_object(facts, (identity or host_identity(), supported()))
+    if world < 2 or not all(ok for _, ok in facts) or not same_machine([h for h, _ in facts]):
         return None
     if capacity_bytes is None:
         capacity_bytes = max_bucket_bytes(ddp)
