@@ -39,7 +39,7 @@ typecheck: $(STAMP)
 
 # everything: lint, types, every test (CI runs this)
 test: $(STAMP) lint typecheck
-	$(VENV)/bin/pytest -q -m "not zoo"
+	$(VENV)/bin/pytest -q -m "not zoo" --durations=30
 
 # the edit-run loop: lint, types, the unit tests and the fast Spark tests (not `slow`)
 test-fast: $(STAMP) lint typecheck
