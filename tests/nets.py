@@ -47,11 +47,23 @@ def spectral(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     return _Spectral(num_classes, input_shape)
 
 
+#: A file that ``fails_in_task`` appends one line to per call inside a task (when set).
+BUILD_MARKER_ENV = "SPARKVISION_TEST_BUILD_MARKER"
+
+
 def fails_in_task(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
-    """Builds on the driver, raises inside a Spark task (an executor without some resource)."""
+    """Builds on the driver, raises inside a Spark task (an executor without some resource);
+    each call in a task leaves a line in the file ``BUILD_MARKER_ENV`` names, if any."""
+    import os
+
     from pyspark import TaskContext
 
-    if TaskContext.get() is not None:
+    ctx = TaskContext.get()
+    if ctx is not None:
+        marker = os.environ.get(BUILD_MARKER_ENV)
+        if marker:
+            with open(marker, "a", encoding="utf-8") as fh:
+                fh.write(f"partition {ctx.partitionId()} task {ctx.taskAttemptId()}\n")
         raise RuntimeError("CUDA driver not found on this executor")
     h, w, c = input_shape
     return nn.Sequential(nn.Flatten(), nn.Linear(h * w * c, num_classes))

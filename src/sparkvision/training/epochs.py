@@ -8,10 +8,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sparkvision.config import TrainConfig
+from sparkvision.errors import SparkVisionError
 from sparkvision.training.history import EpochRecord, TopologyRecord, TrainingHistory
 from sparkvision.training.transport import EventSender
 from sparkvision.training.watchdog import Heartbeat
@@ -46,6 +48,13 @@ class Run:
     profile: StepProfile | None = None
 
 
+class BuildFailed(Exception):
+    """Building the network (or fitting its starting weights) raised a sparkvision error on
+    at least one rank, and every rank knows (they agreed in one collective): the task ends
+    without an exception so that Spark does not retry the stage, and rank 0 reports the
+    message (``worker.ERROR_KIND``)."""
+
+
 def train(x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
           config: TrainConfig, rank: int, world: int, device: torch.device,
           beat: Heartbeat) -> tuple[bytes, TrainingHistory]:
@@ -64,19 +73,28 @@ def train(x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Tensor, y_val: to
 
     started = time.monotonic()
     torch.manual_seed(config.seed)
-    model = build_model(config.model, config.num_classes, config.image_shape)
-    params = transfer(model, config)
+    failure: str | None = None
+    try:
+        model = build_model(config.model, config.num_classes, config.image_shape)
+        params = transfer(model, config)
+    except SparkVisionError as exc:  # the same inputs on every rank: a retry fails alike
+        traceback.print_exc()  # the executor's log keeps the cause
+        failure = str(exc)
+    beat.phase = "exchanging host identities"
+    # Collective: whether every rank built the network, and which ranks share a host
+    # (name, kernel boot and /dev/shm), for the shared-memory decision and the topology.
+    identity = hosts.host_identity()
+    facts: list[Any] = [None] * world
+    dist.all_gather_object(facts, (failure, identity))
+    failed = next((f for f, _ in facts if f is not None), None)
+    if failed is not None:
+        raise BuildFailed(failed)
+    identities = [i for _, i in facts]
     model = model.to(device)
     optimizer = make_optimizer(config, params)
 
     beat.phase = "looking for a checkpoint"
     resumed = restore(config, rank, model, optimizer)
-    beat.phase = "exchanging host identities"
-    # Collective: which ranks share a host (name, kernel boot and /dev/shm), for the
-    # shared-memory decision and the topology in the history.
-    identity = hosts.host_identity()
-    identities: list[Any] = [None] * world
-    dist.all_gather_object(identities, identity)
     # Small buckets let the all-reduce of the last layers overlap the backward pass of the
     # first ones (one 25 MB bucket would serialise communication after the whole backward).
     beat.phase = "wrapping the network in DDP"

@@ -16,6 +16,7 @@ from sparkvision.config import TrainConfig
 from sparkvision.errors import (
     ClusterCapacityError,
     InvalidParameterError,
+    ModelBuildError,
     TrainingCancelledError,
     TrainingError,
     TrainingStalledError,
@@ -26,7 +27,7 @@ from sparkvision.training.history import TrainingHistory
 from sparkvision.training.progress import ProgressBar
 from sparkvision.training.transport import MailboxReader, ProgressServer
 from sparkvision.training.watchdog import Watchdog
-from sparkvision.training.worker import FLAG_COL, RESULT_DDL, train_partition
+from sparkvision.training.worker import ERROR_KIND, FLAG_COL, RESULT_DDL, train_partition
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,9 @@ def run_distributed(
             raise _explain(exc, config) from exc
         finally:
             bar.close()
+    errors = [bytes(r.payload).decode() for r in rows if r.kind == ERROR_KIND]
+    if errors:  # building the network failed on the executors (one stage attempt)
+        raise ModelBuildError(errors[0])
     chunks = sorted((r.seq, bytes(r.payload)) for r in rows if r.kind == "weights")
     histories = [bytes(r.payload) for r in rows if r.kind == "history"]
     if not chunks or len(histories) != 1:

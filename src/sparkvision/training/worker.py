@@ -25,6 +25,8 @@ from sparkvision.training.watchdog import Heartbeat
 log = logging.getLogger(__name__)
 
 RESULT_DDL = "kind STRING, seq INT, payload BINARY"
+#: The result row's kind that carries an error every rank agreed on (its UTF-8 message)
+ERROR_KIND = "error"
 FLAG_COL = "_sv_is_val"
 CHUNK = 8 * 1024 * 1024
 
@@ -68,7 +70,7 @@ def _train_task(batches: Iterator[Any], config: TrainConfig, ctx: Any, rank: int
     from sparkvision.data.feed import batches_to_sink
     from sparkvision.data.spill import AnonMemoryWatch, PartitionSink, memory_budget
     from sparkvision.training import devices
-    from sparkvision.training.epochs import train
+    from sparkvision.training.epochs import BuildFailed, train
     from sparkvision.training.process_group import allgather_int, form_process_group
 
     beat.phase = "reading its data"
@@ -100,6 +102,18 @@ def _train_task(batches: Iterator[Any], config: TrainConfig, ctx: Any, rank: int
                 torch.from_numpy(x_val), torch.from_numpy(y_val),
                 config, rank, world, device, beat,
             )
+        except BuildFailed as failed:
+            # Every rank agreed (no DDP yet): end the task without an exception, so that
+            # Spark does not run the stage again to fail alike; rank 0 says why.
+            gc.collect()
+            dist.barrier()
+            time.sleep(0.2)
+            dist.destroy_process_group()
+            if rank == 0:
+                yield pa.RecordBatch.from_pydict({
+                    "kind": [ERROR_KIND], "seq": pa.array([0], pa.int32()),
+                    "payload": pa.array([str(failed).encode()], pa.binary())})
+            return
         except BaseException:
             # No collective here: the other ranks may be gone. Spark retries the stage.
             gc.collect()
