@@ -72,14 +72,17 @@ def test_bayes_prunes_a_terrible_learning_rate_mid_training(digits, tmp_path):
 def test_random_respects_trials_and_failed_trials_do_not_stop_the_search(digits, tmp_path):
     train, val, _ = digits
     out = tmp_path / "random"
-    space = {"learningRate": {"log": [1e-3, 1e-2]}, "model": ["simple_cnn", "nope:missing"]}
+    # a network that imports and builds on the driver but fails inside the training task
+    # (a name that does not import is refused with the space, before any trial)
+    space = {"learningRate": {"log": [1e-3, 1e-2]},
+             "model": ["simple_cnn", "tests.nets:fails_in_task"]}
     result = tune(train, val, space,
                   TuneConfig(out=str(out), strategy="random", trials=3, seed=1, pruner="none"),
                   params={"epochs": 1, "numWorkers": 1}, show_progress=False)
     trials = _trials(out)
     assert len(trials) == 3
     failed = [t for t in trials if t["state"] == "failed"]
-    assert all("nope" in t["error"] for t in failed)
+    assert failed and all("CUDA driver not found" in t["error"] for t in failed)
     assert result.trials["complete"] + result.trials["failed"] == 3
     assert all(1e-3 <= t["params"]["learningRate"] <= 1e-2 for t in trials)
     # Reproducible for a seed: the same seed draws the same trials.
