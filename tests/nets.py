@@ -47,6 +47,13 @@ def spectral(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     return _Spectral(num_classes, input_shape)
 
 
+def linear(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    """One linear layer over the pixels: for tests about data and memory, not about
+    learning (a step costs ~1 ms where ``cnn`` takes seconds on big images)."""
+    h, w, c = input_shape
+    return nn.Sequential(nn.Flatten(), nn.Linear(h * w * c, num_classes))
+
+
 #: A file that ``fails_in_task`` appends one line to per call inside a task (when set).
 BUILD_MARKER_ENV = "SPARKVISION_TEST_BUILD_MARKER"
 

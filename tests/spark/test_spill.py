@@ -66,9 +66,9 @@ def test_a_partition_far_past_the_budget_is_not_loaded_into_memory(spark):
     old = spark.conf.get(key)
     spark.conf.set(key, str(2 << 20))
     try:
-        model = ImageClassifier(epochs=1, numWorkers=1, batchSize=256, seed=0,
-                                imageShape=[side, side, 1], memoryBudgetMB=8,
-                                augment="none").fit(df)
+        model = ImageClassifier(model="tests.nets:linear", epochs=1, numWorkers=1,
+                                batchSize=256, seed=0, imageShape=[side, side, 1],
+                                memoryBudgetMB=8, augment="none").fit(df)
     finally:
         spark.conf.set(key, old)
     memory = model.history.memory
