@@ -109,7 +109,7 @@ def train(x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Tensor, y_val: to
         # Same-host CPU ranks average gradients through shared memory (~3x cheaper than
         # gloo's TCP loopback); collective, every rank takes the same decision.
         beat.phase = "setting up the gradient all-reduce"
-        shm = (install_shm_allreduce(ddp, identity=identity)
+        shm = (install_shm_allreduce(ddp, identities=identities)
                if dist.get_backend() == "gloo" else None)
     beat.phase = "exchanging row counts"
     run = Run(

@@ -112,22 +112,28 @@ def install_shm_allreduce(
     capacity_bytes: int | None = None,
     timeout_s: float = 600.0,
     name: str | None = None,
-    identity: HostIdentity | None = None,
+    identities: list[HostIdentity] | None = None,
 ) -> ShmAllReduce | None:
     """Collective: register :func:`shm_allreduce_hook` on ``ddp`` when it can work.
 
     Every rank takes the same decision: None (keep the default gloo all-reduce) unless
     all ranks are on one x86-64 host — one host name, kernel boot and ``/dev/shm``
-    (``hosts.host_identity``; ``identity``: this rank's, if already known), not a host
-    name alone — and the segment could be created and attached everywhere.
+    (``hosts.host_identity``), not a host name alone — and the segment could be created
+    and attached everywhere. ``identities``: every rank's, in rank order, when the caller
+    has gathered them already (then no collective is needed to decide: ranks on one
+    machine see the same ``supported()``).
     ``capacity_bytes`` defaults to :func:`max_bucket_bytes` (the segment
     takes 2 x world x that). The hook is registered on ``ddp`` only. Call
     :meth:`ShmAllReduce.close` after training (any time after the last backward pass).
     """
     world = dist.get_world_size()
-    facts: list[Any] = [None] * world
-    dist.all_gather_object(facts, (identity or host_identity(), supported()))
-    if world < 2 or not all(ok for _, ok in facts) or not same_machine([h for h, _ in facts]):
+    if identities is None:
+        facts: list[Any] = [None] * world
+        dist.all_gather_object(facts, (host_identity(), supported()))
+        usable = all(ok for _, ok in facts) and same_machine([h for h, _ in facts])
+    else:
+        usable = supported() and same_machine(identities)
+    if world < 2 or not usable:
         return None
     if capacity_bytes is None:
         capacity_bytes = max_bucket_bytes(ddp)
