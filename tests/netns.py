@@ -148,6 +148,41 @@ class EmulatedHost:
                 "--propagation", "private", "sh", "-c", ON_HOST, "sh", self.hostname,
                 str(self.hosts_file), self.shm_size)
 
+    @property
+    def veth(self) -> str:
+        """The bridge-side end of this host's link (in the root namespace)."""
+        return f"{PREFIX}{self.netns.split('-')[1]}v{self.index}"
+
+    def set_link(self, up: bool) -> None:
+        """Plug (``up``) or unplug this host's cable: the bridge-side end of its veth."""
+        _ip("link", "set", self.veth, "up" if up else "down")
+
+    def limit_rate(self, rate: str | None) -> None:
+        """Shape what this host sends and receives to ``rate`` (``tc`` token bucket, e.g.
+        ``"100mbit"``, on both ends of its link); None removes the limit."""
+        for prefix in ((), ("ip", "netns", "exec", self.netns)):
+            dev = self.veth if not prefix else "eth0"
+            subprocess.run([*prefix, "tc", "qdisc", "del", "dev", dev, "root"],
+                           capture_output=True, timeout=30)
+            if rate is not None:
+                done = subprocess.run(
+                    [*prefix, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate,
+                     "burst", "256kb", "latency", "50ms"],
+                    capture_output=True, text=True, timeout=30)
+                if done.returncode != 0:
+                    raise RuntimeError(f"tc on {dev} failed: {done.stderr.strip()}")
+
+    def processes(self) -> list[tuple[int, str]]:
+        """(pid, command line) of every process in this host's network namespace."""
+        out = []
+        for pid in _ip("netns", "pids", self.netns, check=False).split():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            out.append((int(pid), cmd.decode(errors="replace").strip()))
+        return out
+
     def run(self, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` on this host and wait (output captured as text)."""
         return subprocess.run([*self.prefix(), *argv], capture_output=True, text=True,

@@ -109,14 +109,16 @@ FAULT_PROPERTY = "tests.nets.fault"
 
 
 @contextlib.contextmanager
-def failing_once(spark: Any, epoch: int, rank: int, marker: Path) -> Iterator[None]:
+def failing_once(spark: Any, epoch: int, rank: int, marker: Path,
+                 stall: bool = False) -> Iterator[None]:
     """While this block runs, a ``tests.nets:fails_once`` network trained by the calling
-    thread raises in the first training step of its ``epoch``-th epoch on rank ``rank``,
-    once: it writes ``marker`` before raising, and a retried task that finds the marker
-    trains on (the way a transient failure of user code meets a task)."""
+    thread raises (or, with ``stall``, hangs for an hour) in the first training step of its
+    ``epoch``-th epoch on rank ``rank``, once: it writes ``marker`` first, and a retried
+    task that finds the marker trains on (the way a transient failure of user code, or a
+    transient hang, meets a task)."""
     sc = spark.sparkContext
     sc.setLocalProperty(FAULT_PROPERTY, json.dumps(
-        {"epoch": epoch, "rank": rank, "marker": str(marker)}))
+        {"epoch": epoch, "rank": rank, "marker": str(marker), "stall": stall}))
     try:
         yield
     finally:
@@ -164,6 +166,10 @@ class _FailsOnce(nn.Module):
             return
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
+        if fault.get("stall"):
+            import time
+
+            time.sleep(3600)
         raise RuntimeError(f"injected failure in epoch {self.epoch} on rank {ctx.partitionId()}")
 
 

@@ -281,6 +281,18 @@ class TrainSettings(NetworkSettings):
         "its last step", low=0, low_open=True, example="600", flag="--timeout", metavar="S",
         help="fail the training when a worker makes no progress (or does not start) for S "
         "seconds, naming it (default %(default)g)")
+    stall_retries: int = setting(
+        1, "stallRetries", "times a stalled training (see stallTimeout) is cancelled and "
+        "started again, resuming from its last checkpoint, before it fails", low=0,
+        flag="--stall-retries", metavar="N",
+        help="after a stall (--timeout), start again from the last checkpoint up to N times "
+        "before failing (default %(default)s)")
+    grad_compression: str = setting(
+        "none", "gradCompression", "how gradients travel between hosts: none (float32), "
+        "fp16 or bf16 (halved, through DDP's compression hooks) or powersgd (low-rank, "
+        "DDP's PowerSGD hook); ranks on one host average through shared memory uncompressed",
+        choices=("none", "fp16", "bf16", "powersgd"), flag="--grad-compression",
+        help="compress gradients between hosts (default %(default)s)", tunable=True)
     memory_budget_mb: float = setting(
         0.0, "memoryBudgetMB", "MB of images a training task keeps in memory; a larger "
         "partition is written once to the executor's local dir (spark.local.dir) and "

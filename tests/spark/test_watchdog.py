@@ -14,13 +14,14 @@ from sparkvision import ImageClassifier
 from sparkvision.errors import TrainingStalledError
 from sparkvision.training.transport import MAX_EVENT_BYTES, TOKEN_HEADER, ProgressServer
 from sparkvision.training.watchdog import Watchdog
+from tests.nets import failing_once
 
 
 @pytest.mark.slow  # heavy: not in make test-fast (CI runs it)
 def test_a_stalled_rank_fails_the_training_within_the_timeout(digits):
     train, val, _ = digits
     clf = ImageClassifier(model="tests.nets:stalls_on_rank1", epochs=3, numWorkers=2, seed=1,
-                          validationDf=val, stallTimeout=10)
+                          validationDf=val, stallTimeout=10, stallRetries=0)
     # the watchdog's error (not the collective's 600 s timeout, nor a hang): no clock needed
     with pytest.raises(TrainingStalledError) as info:
         clf.fit(train)
@@ -29,6 +30,31 @@ def test_a_stalled_rank_fails_the_training_within_the_timeout(digits):
     assert "last reached: step 4, epoch 1, training" in message
     assert "rank(s) 0 waited for it in the gradient all-reduce" in message
     assert "stallTimeout=10 s" in message
+
+
+@pytest.mark.slow  # heavy: not in make test-fast (CI runs it)
+def test_a_stall_cancels_the_job_and_training_resumes_from_the_last_checkpoint(
+        spark, digits, tmp_path):
+    """Rank 1 hangs once, in the first step of epoch 3 (a transient hang: the retried task
+    finds the marker and trains on). The watchdog cancels the job after ``stallTimeout``,
+    and the training starts again as a new job from epoch 2's checkpoint."""
+    train, val, _ = digits
+    clf = ImageClassifier(model="tests.nets:fails_once", epochs=4, numWorkers=2, seed=5,
+                          validationDf=val, checkpointDir=str(tmp_path / "ckpt"),
+                          stallTimeout=8)
+    assert clf.getStallRetries() == 1
+    marker = tmp_path / "stall-e3-r1"
+    with failing_once(spark, epoch=3, rank=1, marker=marker, stall=True):
+        model = clf.fit(train)
+    h = model.history
+    assert marker.exists()
+    assert len(h.stalls) == 1 and h.stalls[0].startswith("rank 1 on host 127.0.0.1 made "
+                                                          "no progress"), h.stalls
+    assert "epoch 3, training" in h.stalls[0]
+    assert h.resumed_from_epoch == 2 and h.attempts == 2
+    assert [e.epoch for e in h.epochs] == [1, 2, 3, 4]
+    assert h.epochs[-1].val_accuracy >= 0.9
+    assert json.loads(h.to_json())["stalls"] == h.stalls
 
 
 def test_a_normal_training_is_not_stopped_by_a_short_timeout(digits):
@@ -95,6 +121,37 @@ def test_watchdog_names_the_rank_others_wait_for():
     now[0] = 30.0
     assert dog.check() == ("rank 1 did not start within 10 s (ranks that reported: [0]): "
                            "the barrier tasks or their process group could not form")
+
+
+def test_watchdog_names_the_rank_cut_off_from_the_driver():
+    """Gloo has no "waiting for" to tell: every rank stalls at the same step when one host's
+    link goes down. The rank whose reports come only through the mailbox (the others' over
+    the network) is the one named; a rank that went silent while the others stalled is
+    named first."""
+    now = [0.0]
+    dog = Watchdog(world=3, timeout_s=10, clock=lambda: now[0])
+
+    def beat(rank: int, via: str = "http") -> None:
+        dog.observe({"type": "heartbeat", "rank": rank, "host": f"h{rank}", "task": rank,
+                     "interval": 1.0, "phase": "training", "epoch": 2, "global_step": 30,
+                     "waiting_for": None, "via": via})
+
+    for t in range(0, 13):
+        now[0] = float(t)
+        beat(0)
+        beat(1)
+        beat(2, via="mailbox" if t >= 2 else "http")
+    message = dog.check()
+    assert message is not None and message.startswith("rank 2 on host h2 made no progress "
+                                                      "for 12 s"), message
+    assert "only through the mailbox folder" in message and "link may be down" in message
+    for t in range(13, 20):  # rank 1 stops reporting at all
+        now[0] = float(t)
+        beat(0)
+        beat(2, via="mailbox")
+    message = dog.check()
+    assert message is not None and message.startswith("rank 1 on host h1 made no progress")
+    assert "stopped reporting 7 s ago" in message
 
 
 def test_watchdog_waits_while_no_rank_is_alive():

@@ -278,7 +278,8 @@ class TrainingHistory:
     process group's backend, how gradients were all-reduced, the device, the rows and the
     steps per rank — the proof that it ran distributed), each epoch, how it ended (resumed
     from a checkpoint after a failed attempt, stopped early, diverged), and what the driver
-    added (progress events received, stage attempts, the checkpoint folder, transfer
+    added (progress events received, stage attempts, the watchdog's stalls that made it
+    start again from a checkpoint, the checkpoint folder, transfer
     learning, class balance; under ``privacy="dp"`` the privacy guarantee). ``topology``:
     the hosts the ranks ran on and the backend between ranks of a host and between hosts
     (None in histories written before it was recorded)."""
@@ -300,6 +301,7 @@ class TrainingHistory:
     memory: MemoryRecord | None = None
     progress_events: int = 0
     attempts: int = 0
+    stalls: list[str] = field(default_factory=list)
     checkpoint_dir: str | None = None
     transfer: TransferRecord | None = None
     balance: BalanceRecord | None = None
@@ -331,6 +333,8 @@ class TrainingHistory:
             "transfer": None if self.transfer is None else self.transfer.to_dict(),
             "balance": None if self.balance is None else self.balance.to_dict(),
         })
+        if self.stalls:  # recorded since a stall starts the training again
+            out["stalls"] = list(self.stalls)
         if self.topology is not None:  # recorded since multi-host training
             out["topology"] = self.topology.to_dict()
         return out
@@ -372,7 +376,9 @@ class TrainingHistory:
             seconds=float(d.get("seconds") or 0.0), privacy=sub("privacy", PrivacyRecord),
             memory=sub("memory", MemoryRecord),
             progress_events=int(d.get("progress_events") or 0),
-            attempts=int(d.get("attempts") or 0), checkpoint_dir=d.get("checkpoint_dir"),
+            attempts=int(d.get("attempts") or 0),
+            stalls=[str(m) for m in d.get("stalls") or []],
+            checkpoint_dir=d.get("checkpoint_dir"),
             transfer=sub("transfer", TransferRecord), balance=sub("balance", BalanceRecord),
             topology=sub("topology", TopologyRecord),
         )

@@ -103,17 +103,30 @@ def _driver_host(spark) -> str:
 @contextlib.contextmanager
 def _mailbox(config: TrainConfig, server: ProgressServer, tag: str) -> Iterator[str]:
     """The fallback channel for executors that cannot reach ``server``: a folder beside the
-    checkpoints (which every rank reaches), polled while the fit runs; "" without one."""
+    checkpoints (which every rank reaches), polled while the fit runs; "" without one.
+    Events that come this way are marked ``"via": "mailbox"`` (the watchdog tells a rank cut
+    off from the driver's network by it)."""
     if not config.checkpoint_dir:
         yield ""
         return
     from sparkvision import storage
 
+    def deliver(event: dict[str, Any]) -> bool:
+        return server.deliver({**event, "via": "mailbox"})
+
     folder = storage.join(config.checkpoint_dir, "_progress", tag)
-    with MailboxReader(folder, server.token, server.deliver, server.refused) as reader:
+    with MailboxReader(folder, server.token, deliver, server.refused) as reader:
         yield folder
     if reader.received:
         log.info("%d progress events came through the mailbox %s", reader.received, folder)
+
+
+class _Stalled(Exception):
+    """One attempt of the training was cancelled by the watchdog."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 def run_distributed(
@@ -126,10 +139,52 @@ def run_distributed(
     """Train in one barrier stage of ``config.num_workers`` tasks and return rank 0's result.
 
     A watchdog thread cancels the stage (its job tag) when a rank makes no progress for
-    ``config.stall_timeout_s``; the error then names that rank, its host and last step."""
+    ``config.stall_timeout_s``; the training then starts again as a new job (resuming from
+    its last checkpoint) up to ``config.stall_retries`` times, and after that fails with an
+    error naming that rank, its host and last step."""
     check_network(config)
     check_slots(spark, config.num_workers)
     bar = ProgressBar(config.epochs, on_epoch_end, show=show_progress)
+    stalls: list[str] = []
+    try:
+        while True:
+            try:
+                rows = _attempt(spark, data, config, bar)
+                break
+            except _Stalled as stall:
+                stalls.append(stall.message)
+                if len(stalls) > config.stall_retries:
+                    again = (f" and started again {len(stalls) - 1} time(s) from its last "
+                             "checkpoint, stalling each time" if len(stalls) > 1 else "")
+                    raise TrainingStalledError(
+                        f"training stopped: {stall.message}; the job was cancelled after "
+                        f"stallTimeout={config.stall_timeout_s:g} s{again} (raise it with "
+                        "--timeout if steps are legitimately that slow, or look at that "
+                        "executor's log)") from stall.__cause__
+                log.warning("training stalled: %s; the job was cancelled and starts again "
+                            "from the last checkpoint (retry %d of %d)", stall.message,
+                            len(stalls), config.stall_retries)
+    finally:
+        bar.close()
+    errors = [bytes(r.payload).decode() for r in rows if r.kind == ERROR_KIND]
+    if errors:  # building the network failed on the executors (one stage attempt)
+        raise ModelBuildError(errors[0])
+    chunks = sorted((r.seq, bytes(r.payload)) for r in rows if r.kind == "weights")
+    histories = [bytes(r.payload) for r in rows if r.kind == "history"]
+    if not chunks or len(histories) != 1:
+        raise TrainingError("training finished without a result from rank 0")
+    history = replace(
+        TrainingHistory.from_json(histories[0], "rank 0's training history"),
+        progress_events=sum(1 for e in bar.events if e.get("type") == "epoch"),
+        attempts=max(1, sum(1 for e in bar.events if e.get("type") == "start")),
+        stalls=stalls)
+    return TrainOutput(b"".join(c for _, c in chunks), history)
+
+
+def _attempt(spark, data, config: TrainConfig, bar: ProgressBar) -> list[Any]:
+    """One job of the training (Spark retries its barrier stage after a task failure): the
+    result rows; ``_Stalled`` when the watchdog cancelled it. Each job has its own progress
+    endpoint, token and mailbox: late reports of a cancelled job's tasks are refused."""
     watchdog = Watchdog(config.num_workers, config.stall_timeout_s)
 
     def on_event(event: dict[str, Any]) -> Any:
@@ -147,29 +202,11 @@ def run_distributed(
         # Spark can retry as a whole after a task failure (a barrier result stage cannot).
         result = data.mapInArrow(func, RESULT_DDL, barrier=True).repartition(1)
         try:
-            rows = result.collect()
+            return result.collect()
         except Exception as exc:
             if stalled:
-                raise TrainingStalledError(
-                    f"training stopped: {stalled[0]}; the job was cancelled after "
-                    f"stallTimeout={config.stall_timeout_s:g} s (raise it with --timeout if "
-                    "steps are legitimately that slow, or look at that executor's log)"
-                ) from exc
+                raise _Stalled(stalled[0]) from exc
             raise _explain(exc, config) from exc
-        finally:
-            bar.close()
-    errors = [bytes(r.payload).decode() for r in rows if r.kind == ERROR_KIND]
-    if errors:  # building the network failed on the executors (one stage attempt)
-        raise ModelBuildError(errors[0])
-    chunks = sorted((r.seq, bytes(r.payload)) for r in rows if r.kind == "weights")
-    histories = [bytes(r.payload) for r in rows if r.kind == "history"]
-    if not chunks or len(histories) != 1:
-        raise TrainingError("training finished without a result from rank 0")
-    history = replace(
-        TrainingHistory.from_json(histories[0], "rank 0's training history"),
-        progress_events=sum(1 for e in bar.events if e.get("type") == "epoch"),
-        attempts=max(1, sum(1 for e in bar.events if e.get("type") == "start")))
-    return TrainOutput(b"".join(c for _, c in chunks), history)
 
 
 def check_network(config: TrainConfig) -> None:

@@ -66,6 +66,7 @@ class _Rank:
     changed_at: float
     seen_at: float
     interval: float
+    via: str  # the channel its latest report came through: "http" or "mailbox"
 
 
 class Watchdog:
@@ -105,6 +106,7 @@ class Watchdog:
                 waiting_for=event.get("waiting_for"),
                 changed_at=now if changed else old.changed_at,  # type: ignore[union-attr]
                 seen_at=now, interval=float(event.get("interval", 5.0)),
+                via=str(event.get("via", "http")),
             )
 
     def check(self) -> str | None:
@@ -133,6 +135,12 @@ class Watchdog:
             waiting = sorted(r for r, s in self._ranks.items() if s.waiting_for == culprit)
             also = (f"; rank(s) {', '.join(map(str, waiting))} waited for it in the gradient "
                     "all-reduce") if waiting else ""
+            if culprit not in live:
+                also += (f"; it stopped reporting {now - state.seen_at:.0f} s ago while the "
+                         "others waited: its host or its link may be down")
+            elif state.via == "mailbox" and any(s.via == "http" for s in live.values()):
+                also += ("; its reports reach the driver only through the mailbox folder, "
+                         "the others' over the network: its host's network link may be down")
             return (f"rank {culprit} on host {state.host} made no progress for "
                     f"{now - state.changed_at:.0f} s (last reached: step {state.global_step}, "
                     f"epoch {state.epoch}, {state.phase}){also}")
@@ -140,10 +148,19 @@ class Watchdog:
     @staticmethod
     def _culprit(stalled: dict[int, _Rank], live: dict[int, _Rank],
                  ranks: dict[int, _Rank]) -> int:
-        """The rank a stalled one waits for (stalled itself, or silent: stuck so hard it
-        stopped beating), else the stalled one with the fewest steps."""
+        """Who the others wait for: the rank a stalled one waits for (stalled itself, or
+        silent: stuck so hard it stopped beating); else a rank that went silent while the
+        others stalled; else a stalled rank cut off from the driver's endpoint (its reports
+        come through the mailbox while the others' arrive over the network: its link is the
+        broken one); else the stalled one with the fewest steps."""
         waited_for = {s.waiting_for for s in stalled.values() if s.waiting_for is not None}
         for rank in sorted(waited_for):
             if rank in ranks and (rank in stalled or rank not in live):
                 return int(rank)
+        silent = sorted(r for r in ranks if r not in live)
+        if silent:
+            return min(silent, key=lambda r: (ranks[r].global_step, r))
+        cut_off = [r for r, s in stalled.items() if s.via == "mailbox"]
+        if cut_off and len(cut_off) < len(live):
+            stalled = {r: stalled[r] for r in cut_off}
         return min(stalled, key=lambda r: (stalled[r].global_step, r))
