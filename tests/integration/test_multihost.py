@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,8 +53,12 @@ def hosts(tmp_path_factory: pytest.TempPathFactory
         pytest.skip(reason)
     assert "GLOO_SOCKET_IFNAME" not in os.environ, "the point is that nobody sets it"
     root = tmp_path_factory.mktemp("multihost")
+    # A cut cable holds back a Worker's heartbeats longer than the cut itself (TCP's
+    # retransmission backoff: a 30 s cut can delay them 50 s): the Master keeps a Worker
+    # 300 s instead of 60 s, so that the partition test sees the host come back as itself.
     with multihost_cluster(root, HOSTS,
-                           env={"SPARKVISION_COLLECTIVE_TIMEOUT_S": COLLECTIVE_TIMEOUT_S}
+                           env={"SPARKVISION_COLLECTIVE_TIMEOUT_S": COLLECTIVE_TIMEOUT_S,
+                                "SPARK_MASTER_OPTS": "-Dspark.worker.timeout=300"}
                            ) as (net, cluster):
         yield net, cluster
     assert not ours(os.getpid()), f"left behind: {ours(os.getpid())}"
@@ -155,3 +161,99 @@ def test_a_wrong_interface_fails_in_one_line_naming_host_rank_and_fix(hosts, dig
     assert any(f"task address {h.ip}" in line for h in net.hosts), line
     assert "rank " in line and "GLOO_SOCKET_IFNAME=lo as set on the executor" in line
     assert "task address is on eth0" in line and "set GLOO_SOCKET_IFNAME on every" in line
+
+
+#: The partition test's watchdog timeout, and how long the cable stays out: past the
+#: timeout (the stall must be seen), short of the standalone Master's 60 s worker timeout
+#: (the host comes back as itself, not as a new executor).
+STALL_TIMEOUT_S = 15
+CUT_S = 30
+
+
+def _latest_checkpoint(folder: Path) -> int:
+    epochs = [int(p.name[6:10]) for p in folder.glob("epoch-*.safetensors")]
+    return max(epochs, default=0)
+
+
+def _wait_for(what: str, check, timeout_s: float, proc: subprocess.Popen | None = None):
+    """Poll ``check`` until it returns something truthy (returned); fail after
+    ``timeout_s`` or when ``proc`` ended first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"training ended ({proc.returncode}) before {what}: {err[-3000:]}")
+        time.sleep(0.1)
+    pytest.fail(f"no {what} within {timeout_s:.0f} s")
+
+
+def _leftovers(host) -> list[str]:
+    """What of the application still lives on ``host``: processes other than its Worker,
+    files in its /dev/shm, spill folders under its Worker's local dirs."""
+    found = [cmd[:120] for _, cmd in host.processes() if "deploy.worker.Worker" not in cmd]
+    for pid, cmd in host.processes():
+        if "deploy.worker.Worker" in cmd:
+            found += [f"/dev/shm/{n}" for n in os.listdir(f"/proc/{pid}/root/dev/shm")]
+    return found
+
+
+def test_a_link_cut_mid_epoch_stalls_and_training_resumes_when_it_is_back(
+        hosts, digits_dir, tmp_path):
+    """Two cuts of the third host's cable during one training. A short one (3 s, below
+    ``stallTimeout``) costs only the pause. A long one (30 s): every rank stops at the same
+    step; the watchdog names the cut-off rank's host (its reports come only through the
+    mailbox) within ``stallTimeout`` + 10 s, the job is cancelled and started again, and
+    once the cable is back the new job resumes from the last checkpoint and finishes with
+    the usual accuracy. Afterwards nothing of the application is left on any host."""
+    net, cluster = hosts
+    cut = net.hosts[2]
+    ckpt, model = tmp_path / "ckpt", tmp_path / "model"
+    argv = _argv("train", net, cluster, str(digits_dir), "--out", str(model),
+                 "--workers", str(HOSTS), "--epochs", "8", "--batch-size", "16",
+                 "--seed", "0", "--checkpoint-dir", str(ckpt),
+                 "--timeout", str(STALL_TIMEOUT_S), "--json", "-q")
+    logs = tmp_path / "logs"
+    proc = subprocess.Popen([sys.executable, "-m", "sparkvision", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(_env(tmp_path), SPARKVISION_LOG_DIR=str(logs)),
+                            start_new_session=True)
+    try:
+        _wait_for("epoch 1's checkpoint", lambda: _latest_checkpoint(ckpt) >= 1, 300, proc)
+        cut.set_link(False)
+        time.sleep(3)
+        cut.set_link(True)
+        short_at = _latest_checkpoint(ckpt)
+        _wait_for("a checkpoint after the short cut",
+                  lambda: _latest_checkpoint(ckpt) > short_at, 120, proc)
+        cut.set_link(False)
+        before_cut = _latest_checkpoint(ckpt)
+        time.sleep(CUT_S)
+        cut.set_link(True)
+        out, err = proc.communicate(timeout=400)
+    finally:
+        cut.set_link(True)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+    assert proc.returncode == 0, (proc.returncode, err[-3000:], log_tails(logs))
+    payload = json.loads(out.strip().splitlines()[-1])
+    history = json.loads((model / "history.json").read_text())
+    assert len(history["stalls"]) == 1, history["stalls"]  # the short cut: only a pause
+    stall = history["stalls"][0]
+    assert stall.startswith(f"rank 2 on host {cut.ip} made no progress for "), stall
+    assert "only through the mailbox folder" in stall, stall
+    silent_s = int(stall.split("made no progress for ")[1].split(" s")[0])
+    assert STALL_TIMEOUT_S <= silent_s <= STALL_TIMEOUT_S + 10, stall
+    assert history["attempts"] == 2
+    assert history["resumed_from_epoch"] in (before_cut, before_cut + 1), (
+        before_cut, history["resumed_from_epoch"])
+    assert [e["epoch"] for e in history["epochs"]] == list(range(1, 9))
+    assert payload["test_accuracy"] >= ACCURACY_BAND, payload["test_accuracy"]
+    # the application's executors, Python workers, shm files and spill folders are gone
+    for host in net.hosts:
+        _wait_for(f"{host.hostname} to be left with its Worker only",
+                  lambda host=host: not _leftovers(host), 60)
+    assert not list(cluster.root.glob("**/sparkvision-spill-*"))
