@@ -9,7 +9,7 @@ DEMO := demo-output
 ZOO_VENV := .venv-zoo
 ZOO_STAMP := $(ZOO_VENV)/.installed
 
-.PHONY: install install-zoo demo test test-fast test-zoo lint typecheck bench clean
+.PHONY: install install-zoo demo test test-fast test-zoo lint typecheck bench clean test-multihost
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,7 +39,11 @@ typecheck: $(STAMP)
 
 # everything: lint, types, every test (CI runs this)
 test: $(STAMP) lint typecheck
-	$(VENV)/bin/pytest -q -m "not zoo" --durations=30
+	$(VENV)/bin/pytest -q -m "not zoo and not multihost" --durations=30
+
+# the emulated multi-host cluster (network namespaces: root), a leg of its own in CI
+test-multihost: $(STAMP)
+	$(VENV)/bin/pytest -q -m multihost --durations=10 tests/integration/test_multihost.py
 
 # the edit-run loop: lint, types, the unit tests and the fast Spark tests (not `slow`)
 test-fast: $(STAMP) lint typecheck
