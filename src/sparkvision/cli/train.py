@@ -116,8 +116,10 @@ def run(args: argparse.Namespace, tracking: Tracking) -> int:
     payload.update(tracking.train_finished(model, payload))  # + mlflow_run_id
     lines = [f"trained {args.model} on {h.world_size} workers → {args.out}"]
     if h.topology and h.topology.hosts > 1:
+        compressed = h.topology.compression not in (None, "none")
         lines.append(f"  on {h.topology.hosts} hosts (ranks per host "
-                     f"{h.topology.ranks_per_host}; between hosts: {h.topology.inter_host}, "
+                     f"{h.topology.ranks_per_host}; between hosts: {h.topology.inter_host}"
+                     f"{f' in {h.topology.compression}' if compressed else ''}, "
                      f"within a host: {h.topology.intra_host or '-'})")
     transfer = h.transfer
     if transfer and transfer.init_summary:

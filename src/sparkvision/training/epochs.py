@@ -67,6 +67,7 @@ def train(x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Tensor, y_val: to
 
     from sparkvision.models import build_model
     from sparkvision.training import hosts
+    from sparkvision.training.compression import NONE, compression_used, register_compression
     from sparkvision.training.loop import StepProfile, make_optimizer, profile_dir
     from sparkvision.training.resume import restore, transfer
     from sparkvision.training.shm_comm_hook import install_shm_allreduce
@@ -111,12 +112,18 @@ def train(x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Tensor, y_val: to
         beat.phase = "setting up the gradient all-reduce"
         shm = (install_shm_allreduce(ddp, identities=identities)
                if dist.get_backend() == "gloo" else None)
+    # Gradients through the process group (between hosts) travel compressed when asked.
+    compression = compression_used(config.grad_compression, world=world,
+                                   shared_memory=shm is not None,
+                                   private=config.privacy == "dp")
+    if compression != NONE:
+        register_compression(ddp, compression, seed=config.seed)
     beat.phase = "exchanging row counts"
     run = Run(
         config, rank, world, device, model, ddp, optimizer, resumed.start_epoch,
         resumed.history, resumed.resumed_from, started,
         "dp-sgd" if config.privacy == "dp" else "shm" if shm is not None else dist.get_backend(),
-        hosts.topology(identities, dist.get_backend(), shm is not None),
+        hosts.topology(identities, dist.get_backend(), shm is not None, compression),
     )
     if profile_dir():
         run.profile = StepProfile()

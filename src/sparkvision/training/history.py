@@ -250,7 +250,10 @@ class TopologyRecord:
     the order of each host's lowest rank, ``host_of_rank`` (an index into those, per rank),
     and the all-reduce backend of each level: ``intra_host`` between ranks of one host
     (``shm``, ``gloo``, ``nccl``; None when every host has one rank) and ``inter_host``
-    between hosts (None on one host)."""
+    between hosts (None on one host). ``compression``: how the gradients travelled through
+    the process group (``gradCompression``: none, fp16, bf16, powersgd; "none" also where
+    it was asked for but not applied: ranks averaging through shared memory,
+    ``privacy="dp"``, one rank; None in histories written before it was recorded)."""
 
     hosts: int
     ranks_per_host: list[int]
@@ -258,18 +261,25 @@ class TopologyRecord:
     inter_host: str | None
     host_names: list[str] = field(default_factory=list)
     host_of_rank: list[int] = field(default_factory=list)
+    compression: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"hosts": self.hosts, "ranks_per_host": list(self.ranks_per_host),
-                "intra_host": self.intra_host, "inter_host": self.inter_host,
-                "host_names": list(self.host_names), "host_of_rank": list(self.host_of_rank)}
+        d: dict[str, Any] = {
+            "hosts": self.hosts, "ranks_per_host": list(self.ranks_per_host),
+            "intra_host": self.intra_host, "inter_host": self.inter_host,
+            "host_names": list(self.host_names), "host_of_rank": list(self.host_of_rank)}
+        if self.compression is not None:
+            d["compression"] = self.compression
+        return d
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "topology") -> TopologyRecord:
         d = _object(data, where)
+        compression = d.get("compression")
         return cls(int(_need(d, "hosts", where)), _ints(d.get("ranks_per_host")),
                    d.get("intra_host"), d.get("inter_host"),
-                   [str(n) for n in d.get("host_names") or []], _ints(d.get("host_of_rank")))
+                   [str(n) for n in d.get("host_names") or []], _ints(d.get("host_of_rank")),
+                   None if compression is None else str(compression))
 
 
 @dataclass(frozen=True)

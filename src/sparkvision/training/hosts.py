@@ -80,13 +80,15 @@ def same_machine(identities: Sequence[HostIdentity]) -> bool:
             and identities[0].hostname != "")
 
 
-def topology(identities: Sequence[HostIdentity], backend: str, shm: bool) -> TopologyRecord:
+def topology(identities: Sequence[HostIdentity], backend: str, shm: bool,
+             compression: str | None = None) -> TopologyRecord:
     """Where ranks with these identities (one per rank, in rank order) run, as the history
     records it: ``hosts`` (distinct identities), ``ranks_per_host`` and ``host_names`` in
     the order of each host's lowest rank, ``host_of_rank``, and the backend of each level:
     ``intra_host`` (None when every host has one rank: ``shm`` when ``shm``, the
     shared-memory all-reduce, is used, else ``backend``, the process group's) and
-    ``inter_host`` (``backend``; None on one host)."""
+    ``inter_host`` (``backend``; None on one host); ``compression``: the gradient
+    compression the process group's all-reduce used (``compression.compression_used``)."""
     order: dict[HostIdentity, int] = {}
     host_of_rank = [order.setdefault(ident, len(order)) for ident in identities]
     counts = [host_of_rank.count(h) for h in range(len(order))]
@@ -94,7 +96,7 @@ def topology(identities: Sequence[HostIdentity], backend: str, shm: bool) -> Top
         hosts=len(order), ranks_per_host=counts, host_names=[i.hostname for i in order],
         host_of_rank=host_of_rank,
         intra_host=None if max(counts, default=1) <= 1 else ("shm" if shm else backend),
-        inter_host=backend if len(order) > 1 else None,
+        inter_host=backend if len(order) > 1 else None, compression=compression,
     )
 
 
