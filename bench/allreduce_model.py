@@ -47,6 +47,8 @@ QUICK_SIZES = [64 << 10, 2 << 20, 8 << 20]
 RATES: list[str | None] = [None, "1gbit", "100mbit"]
 #: The largest message timed at 100 Mbit/s (16 MB would take ~3 s per all-reduce).
 MAX_BYTES_SLOW = 8 << 20
+#: Sizes from here on are bandwidth-bound (the slope of the fit); below, latency counts.
+BANDWIDTH_BOUND = 512 << 10
 
 #: Gradient sizes to predict for (float32 parameters × 4 bytes); ``cnn`` is counted by
 #: building it.
@@ -75,6 +77,9 @@ def _rank_main(rank: int, world: int, master: str, port: int, sizes: list[int],
     os.environ.update(MASTER_ADDR=master, MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="eth0")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    warm = torch.ones(1024)
+    for _ in range(20):  # connections and first-use costs, before any size is timed
+        dist.all_reduce(warm)
     out = {}
     for size in sizes:
         t = torch.ones(size // 4)
@@ -136,25 +141,29 @@ def measure(hosts: int, rates: list[str | None], sizes: list[int], repeats: int
 # -- the model -------------------------------------------------------------------------------
 
 def fit(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """α, β per (hosts, rate) from ``T = a + b·n``; relative error of each point."""
+    """α, β per (hosts, rate), one per regime: β from the least-squares slope of the
+    bandwidth-bound sizes (≥ ``BANDWIDTH_BOUND``), α from the smallest message's time (where
+    ``n·β`` is negligible). The relative error of the fitted line at every measured size."""
     import numpy as np
 
     fits: dict[str, dict[str, Any]] = {}
     for key in sorted({(r["hosts"], r["rate"]) for r in rows}):
-        pts = [r for r in rows if (r["hosts"], r["rate"]) == key]
-        n = np.array([p["bytes"] for p in pts], dtype=float)
-        t = np.array([p["seconds"] for p in pts])
-        # weighted by 1/t: every size counts, not only the largest
-        w = 1 / t
-        b, a = np.polyfit(n, t, 1, w=w)
+        pts = sorted((r for r in rows if (r["hosts"], r["rate"]) == key),
+                     key=lambda r: r["bytes"])
         p = key[0]
-        alpha = max(a, 0.0) / (2 * (p - 1))
-        beta = b * p / (2 * (p - 1))
-        errors = [(float(a + b * ni) - ti) / ti for ni, ti in zip(n, t, strict=True)]
+        big = [r for r in pts if r["bytes"] >= BANDWIDTH_BOUND]
+        slope, _ = np.polyfit([r["bytes"] for r in big], [r["seconds"] for r in big], 1)
+        beta = float(slope) * p / (2 * (p - 1))
+        alpha = statistics.median(
+            max(0.0, r["seconds"] - 2 * (p - 1) / p * r["bytes"] * beta) / (2 * (p - 1))
+            for r in pts[:2])  # the two smallest sizes
+        errors = {r["bytes"]: (ring_seconds(p, r["bytes"], alpha, beta) - r["seconds"])
+                  / r["seconds"] for r in pts}
         fits[f"{key[0]}x{key[1]}"] = {
             "hosts": p, "rate": key[1], "alpha_us": alpha * 1e6,
             "bandwidth_gbit_s": 8 / beta / 1e9 if beta > 0 else None,
-            "max_rel_error": max(abs(e) for e in errors),
+            "rel_error_by_bytes": errors,
+            "max_rel_error_bandwidth_bound": max(abs(errors[r["bytes"]]) for r in big),
         }
     return fits
 
@@ -174,6 +183,7 @@ def check_three_from_two(rows: list[dict[str, Any]], fits: dict[str, dict[str, A
         beta = 8 / (two["bandwidth_gbit_s"] * 1e9)
         predicted = ring_seconds(3, r["bytes"], two["alpha_us"] * 1e-6, beta)
         out.append({"rate": r["rate"], "bytes": r["bytes"], "measured_s": r["seconds"],
+                    "bandwidth_bound": r["bytes"] >= BANDWIDTH_BOUND,
                     "predicted_s": predicted,
                     "rel_error": (predicted - r["seconds"]) / r["seconds"]})
     return out
@@ -225,6 +235,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--hosts", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="3 sizes, 3 repeats")
+    ap.add_argument("--refit", action="store_true",
+                    help="fit and predict again from the measurements in the results file")
     args = ap.parse_args()
     if args.rank is not None:
         _rank_main(args.rank, args.world, args.master, args.port, args.sizes, args.repeats)
@@ -234,7 +246,13 @@ def main() -> None:
 
     sizes, repeats = (QUICK_SIZES, 3) if args.quick else (SIZES, args.repeats)
     started = time.time()
-    rows = measure(args.hosts, RATES, sizes, repeats)
+    if args.refit:
+        from common import RESULTS_DIR
+
+        previous = json.loads((RESULTS_DIR / "allreduce_model.json").read_text())
+        rows, repeats = previous["measured"], previous["repeats"]
+    else:
+        rows = measure(args.hosts, RATES, sizes, repeats)
     fits = fit(rows)
     shaped = [f for f in fits.values() if f["rate"] != "unshaped" and f["bandwidth_gbit_s"]]
     # how much of the nominal rate the ring reached (tbf's rate is the nominal one)
@@ -248,10 +266,12 @@ def main() -> None:
     for key, f in fits.items():
         print(f"  {key:>14}: α {f['alpha_us']:8.1f} µs, bandwidth "
               f"{f['bandwidth_gbit_s'] or float('nan'):7.3f} Gbit/s, max error "
-              f"{f['max_rel_error']:.0%}")
-    if check:
-        worst = max(abs(c["rel_error"]) for c in check)
-        print(f"3 hosts predicted from the 2-host fit: worst error {worst:.0%}")
+              f"{f['max_rel_error_bandwidth_bound']:.0%} (sizes >= 512 KB)")
+    for bound in (True, False):
+        errs = [abs(c["rel_error"]) for c in check if c["bandwidth_bound"] == bound]
+        if errs:
+            print(f"3 hosts predicted from the 2-host fit, {'>=' if bound else '<'} 512 KB: "
+                  f"median error {statistics.median(errs):.0%}, worst {max(errs):.0%}")
     print(f"link efficiency (ring bandwidth / nominal rate): {efficiency:.2f}")
     print(f"gloo's α here: {gloo_alpha * 1e6:.0f} µs")
     print("\npredicted efficiency (compute / step), α 25 µs [no overlap] (gloo's α here):")
