@@ -189,6 +189,34 @@ def check_three_from_two(rows: list[dict[str, Any]], fits: dict[str, dict[str, A
     return out
 
 
+def check_training(fits: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The model's all-reduce time per step for the trainings ``bench/multihost.py``
+    measured on 2 emulated hosts (its results file), beside the measured time a step
+    waited for it (which is lower where the all-reduce overlapped the backward pass)."""
+    from common import RESULTS_DIR
+
+    path = RESULTS_DIR / "multihost.json"
+    if not path.exists():
+        return []
+    from networks import wide_mlp
+
+    params = {"cnn": cnn_parameters(),
+              "wide_mlp": sum(p.numel() for p in wide_mlp(10, (28, 28, 1)).parameters())}
+    out = []
+    for pair in json.loads(path.read_text()).get("pairs", []):
+        fitted = fits.get("2x" + ("unshaped" if pair["rate"] == "unlimited" else pair["rate"]))
+        if fitted is None or pair["network"] not in params or not fitted["bandwidth_gbit_s"]:
+            continue
+        beta = 8 / (fitted["bandwidth_gbit_s"] * 1e9)
+        for compression, width in (("none", 4), ("fp16", 2)):
+            predicted = ring_seconds(2, params[pair["network"]] * width,
+                                     fitted["alpha_us"] * 1e-6, beta)
+            out.append({"network": pair["network"], "rate": pair["rate"],
+                        "compression": compression, "predicted_ms": predicted * 1e3,
+                        "measured_wait_ms": pair[f"allreduce_ms_{compression}"]})
+    return out
+
+
 def cnn_parameters() -> int:
     from sparkvision.models import build_model
 
@@ -262,6 +290,12 @@ def main() -> None:
     gloo_alpha = statistics.median(f["alpha_us"] for f in fits.values()
                                    if f["alpha_us"] > 0) * 1e-6
     predictions = predict(min(1.0, efficiency), gloo_alpha)
+    training = check_training(fits)
+    if training:
+        print("\ntrainings on 2 hosts (bench/multihost.py): model all-reduce vs measured wait")
+        for t in training:
+            print(f"  {t['network']:>9} {t['rate']:>9} {t['compression']:>5}: model "
+                  f"{t['predicted_ms']:8.1f} ms, waited {t['measured_wait_ms']:8.1f} ms")
     print("\nfit (T = 2(p-1)α + 2(p-1)/p·n·β):")
     for key, f in fits.items():
         print(f"  {key:>14}: α {f['alpha_us']:8.1f} µs, bandwidth "
@@ -284,6 +318,7 @@ def main() -> None:
         "benchmark": "allreduce_model", "machine": machine(),
         "seconds": round(time.time() - started, 1), "repeats": repeats,
         "measured": rows, "fits": fits, "three_hosts_from_two": check,
+        "trainings_on_two_hosts": training,
         "link_efficiency": efficiency, "gloo_alpha_us": gloo_alpha * 1e6,
         "assumptions": {"compute_s_per_step": COMPUTE_S, "backward_share": BACKWARD_SHARE,
                         "target_alpha_us": TARGET_ALPHA_S * 1e6,
