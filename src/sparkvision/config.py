@@ -14,6 +14,9 @@ from sparkvision.settings import OutputSettings, TrainSettings, rows
 #: Seconds a training rank waits in a collective (gloo/nccl) for the other ranks before its
 #: task fails and Spark retries the stage (env SPARKVISION_COLLECTIVE_TIMEOUT_S overrides).
 COLLECTIVE_TIMEOUT_S = 600.0
+#: Seconds the ranks try to reach each other while the process group forms (at most the
+#: collective timeout): a rank that cannot connect by then fails the training once.
+CONNECT_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import re
 import threading
@@ -166,9 +167,10 @@ def run_distributed(
                             len(stalls), config.stall_retries)
     finally:
         bar.close()
-    errors = [bytes(r.payload).decode() for r in rows if r.kind == ERROR_KIND]
-    if errors:  # building the network failed on the executors (one stage attempt)
-        raise ModelBuildError(errors[0])
+    errors = [json.loads(bytes(r.payload)) for r in rows if r.kind == ERROR_KIND]
+    if errors:  # the ranks agreed it cannot run (one stage attempt): why, from rank 0
+        kind = ModelBuildError if errors[0]["what"] == "build" else TrainingError
+        raise kind(errors[0]["message"])
     chunks = sorted((r.seq, bytes(r.payload)) for r in rows if r.kind == "weights")
     histories = [bytes(r.payload) for r in rows if r.kind == "history"]
     if not chunks or len(histories) != 1:

@@ -1,8 +1,9 @@
 """Set-up of a barrier training task: rendezvous with the other tasks through
 ``BarrierTaskContext.allGather``, this rank's device, the gloo (nccl on GPUs) process group
 (bound to the interface that carries the task's own address: ``training.hosts``; a rank
-that cannot connect fails with one line naming its host, rank and address), and the small
-collectives (metrics, row counts) the rest of the training uses."""
+that cannot connect within ``CONNECT_TIMEOUT_S`` fails the training once, every rank told
+through Spark's barrier RPC, with one line naming its host, rank and address), and the
+small collectives (metrics, row counts) the rest of the training uses."""
 
 from __future__ import annotations
 
@@ -74,12 +75,21 @@ def collective_timeout() -> timedelta:
     return timedelta(seconds=float(value) if value.strip() else COLLECTIVE_TIMEOUT_S)
 
 
+class ConnectFailed(Exception):
+    """Some rank could not join the process group, and every rank knows (they agreed
+    through Spark's barrier ``allGather``, which needs no gloo connection): the tasks end
+    without an exception, so that Spark does not run the stage again to wait and fail
+    alike, and rank 0 reports the first rank's message."""
+
+
 def form_process_group(config: TrainConfig, ctx: Any, rank: int, world: int,
                        placement: tuple[int, int]) -> torch.device:
-    """Rendezvous, pick this rank's device and join the process group; the device."""
+    """Rendezvous, pick this rank's device and join the process group; the device.
+    ``ConnectFailed`` (on every rank) when a rank could not connect."""
     import torch.distributed as dist
+    from torch.distributed import distributed_c10d
 
-    from sparkvision.errors import TrainingError
+    from sparkvision.config import CONNECT_TIMEOUT_S
     from sparkvision.training import hosts
 
     addr, port = rendezvous(ctx, rank)
@@ -95,15 +105,23 @@ def form_process_group(config: TrainConfig, ctx: Any, rank: int, world: int,
     log.info("rank %d (%s, %s) joins the %s process group at %s:%d with %s", rank,
              socket.gethostname(), own.ip or own.address, backend, addr, port,
              bound or "no interface set")
+    timeout = collective_timeout()
+    failure = ""
     try:
         dist.init_process_group(
             backend, init_method=f"tcp://{addr}:{port}", rank=rank, world_size=world,
-            timeout=collective_timeout(),
+            timeout=min(timeout, timedelta(seconds=CONNECT_TIMEOUT_S)),
         )
+        distributed_c10d._set_pg_timeout(timeout)  # connected: the collectives' own timeout
     except (RuntimeError, OSError) as exc:  # torch's DistError kinds, gloo's connect errors
-        raise TrainingError(hosts.connect_failure(
-            rank, world, socket.gethostname(), own, bound, backend, f"{addr}:{port}", exc,
-        )) from exc
+        failure = hosts.connect_failure(
+            rank, world, socket.gethostname(), own, bound, backend, f"{addr}:{port}", exc)
+        log.error("%s", failure)
+    failures = [f for f in ctx.allGather(failure) if f]
+    if failures:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        raise ConnectFailed(failures[0])
     return device
 
 

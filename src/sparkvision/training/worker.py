@@ -25,7 +25,7 @@ from sparkvision.training.watchdog import Heartbeat
 log = logging.getLogger(__name__)
 
 RESULT_DDL = "kind STRING, seq INT, payload BINARY"
-#: The result row's kind that carries an error every rank agreed on (its UTF-8 message)
+#: The result row's kind that carries an error every rank agreed on (``_error_row``)
 ERROR_KIND = "error"
 FLAG_COL = "_sv_is_val"
 CHUNK = 8 * 1024 * 1024
@@ -71,7 +71,11 @@ def _train_task(batches: Iterator[Any], config: TrainConfig, ctx: Any, rank: int
     from sparkvision.data.spill import AnonMemoryWatch, PartitionSink, memory_budget
     from sparkvision.training import devices
     from sparkvision.training.epochs import BuildFailed, train
-    from sparkvision.training.process_group import allgather_int, form_process_group
+    from sparkvision.training.process_group import (
+        ConnectFailed,
+        allgather_int,
+        form_process_group,
+    )
 
     beat.phase = "reading its data"
     placement = devices.local_rank([info.address for info in ctx.getTaskInfos()], rank)
@@ -94,7 +98,12 @@ def _train_task(batches: Iterator[Any], config: TrainConfig, ctx: Any, rank: int
                      "%s", rank, sink.bytes / (1 << 20), (budget or 0) / (1 << 20),
                      sink.folder)
         beat.phase = "forming the process group"
-        device = form_process_group(config, ctx, rank, world, placement)
+        try:
+            device = form_process_group(config, ctx, rank, world, placement)
+        except ConnectFailed as failed:  # every rank agreed: no stage retry, rank 0 says why
+            if rank == 0:
+                yield _error_row("connect", str(failed))
+            return
         beat.phase = "building the network"
         try:
             result = train(
@@ -110,9 +119,7 @@ def _train_task(batches: Iterator[Any], config: TrainConfig, ctx: Any, rank: int
             time.sleep(0.2)
             dist.destroy_process_group()
             if rank == 0:
-                yield pa.RecordBatch.from_pydict({
-                    "kind": [ERROR_KIND], "seq": pa.array([0], pa.int32()),
-                    "payload": pa.array([str(failed).encode()], pa.binary())})
+                yield _error_row("build", str(failed))
             return
         except BaseException:
             # No collective here: the other ranks may be gone. Spark retries the stage.
@@ -151,3 +158,16 @@ def _train_task(batches: Iterator[Any], config: TrainConfig, ctx: Any, rank: int
     finally:
         watch.stop()
         sink.cleanup()  # also when the task fails: no spill file outlives its task
+
+
+def _error_row(what: str, message: str) -> Any:
+    """The one result row of a training that every rank agreed cannot run (``what``:
+    "build" — the network; "connect" — the process group): JSON ``{what, message}``."""
+    import json
+
+    import pyarrow as pa
+
+    return pa.RecordBatch.from_pydict({
+        "kind": [ERROR_KIND], "seq": pa.array([0], pa.int32()),
+        "payload": pa.array([json.dumps({"what": what, "message": message}).encode()],
+                            pa.binary())})
