@@ -50,6 +50,10 @@ MAX_BYTES_SLOW = 8 << 20
 #: Sizes from here on are bandwidth-bound (the slope of the fit); below, latency counts.
 BANDWIDTH_BOUND = 512 << 10
 
+#: DDP bucket sizes compared (MB), and on which network and link.
+BUCKETS_MB = [0.25, 1.0, 4.0, 25.0]
+BUCKET_CASES: list[tuple[str, str | None]] = [("wide_mlp", None), ("wide_mlp", "1gbit"),
+                                              ("cnn", "100mbit")]
 #: Gradient sizes to predict for (float32 parameters × 4 bytes); ``cnn`` is counted by
 #: building it.
 NETWORKS = {"resnet18": 11_689_512, "resnet50": 25_557_032}
@@ -98,6 +102,75 @@ def _rank_main(rank: int, world: int, master: str, port: int, sizes: list[int],
     dist.destroy_process_group()
     if rank == 0:
         print(json.dumps(out), flush=True)
+
+
+def _ddp_rank_main(rank: int, world: int, master: str, port: int, network: str,
+                   bucket_mb: float, steps: int) -> None:
+    """Time DDP training steps (forward, backward with the bucketed all-reduce, SGD) of
+    ``network`` on random MNIST-shaped data, buckets of ``bucket_mb``."""
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from networks import wide_mlp
+    from sparkvision.models import build_model
+
+    os.environ.update(MASTER_ADDR=master, MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="eth0")
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    net = wide_mlp(10, (28, 28, 1)) if network == "wide_mlp" else build_model(
+        network, 10, (28, 28, 1))
+    batch = 256 if network == "wide_mlp" else 64
+    ddp = DDP(net, bucket_cap_mb=bucket_mb, gradient_as_bucket_view=True)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.01)
+    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    laps = []
+    for i in range(steps + 3):
+        dist.barrier()
+        start = time.perf_counter()
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(ddp(x), y).backward()
+        opt.step()
+        if i >= 3:
+            laps.append(time.perf_counter() - start)
+    lap = torch.tensor([statistics.median(laps)])
+    dist.all_reduce(lap, op=dist.ReduceOp.MAX)
+    dist.destroy_process_group()
+    if rank == 0:
+        print(json.dumps({"step_s": float(lap.item())}), flush=True)
+
+
+def measure_buckets(cases: list[tuple[str, str | None]], buckets: list[float], steps: int
+                    ) -> list[dict[str, Any]]:
+    """DDP step time per bucket size on 2 emulated hosts, per (network, link rate)."""
+    from tests.netns import HostNetwork
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="sv-buckets-") as tmp, \
+            HostNetwork(Path(tmp), 2) as net:
+        for network, rate in cases:
+            for host in net.hosts:
+                host.limit_rate(rate)
+            for bucket in buckets:
+                port = _free_port()
+                procs = [subprocess.Popen(
+                    [*host.prefix(), sys.executable, __file__, "--rank", str(r),
+                     "--world", "2", "--master", net.hosts[0].ip, "--port", str(port),
+                     "--ddp", network, "--bucket-mb", str(bucket), "--repeats", str(steps)],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                    env=dict(os.environ, PYTHONPATH=f"{ROOT / 'bench'}:{ROOT}"))
+                    for r, host in enumerate(net.hosts)]
+                outs = [p.communicate(timeout=900) for p in procs]
+                for p, (_, err) in zip(procs, outs, strict=True):
+                    if p.returncode != 0:
+                        raise SystemExit(f"rank failed ({p.returncode}): {err[-2000:]}")
+                step = json.loads(outs[0][0].strip().splitlines()[-1])["step_s"]
+                rows.append({"network": network, "rate": rate or "unshaped",
+                             "bucket_mb": bucket, "step_s": step})
+                print(f"  {network:>9} {rate or 'unshaped':>9} bucket {bucket:5.2f} MB: "
+                      f"step {step * 1e3:8.1f} ms", flush=True)
+    return rows
 
 
 def _free_port() -> int:
@@ -260,18 +333,38 @@ def main() -> None:
     ap.add_argument("--master", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--sizes", type=int, nargs="*", help=argparse.SUPPRESS)
+    ap.add_argument("--ddp", help=argparse.SUPPRESS)
+    ap.add_argument("--bucket-mb", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--buckets", action="store_true",
+                    help="only the DDP bucket-size runs, added to the results file")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--hosts", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="3 sizes, 3 repeats")
     ap.add_argument("--refit", action="store_true",
                     help="fit and predict again from the measurements in the results file")
     args = ap.parse_args()
+    if args.rank is not None and args.ddp:
+        _ddp_rank_main(args.rank, args.world, args.master, args.port, args.ddp,
+                       args.bucket_mb, args.repeats)
+        return
     if args.rank is not None:
         _rank_main(args.rank, args.world, args.master, args.port, args.sizes, args.repeats)
         return
 
     from common import machine, write_result
 
+    if args.buckets:
+        from common import RESULTS_DIR
+
+        path = RESULTS_DIR / "allreduce_model.json"
+        previous = json.loads(path.read_text())
+        previous["ddp_buckets"] = {
+            "what": "DDP step (forward, backward with the bucketed gloo all-reduce, SGD) on 2 "
+                    "emulated hosts x 1 process, random MNIST-shaped batches (cnn 64, "
+                    "wide_mlp 256), median of 10 steps after 3; bucket_cap_mb varied",
+            "machine": machine(), "rows": measure_buckets(BUCKET_CASES, BUCKETS_MB, 10)}
+        path.write_text(json.dumps(previous, indent=2) + "\n")
+        return
     sizes, repeats = (QUICK_SIZES, 3) if args.quick else (SIZES, args.repeats)
     started = time.time()
     if args.refit:
