@@ -115,6 +115,7 @@ def test_training_on_three_hosts_uses_gloo_between_them(hosts, trained):
     topology = history["topology"]
     assert topology["hosts"] == HOSTS and topology["ranks_per_host"] == [1] * HOSTS
     assert topology["inter_host"] == "gloo" and topology["intra_host"] is None
+    assert topology["compression"] == "none"  # float32 unless --grad-compression says
     assert sorted(topology["host_names"]) == sorted(h.hostname for h in net.hosts)
     assert payload["topology"] == topology
     assert history["epochs"][-1]["steps_per_rank"] == [history["steps_per_epoch"]] * HOSTS
