@@ -20,11 +20,7 @@ import pytest
 import torch
 
 from sparkvision.training.shm_allreduce import ShmAllReduce, supported
-from sparkvision.training.shm_comm_hook import (
-    install_shm_allreduce,
-    same_host,
-    shm_allreduce_hook,
-)
+from sparkvision.training.shm_comm_hook import install_shm_allreduce, shm_allreduce_hook
 
 pytestmark = pytest.mark.skipif(not supported(), reason="shared-memory all-reduce needs x86-64")
 
@@ -440,13 +436,6 @@ def test_env_var_disables(monkeypatch):
     assert not supported()
     monkeypatch.setenv("SPARKVISION_SHM_ALLREDUCE", "1")
     assert supported()
-
-
-def test_same_host():
-    assert same_host(["node-a", "node-a"])
-    assert same_host(["10.0.0.1:4040", "10.0.0.1:4041"])
-    assert not same_host(["node-a", "node-b"])
-    assert not same_host([])
 
 
 def test_futex_wait_returns_on_a_changed_counter_a_timeout_or_a_wake():

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from sparkvision.training.hosts import HostIdentity, host_identity, host_part, same_machine
+from sparkvision.training.hosts import HostIdentity, host_identity, same_machine
 from sparkvision.training.shm_allreduce import (
     DTYPE,
     ShmAllReduce,
@@ -33,22 +33,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "install_shm_allreduce",
     "max_bucket_bytes",
-    "same_host",
     "shm_allreduce_hook",
 ]
-
-
-def same_host(ctx_hostnames: list[str]) -> bool:
-    """True when every entry names the same host (``host:port`` forms are accepted).
-
-    Equal names are necessary, not sufficient, for a shared ``/dev/shm`` (containers on
-    different machines, or network namespaces on one, can share a hostname): the decision
-    to use shared memory takes ``hosts.same_machine`` of every rank's host identity, and
-    :meth:`ShmAllReduce.create` verifies the segment itself with a nonce. An empty list is
-    False.
-    """
-    hosts = {host_part(h).lower() for h in ctx_hostnames}
-    return len(hosts) == 1 and "" not in hosts
 
 
 def shm_allreduce_hook(
