@@ -123,20 +123,23 @@ def test_training_on_three_hosts_uses_gloo_between_them(hosts, trained):
     assert payload["test_accuracy"] >= ACCURACY_BAND, payload["test_accuracy"]
 
 
-def test_evaluate_on_the_hosts(hosts, trained, digits_dir, tmp_path):
-    """Prediction on the three hosts (``train`` already measured ``test_accuracy`` with
-    ``transform`` there; a separate ``predict`` app would cost a minute more of this file's
-    time for the same path)."""
+def test_predict_and_evaluate_on_the_hosts(hosts, trained, digits_dir, tmp_path):
+    """``predict`` and ``evaluate`` as applications of their own on the three hosts: the
+    same test accuracy as ``train`` measured there."""
     net, cluster = hosts
     model, payload = trained
     apps_before = len(cluster.state()["completedapps"])
     test_rows = json.loads((digits_dir / "dataset.json").read_text())["splits"]["test"]
+    predicted = _cli(_argv("predict", net, cluster, str(model), str(digits_dir),
+                           "--out", str(tmp_path / "preds.parquet")), tmp_path)
+    assert predicted["rows"] == test_rows
+    assert predicted["accuracy"] == pytest.approx(payload["test_accuracy"], abs=1e-9)
     evaluated = _cli(_argv("evaluate", net, cluster, str(model), str(digits_dir),
                            "--split", "test", "--no-plots", "--out", str(tmp_path / "eval")),
                      tmp_path)
     assert evaluated["n"] == test_rows and evaluated["accuracy"] >= ACCURACY_BAND
     assert evaluated["accuracy"] == pytest.approx(payload["test_accuracy"], abs=1e-9)
-    assert len(cluster.state()["completedapps"]) == apps_before + 1
+    assert len(cluster.state()["completedapps"]) == apps_before + 2
 
 
 def test_a_wrong_interface_fails_in_one_line_naming_host_rank_and_fix(hosts, digits_dir,
