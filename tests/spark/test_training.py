@@ -196,6 +196,10 @@ def test_bad_labels_are_named_before_training(digits):
         ImageClassifier().fit(train.withColumn("label", F.lit(None).cast("long")))
     with pytest.raises(DataError, match="class indexes"):
         ImageClassifier().fit(train.withColumn("label", F.col("label") - 1))
+    # the shape comes from every row (with the label counts), not from the first one
+    taller = F.when(F.col("label") == 3, F.col("height") + 1).otherwise(F.col("height"))
+    with pytest.raises(DataError, match=r"differ in size \(height 8\.\.9\)"):
+        ImageClassifier().fit(train.withColumn("height", taller))
 
 
 def test_on_epoch_end_returning_true_stops_every_worker_after_that_epoch(digits):

@@ -29,34 +29,69 @@ from sparkvision.training.history import BalanceRecord
 log = logging.getLogger(__name__)
 
 
-def _image_shape(df, configured: list[int]) -> tuple[int, int, int]:
-    if configured:
-        return tuple(configured)  # type: ignore[return-value]
-    needed = ("height", "width", "channels")
-    if not all(c in df.columns for c in needed):
+#: The columns ``prepare`` writes that give each row's image shape.
+SHAPE_COLUMNS = ("height", "width", "channels")
+
+
+def _check_columns(df, configured: list[int], label_col: str) -> bool:
+    """Refuse, before any job, a DataFrame without the label column, or without the shape
+    columns when ``imageShape`` is not set. Returns whether the shape is read from the data."""
+    if not configured and not all(c in df.columns for c in SHAPE_COLUMNS):
         raise InvalidParameterError(
             "imageShape", configured,
             "set imageShape=[height, width, channels], or give data with height/width/"
             "channels columns (as `sparkvision prepare` writes)",
         )
-    row = df.select(*needed).first()
-    if row is None:
-        raise DataError("the training DataFrame is empty: give it at least one row")
-    return int(row.height), int(row.width), int(row.channels)
-
-
-def _label_counts(df, label_col: str, classes: list[str]) -> tuple[dict[int, int], list[str]]:
-    """Rows per class index with one aggregate, validated; and the class names
-    (default '0'..'K-1')."""
-    from pyspark.sql import functions as F
-
     if label_col not in df.columns:
         raise InvalidParameterError(
             "labelCol", label_col, f"the DataFrame has columns {df.columns}; name the label"
         )
-    rows = df.groupBy(F.col(label_col).cast("double").alias("y")).count().collect()
+    return not configured
+
+
+def _label_rows(df, label_col: str, with_shape: bool) -> list[Any]:
+    """One aggregate over every row: the rows per label value (``y``, ``count``) and, with
+    ``with_shape``, the smallest and largest height, width and channels under each label.
+
+    Every row is read: a ``first()``/``limit`` for the shape would end its task after one
+    Arrow batch and leave the Python reader of a partition of several batches (a prepared
+    split of more than ~1,000 rows a shard) writing to a socket the JVM closes (Spark then
+    kills that worker, which prints a BrokenPipeError from pyspark/daemon.py)."""
+    from pyspark.sql import functions as F
+
+    shape = ([F.min(c).alias(f"min_{c}") for c in SHAPE_COLUMNS]
+             + [F.max(c).alias(f"max_{c}") for c in SHAPE_COLUMNS]) if with_shape else []
+    rows = df.groupBy(F.col(label_col).cast("double").alias("y")).agg(
+        F.count(F.lit(1)).alias("count"), *shape).collect()
     if not rows:
         raise DataError("the training DataFrame is empty: give it at least one row")
+    return rows
+
+
+def _image_shape(rows: list[Any], configured: list[int]) -> tuple[int, int, int]:
+    """``imageShape`` when set, else the one shape of every row (``_label_rows``)."""
+    if configured:
+        return tuple(configured)  # type: ignore[return-value]
+    lows: list[Any] = [min((r[f"min_{c}"] for r in rows if r[f"min_{c}"] is not None),
+                           default=None) for c in SHAPE_COLUMNS]
+    highs: list[Any] = [max((r[f"max_{c}"] for r in rows if r[f"max_{c}"] is not None),
+                            default=None) for c in SHAPE_COLUMNS]
+    if None in lows:
+        raise DataError("the training rows have no height/width/channels values: set "
+                        "imageShape=[height, width, channels]")
+    if lows != highs:
+        sizes = ", ".join(f"{c} {lo}..{hi}" for c, lo, hi in zip(SHAPE_COLUMNS, lows, highs,
+                                                                  strict=True) if lo != hi)
+        raise DataError(f"the training images differ in size ({sizes}): give images of one "
+                        "size, e.g. `sparkvision prepare --image-size HxW`")
+    h, w, c = (int(v) for v in lows)
+    return h, w, c
+
+
+def _label_counts(rows: list[Any], label_col: str, classes: list[str]
+                  ) -> tuple[dict[int, int], list[str]]:
+    """Rows per class index, validated, from ``_label_rows``; and the class names
+    (default '0'..'K-1')."""
     nulls = sum(int(r["count"]) for r in rows if r.y is None)
     if nulls:
         raise DataError(f"{nulls} rows have a null {label_col!r}: drop or label them")
@@ -175,9 +210,11 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
         if val_df is None and get(self.validationFraction) > 0:
             frac = get(self.validationFraction)
             train_df, val_df = dataset.randomSplit([1 - frac, frac], seed=get(self.seed))
-        shape = _image_shape(dataset, get(self.imageShape))
+        with_shape = _check_columns(dataset, get(self.imageShape), label_col)
+        rows = _label_rows(dataset, label_col, with_shape)  # one job: labels and shape
+        shape = _image_shape(rows, get(self.imageShape))
         validate_model_name(get(self.model), shape)  # a size the network cannot take
-        counts, classes = _label_counts(dataset, label_col, list(get(self.classes)))
+        counts, classes = _label_counts(rows, label_col, list(get(self.classes)))
         if train_df is not dataset:
             counts = _counts_of(train_df, label_col, counts)
         (mean, std), how = resolve_normalization(get, get(self.model), train_df, image_col,
