@@ -12,8 +12,9 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 # A rank left waiting by a peer that failed gives up after 2 minutes instead of 10 (the
-# stage is then retried). Seen once per run in test_failed_task_is_retried… after the
-# streaming tests, where the failed rank's Python worker blocks flushing its error: open.
+# stage is then retried). A guard: the stranded peer once seen in test_failed_task_is_retried…
+# after the streaming tests (the failed rank's Python worker blocked flushing its error) did
+# not come back in 17 such trainings after them on 2026-12-03 (12-19 s each; issue 30 item 3).
 os.environ.setdefault("SPARKVISION_COLLECTIVE_TIMEOUT_S", "120")
 
 
