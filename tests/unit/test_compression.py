@@ -11,7 +11,6 @@ import copy
 import datetime as dt
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from sparkvision.training.compression import (
 from sparkvision.training.history import TopologyRecord, TrainingHistory
 from sparkvision.training.hosts import HostIdentity, topology
 from sparkvision.training.resume import fingerprint
+from tests.spawned import run_ranks
 
 WORLD = 2
 JOIN_TIMEOUT_S = 120.0
@@ -136,21 +136,8 @@ def _worker(rank: int, outdir: str) -> None:
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict[str, Any]]:
-    import torch.multiprocessing as mp
-
     outdir = tmp_path_factory.mktemp("compression")
-    ctx = mp.start_processes(_worker, args=(str(outdir),), nprocs=WORLD,
-                             join=False, start_method="spawn")
-    deadline = time.monotonic() + JOIN_TIMEOUT_S
-    try:
-        while not ctx.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                pytest.fail(f"ranks still running after {JOIN_TIMEOUT_S} s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-                p.join()
+    run_ranks(_worker, (str(outdir),), WORLD, JOIN_TIMEOUT_S)
     return [json.loads((outdir / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
 

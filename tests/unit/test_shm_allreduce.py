@@ -21,6 +21,7 @@ import torch
 
 from sparkvision.training.shm_allreduce import ShmAllReduce, supported
 from sparkvision.training.shm_comm_hook import install_shm_allreduce, shm_allreduce_hook
+from tests.spawned import run_ranks
 
 pytestmark = pytest.mark.skipif(not supported(), reason="shared-memory all-reduce needs x86-64")
 
@@ -361,27 +362,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module", params=[2, 3], ids=lambda w: f"world{w}")
 def ranks(request, tmp_path_factory) -> list[dict[str, Any]]:
-    import torch.multiprocessing as mp
-
     world = request.param
     outdir = tmp_path_factory.mktemp(f"shm-world{world}")
-    ctx = mp.start_processes(
-        _worker,
-        args=(world, _free_port(), str(outdir)),
-        nprocs=world,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + JOIN_TIMEOUT_S
-    try:
-        while not ctx.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                pytest.fail(f"world {world}: workers still running after {JOIN_TIMEOUT_S} s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-                p.join()
+    run_ranks(_worker, (world, _free_port(), str(outdir)), world, JOIN_TIMEOUT_S,
+              f"world {world}: workers")
     return [pickle.loads((outdir / f"rank{r}.pkl").read_bytes()) for r in range(world)]
 
 
