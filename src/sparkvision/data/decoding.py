@@ -158,6 +158,19 @@ def scan_files(root: Path) -> tuple[int, list[tuple[str, str]]]:
     return count, sorted(bad)
 
 
+def path_listing(spark, root: str):  # -> pyspark.sql.DataFrame
+    """The files under ``root`` as Spark lists them: ``binaryFile``'s ``path`` column only
+    (no file is opened by the JVM), recursively, unreadable or vanished files skipped."""
+    return (
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
+        .option("ignoreCorruptFiles", "true")
+        .option("ignoreMissingFiles", "true")
+        .load(root)
+        .select("path")
+    )
+
+
 def decode_image_folder(spark, root: str, spec: ImageSpec, need_class: bool = True,
                         files: int | None = None, skip: frozenset[str] = frozenset()):
     """Decode every file under ``root`` on the executors: Spark lists the files
@@ -166,14 +179,7 @@ def decode_image_folder(spark, root: str, spec: ImageSpec, need_class: bool = Tr
 
     Returns a persisted DataFrame of ``DECODED_DDL`` rows; bad files carry ``error``.
     """
-    listing = (
-        spark.read.format("binaryFile")
-        .option("recursiveFileLookup", "true")
-        .option("ignoreCorruptFiles", "true")
-        .option("ignoreMissingFiles", "true")
-        .load(root)
-        .select("path")
-    )
+    listing = path_listing(spark, root)
     if files is None:
         files, _unreadable = scan_files(Path(root))
     skip = frozenset(skip)

@@ -89,15 +89,8 @@ def is_image_folder(source: str) -> bool:
 def list_image_files(spark, root: str):
     """The files under ``root`` as Spark lists them (``binaryFile``'s ``path`` column only:
     no file is opened by the JVM), one task per ``FILES_PER_TASK`` files."""
-    from sparkvision.data.decoding import fewer_tasks, scan_files
+    from sparkvision.data.decoding import fewer_tasks, path_listing, scan_files
 
-    listing = (
-        spark.read.format("binaryFile")
-        .option("recursiveFileLookup", "true")
-        .option("ignoreCorruptFiles", "true")
-        .option("ignoreMissingFiles", "true")
-        .load(root)
-        .select("path")
-    )
+    listing = path_listing(spark, root)
     files, _unreadable = scan_files(Path(root))
     return fewer_tasks(listing, files)
