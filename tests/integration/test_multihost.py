@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -256,7 +257,8 @@ def test_a_link_cut_mid_epoch_stalls_and_training_resumes_when_it_is_back(
     history = json.loads((model / "history.json").read_text())
     assert len(history["stalls"]) == 1, history["stalls"]  # the short cut: only a pause
     stall = history["stalls"][0]
-    assert stall.startswith(f"rank 2 on host {cut.ip} made no progress for "), stall
+    # which rank the cut host runs is Spark's choice: the message names it by its address
+    assert re.match(rf"rank \d on host {re.escape(cut.ip)} made no progress for ", stall), stall
     assert "only through the mailbox folder" in stall, stall
     silent_s = int(stall.split("made no progress for ")[1].split(" s")[0])
     assert STALL_TIMEOUT_S <= silent_s <= STALL_TIMEOUT_S + 10, stall
