@@ -46,11 +46,31 @@ COMMANDS = (prepare, train, predict, featurize, evaluate, explain, tune, stream,
             models, demo)
 
 
+def version_line() -> str:
+    """``sparkvision X (pyspark Y, torch Z, Python P)``: from the installed packages'
+    metadata, without importing pyspark or torch."""
+    from importlib import metadata
+
+    from sparkvision import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return (f"sparkvision {__version__} (pyspark {installed('pyspark')}, torch "
+            f"{installed('torch')}, Python {sys.version.split()[0]})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="sparkvision",
         description="Train, evaluate and serve PyTorch image classifiers on Apache Spark.",
     )
+    parser.add_argument("--version", action="version", version=version_line(),
+                        help="print sparkvision's version and those of pyspark, torch and "
+                        "Python, then exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for command in COMMANDS:
         command.register(sub)
