@@ -51,15 +51,13 @@ def version_line() -> str:
     metadata, without importing pyspark or torch."""
     from importlib import metadata
 
-    from sparkvision import __version__
-
     def installed(name: str) -> str:
         try:
             return metadata.version(name)
         except metadata.PackageNotFoundError:
             return "not installed"
 
-    return (f"sparkvision {__version__} (pyspark {installed('pyspark')}, torch "
+    return (f"sparkvision {installed('sparkvision')} (pyspark {installed('pyspark')}, torch "
             f"{installed('torch')}, Python {sys.version.split()[0]})")
 
 
