@@ -63,7 +63,6 @@ def _heartbeat(ctx: Any, rank: int, config: TrainConfig) -> Iterator[Heartbeat]:
 
 def _train_task(batches: Iterator[Any], config: TrainConfig, ctx: Any, rank: int, world: int,
                 beat: Heartbeat) -> Iterator[Any]:
-    import pyarrow as pa
     import torch
     import torch.distributed as dist
 
@@ -114,10 +113,7 @@ def _train_task(batches: Iterator[Any], config: TrainConfig, ctx: Any, rank: int
         except BuildFailed as failed:
             # Every rank agreed (no DDP yet): end the task without an exception, so that
             # Spark does not run the stage again to fail alike; rank 0 says why.
-            gc.collect()
-            dist.barrier()
-            time.sleep(0.2)
-            dist.destroy_process_group()
+            _leave_process_group()
             if rank == 0:
                 yield _error_row("build", str(failed))
             return
@@ -130,13 +126,9 @@ def _train_task(batches: Iterator[Any], config: TrainConfig, ctx: Any, rank: int
         memory["rss_anon_end_kb"] = watch.sample() >> 10
         watch.stop()
         memory["rss_anon_peak_kb"] = watch.peak >> 10
-        # The teardown order that avoids DDP deadlocks in reused Python workers.
         gathered = {k: allgather_int(int(v or 0)) for k, v in memory.items()
                     if k != "budget_mb"}
-        gc.collect()
-        dist.barrier()
-        time.sleep(0.2)
-        dist.destroy_process_group()
+        _leave_process_group()
         if rank == 0:
             weights, history = result
             history = replace(history, memory=MemoryRecord(
@@ -148,16 +140,31 @@ def _train_task(batches: Iterator[Any], config: TrainConfig, ctx: Any, rank: int
                 ("weights", i, weights[off : off + CHUNK])
                 for i, off in enumerate(range(0, len(weights), CHUNK))
             ]
-            yield pa.RecordBatch.from_pydict(
-                {
-                    "kind": [r[0] for r in rows],
-                    "seq": pa.array([r[1] for r in rows], pa.int32()),
-                    "payload": pa.array([r[2] for r in rows], pa.binary()),
-                }
-            )
+            yield _result_rows(rows)
     finally:
         watch.stop()
         sink.cleanup()  # also when the task fails: no spill file outlives its task
+
+
+def _leave_process_group() -> None:
+    """Every rank together: the teardown order that avoids DDP deadlocks in reused Python
+    workers (collect DDP's reducer, a barrier, a pause, then destroy the group)."""
+    import torch.distributed as dist
+
+    gc.collect()
+    dist.barrier()
+    time.sleep(0.2)
+    dist.destroy_process_group()
+
+
+def _result_rows(rows: list[tuple[str, int, bytes]]) -> Any:
+    """``(kind, seq, payload)`` rows as one Arrow batch of ``RESULT_DDL``."""
+    import pyarrow as pa
+
+    return pa.RecordBatch.from_pydict({
+        "kind": [r[0] for r in rows],
+        "seq": pa.array([r[1] for r in rows], pa.int32()),
+        "payload": pa.array([r[2] for r in rows], pa.binary())})
 
 
 def _error_row(what: str, message: str) -> Any:
@@ -165,9 +172,5 @@ def _error_row(what: str, message: str) -> Any:
     "build" — the network; "connect" — the process group): JSON ``{what, message}``."""
     import json
 
-    import pyarrow as pa
-
-    return pa.RecordBatch.from_pydict({
-        "kind": [ERROR_KIND], "seq": pa.array([0], pa.int32()),
-        "payload": pa.array([json.dumps({"what": what, "message": message}).encode()],
-                            pa.binary())})
+    return _result_rows([(ERROR_KIND, 0,
+                          json.dumps({"what": what, "message": message}).encode())])
