@@ -73,6 +73,12 @@ def _environ_has(pid: int, entry: bytes) -> bool:
     return entry in _read(f"/proc/{pid}/environ").split(b"\0")
 
 
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (a killed one may still run a moment)."""
+    state = _read(f"/proc/{pid}/stat").rpartition(b")")[2].strip()[:1]
+    return state not in (b"", b"Z")
+
+
 def _cmdline(pid: int) -> str:
     return _read(f"/proc/{pid}/cmdline").replace(b"\0", b" ").decode(errors="replace")
 
@@ -223,7 +229,10 @@ class StandaloneCluster:
     def stop(self) -> None:
         """Kill every process of the cluster: the process group of each daemon we started,
         then, by PID, whatever still carries this cluster's marker (pyspark daemons and
-        Python workers live in process groups of their own). Idempotent."""
+        Python workers live in process groups of their own), and waits until each is gone or
+        a zombie: a killed process drops its environment (so :meth:`processes` no longer sees
+        it) before it stops running. Idempotent."""
+        seen = set(self.processes())
         for daemon in [*self.workers, *([self.master] if self.master else [])]:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(daemon.proc.pid, signal.SIGKILL)
@@ -232,10 +241,13 @@ class StandaloneCluster:
                 daemon.proc.wait(timeout=30)
         deadline = time.monotonic() + 30
         while (left := self.processes()) and time.monotonic() < deadline:
+            seen.update(left)
             for pid in left:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.2)
+        while any(_running(p) for p in seen) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     # -- what runs -----------------------------------------------------------------------
 
@@ -260,8 +272,7 @@ class StandaloneCluster:
         """PIDs of every live process of this cluster (JVMs, pyspark daemons, workers)."""
         entry = f"{MARKER}={self.token}".encode()
         me = os.getpid()
-        return [p for p in _pids() if p != me and _environ_has(p, entry)
-                and not _read(f"/proc/{p}/stat").rpartition(b")")[2].strip().startswith(b"Z")]
+        return [p for p in _pids() if p != me and _environ_has(p, entry) and _running(p)]
 
     def worker_pids(self) -> list[int]:
         """PIDs of the Worker JVMs still running."""
