@@ -17,12 +17,13 @@ import uuid
 from collections.abc import Iterator
 from typing import IO, Any
 
+from sparkvision import extras
 from sparkvision.errors import DataError
 
 #: fsspec protocols whose rename is a real, atomic rename (temp name + rename works).
 _RENAMING = frozenset({"hdfs", "arrow_hdfs", "viewfs", "sftp", "ssh"})
 #: What to install for a URL scheme fsspec knows but cannot import.
-_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "abfs": "adlfs",
+_PACKAGES = {"gs": "gcsfs", "gcs": "gcsfs", "abfs": "adlfs",
              "abfss": "adlfs", "az": "adlfs", "hdfs": "pyarrow (with libhdfs)"}
 
 
@@ -56,6 +57,8 @@ def _fs(path: str) -> tuple[Any, str]:
     try:
         fs, p = fsspec.core.url_to_fs(path)
     except ImportError as exc:
+        if scheme in ("s3", "s3a"):
+            raise extras.missing_error("s3", f"{path}", f"{exc}") from exc
         package = _PACKAGES.get(scheme, "the fsspec implementation for it")
         raise DataError(
             f"cannot open {path}: the {scheme}:// filesystem needs {package} "

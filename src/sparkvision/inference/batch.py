@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from sparkvision.config import PredictConfig
+from sparkvision.extras import install_hint
 from sparkvision.inference.arrays import image_batch, list_array, typed_arrow_udf
 from sparkvision.inference.network_cache import NETWORKS, TrainedNetwork
 
@@ -83,7 +84,6 @@ def build_runner(config: PredictConfig, net: Any) -> tuple[str, Runner]:
     installed, the network exports and the exported graph agrees with torch on a probe
     batch; else torch, with one warning saying why."""
     from sparkvision.models.export import (
-        ONNX_INSTALL_HINT,
         missing_onnx_packages,
         require_onnx,
     )
@@ -98,7 +98,7 @@ def build_runner(config: PredictConfig, net: Any) -> tuple[str, Runner]:
                                                  config.model, *stats)
     missing = missing_onnx_packages()
     if missing:
-        reason = f"{' and '.join(missing)} not installed ({ONNX_INSTALL_HINT})"
+        reason = f"{' and '.join(missing)} not installed ({install_hint('onnx')})"
     else:
         try:
             ort_run = onnxruntime_runner(net, config.image_shape, config.batch_size,

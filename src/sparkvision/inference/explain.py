@@ -21,7 +21,6 @@ once per Python worker, keyed by the weights' content), as predictions and featu
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,29 +28,22 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from sparkvision.errors import InvalidParameterError, MissingDependencyError
+from sparkvision import extras
+from sparkvision.errors import InvalidParameterError
 from sparkvision.inference.arrays import image_batch, list_array, typed_arrow_udf
 from sparkvision.inference.network_cache import NETWORKS, TrainedNetwork
 from sparkvision.settings import ExplainerSettings, row
 
 #: Methods whose maps can be negative (evidence against the target class).
 SIGNED_METHODS = frozenset({"integrated_gradients", "occlusion"})
-CAPTUM_INSTALL_HINT = "pip install 'sparkvision[explain]' (or pip install captum)"
 
 #: ``make_attribution_udf``'s return type: H·W float32 values, row-major.
 ATTRIBUTION_DDL = "ARRAY<FLOAT>"
 
 
-def missing_captum() -> bool:
-    return importlib.util.find_spec("captum") is None
-
-
 def require_captum(what: str) -> None:
-    """MissingDependencyError naming the install command when captum is not installed."""
-    if missing_captum():
-        raise MissingDependencyError(
-            f"{what} needs captum, which is not installed: {CAPTUM_INSTALL_HINT} (on the "
-            "driver and every executor)")
+    """MissingDependencyError naming the ``explain`` extra when captum is not installed."""
+    extras.require("explain", what)
 
 
 def check_method(method: str) -> str:

@@ -10,7 +10,6 @@ is a protobuf, TorchScript a zip of code and tensors.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import io
 import warnings
 from collections.abc import Sequence
@@ -19,7 +18,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from sparkvision.errors import ExportError, InvalidParameterError, MissingDependencyError
+from sparkvision import extras
+from sparkvision.errors import ExportError, InvalidParameterError
 from sparkvision.models.preprocess import normalize
 
 #: What an exported graph can return: softmax probabilities or raw logits, float32 (N, K).
@@ -28,7 +28,6 @@ FORMATS = ("onnx", "torchscript")
 INPUT_NAME = "image"
 ONNX_OPSET = 17
 #: Packages the ONNX path needs: the exporter (``onnx``) and the runtime (``onnxruntime``).
-ONNX_INSTALL_HINT = "pip install 'sparkvision[onnx]'"
 
 
 class ServingModule(nn.Module):
@@ -53,18 +52,14 @@ class ServingModule(nn.Module):
 
 def missing_onnx_packages(runtime: bool = True) -> list[str]:
     """The packages of the ONNX path that cannot be imported here (without importing them)."""
-    names = ["onnx", "onnxruntime"] if runtime else ["onnx"]
-    return [n for n in names if importlib.util.find_spec(n) is None]
+    return extras.missing_modules("onnx", ("onnx", "onnxruntime") if runtime else ("onnx",))
 
 
 def require_onnx(what: str, runtime: bool = True) -> None:
-    """Raise MissingDependencyError naming the install command when a package is missing."""
+    """Raise MissingDependencyError naming the ``onnx`` extra when a package is missing."""
     missing = missing_onnx_packages(runtime)
     if missing:
-        raise MissingDependencyError(
-            f"{what} needs {' and '.join(missing)}, which is not installed: "
-            f"{ONNX_INSTALL_HINT} (on the driver and every executor)"
-        )
+        raise extras.missing_error("onnx", what, f"{', '.join(missing)} not installed")
 
 
 def _example(image_shape: tuple[int, int, int]) -> torch.Tensor:

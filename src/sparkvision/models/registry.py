@@ -31,13 +31,11 @@ def runs_user_code(name: str) -> bool:
 def private_network(net, name: str = ""):
     """``net`` with the layers Opacus cannot train privately replaced where it knows how
     (batch norm → group norm); ``InvalidParameterError`` listing what it cannot fix."""
-    try:
-        from opacus.validators import ModuleValidator
-    except ImportError:
-        raise InvalidParameterError(
-            "privacy", "dp", "differential privacy needs Opacus: pip install "
-            "'sparkvision[privacy]' (opacus) on the driver and every executor") from None
+    from sparkvision.extras import import_from
+
+    import_from("privacy", "opacus.validators", "privacy='dp'")
     from opacus import GradSampleModule
+    from opacus.validators import ModuleValidator
 
     fixed = ModuleValidator.fix(net) if not ModuleValidator.is_valid(net) else net
     errors = (ModuleValidator.validate(fixed, strict=False)

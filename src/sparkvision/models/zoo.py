@@ -21,14 +21,13 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from sparkvision.errors import InvalidParameterError, MissingDependencyError
+from sparkvision.errors import InvalidParameterError
+from sparkvision.extras import import_from
 
 TIMM_PREFIX = "timm:"
 TORCHVISION_PREFIX = "torchvision:"
 ONNX_PREFIX = "onnx:"
 ZOO_PREFIXES = (TIMM_PREFIX, TORCHVISION_PREFIX, ONNX_PREFIX)
-#: what to install for any zoo network
-ZOO_INSTALL = "pip install 'sparkvision[zoo]'"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -39,22 +38,10 @@ def is_zoo_name(name: str) -> bool:
     return name.startswith(ZOO_PREFIXES)
 
 
-def _missing(name: str, package: str, exc: BaseException) -> MissingDependencyError:
-    return MissingDependencyError(
-        f"{package} cannot be imported here ({type(exc).__name__}: {str(exc).strip()[:160]})"
-        f" and model={name!r} needs it: {ZOO_INSTALL} (timm, torchvision, onnx2torch) on "
-        "the driver and every executor")
-
-
 def _import(name: str, package: str):
     """``package`` imported, or one ``MissingDependencyError`` naming the zoo extra (also
     when torchvision is installed but does not load with this torch)."""
-    import importlib
-
-    try:
-        return importlib.import_module(package)
-    except Exception as exc:  # noqa: BLE001 - ImportError, or torchvision failing to load
-        raise _missing(name, package, exc) from None
+    return import_from("zoo", package, f"model={name!r}")
 
 
 def _unknown(name: str, what: str, known: list[str]) -> InvalidParameterError:

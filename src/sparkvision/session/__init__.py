@@ -122,15 +122,9 @@ def _connect(url: str, conf: Mapping[str, str] | None):
     from pyspark.sql import SparkSession
 
     check_reachable(url)
-    try:
-        import pyspark.sql.connect.session  # noqa: F401 - checks grpcio & co.
-    except ImportError as exc:
-        from sparkvision.errors import MissingDependencyError
+    from sparkvision import extras
 
-        raise MissingDependencyError(
-            f"Spark Connect (--remote {url}) needs pyspark's connect extras, missing here "
-            f"({str(exc).splitlines()[0][:160]}): pip install 'pyspark[connect]==4.3.0'"
-        ) from None
+    extras.import_from("connect", "pyspark.sql.connect.session", f"Spark Connect (--remote {url})")
     spark = SparkSession.builder.remote(url).getOrCreate()
     settings = session_conf(url, conf)
     for key, value in settings.items():

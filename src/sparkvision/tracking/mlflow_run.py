@@ -23,11 +23,11 @@ from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any
 
-from sparkvision.errors import InvalidParameterError, MissingDependencyError
+from sparkvision import extras
+from sparkvision.errors import InvalidParameterError
 
 log = logging.getLogger(__name__)
 
-MLFLOW_INSTALL_HINT = "pip install 'sparkvision[mlflow]'"
 DEFAULT_EXPERIMENT = "sparkvision"
 #: The per-epoch values of a training progress event logged as metrics (step = epoch).
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds",
@@ -47,14 +47,8 @@ _BAD_KEY_CHARS = re.compile(r"[^\w\-. /:]")
 
 
 def require_mlflow(what: str = "--mlflow") -> ModuleType:
-    """Import and return ``mlflow``; MissingDependencyError naming the install command."""
-    try:
-        import mlflow
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"{what} needs mlflow, which is not installed ({exc}): {MLFLOW_INSTALL_HINT}"
-        ) from None
-    return mlflow
+    """Import and return ``mlflow``; MissingDependencyError naming the ``mlflow`` extra."""
+    return extras.import_from("mlflow", "mlflow", what)
 
 
 def _quiet_mlflow() -> None:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from sparkvision import extras
 from sparkvision.errors import InvalidParameterError
 from sparkvision.settings import TrainSettings, row
 from sparkvision.tuning.results import keep_best, write_plots
@@ -57,6 +58,7 @@ class TuneConfig:
 
     def check(self, space: list[Dimension]) -> int:
         """Validate; return the number of finished trials the study should reach."""
+        extras.require("tune", "a hyper-parameter search")
         if self.strategy not in STRATEGIES:
             raise InvalidParameterError("strategy", self.strategy,
                                         f"use one of {', '.join(STRATEGIES)}")
