@@ -30,9 +30,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
 
 
 def readme_snippet() -> str:
-    """The first Python block of the README's "Export and serving outside Spark" section."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Export and serving outside Spark"):]
+    """The first Python block of the docs page "Export and serving outside Spark"
+    (docs/guides/export.md, moved there from the README)."""
+    page = Path(__file__).resolve().parents[2] / "docs/guides/export.md"
+    readme = page.read_text(encoding="utf-8")
+    section = readme[readme.index("# Export and serving outside Spark"):]
     start = section.index("```python\n") + len("```python\n")
     return section[start:section.index("```", start)]
 
