@@ -20,7 +20,7 @@ def help_text(command: str) -> str:
     parser = build_parser()
     if command:
         actions = [a for a in parser._actions if a.dest == "command"]
-        parser = actions[0].choices[command]  # type: ignore[attr-defined,index]
+        parser = actions[0].choices[command]
     return parser.format_help().rstrip("\n")
 
 

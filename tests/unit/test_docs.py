@@ -27,6 +27,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
+import logging
 import re
 import shlex
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import pytest
 
+from sparkvision import display
 from sparkvision.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,8 +148,19 @@ def test_parsed_blocks_parse_with_the_cli_parser(block):
 RUN = [b for b in ALL if b.kind == "run"]
 
 
+@pytest.fixture
+def cli_state():
+    """``main`` sets the process-wide progress mode and two loggers' levels: put them back."""
+    mode = display.mode()
+    levels = {name: logging.getLogger(name).level for name in ("py4j", "pyspark")}
+    yield
+    display.set_mode(mode)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
 @pytest.mark.parametrize("block", RUN, ids=ids(RUN))
-def test_run_blocks_exit_0(block):
+def test_run_blocks_exit_0(block, cli_state):
     found = commands(block.body)
     assert found, f"{block.where}: nothing to run"
     for argv in found:
@@ -184,7 +197,7 @@ def test_help_placeholders_name_subcommands():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     for page in PAGES:
         for name in HELP_PLACEHOLDER.findall(page.read_text(encoding="utf-8")):
-            assert name == "" or name in sub.choices, f"{page}: no subcommand {name!r}"  # type: ignore[operator]
+            assert name == "" or name in sub.choices, f"{page}: no subcommand {name!r}"
 
 
 def test_readme_starts_with_the_two_set_up_commands():
