@@ -18,6 +18,7 @@ from pathlib import Path
 from sparkvision import display
 from sparkvision.cli import (
     demo,
+    doctor,
     evaluate,
     explain,
     export,
@@ -43,7 +44,7 @@ from sparkvision.errors import user_error_message
 
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMANDS = (prepare, train, predict, featurize, evaluate, explain, tune, stream, export, report,
-            models, demo)
+            models, doctor, demo)
 
 
 def version_line() -> str:
