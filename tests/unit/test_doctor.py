@@ -1,6 +1,6 @@
-"""`sparkvision doctor --no-spark`: every core package checked against the installed
-metadata's ranges, each extra listed as present or missing with its install command, and a
-machine without Java is a problem with its fix (exit 1) — all without a JVM."""
+"""`sparkvision doctor --no-spark` (docs/cli/doctor.md): every core package checked against
+the installed metadata's ranges, each extra listed as present or missing with its install
+command, and a machine without Java is a problem with its fix (exit 1) — all without a JVM."""
 
 from __future__ import annotations
 
