@@ -4,12 +4,22 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEMO := demo-output
 
 ZOO_VENV := .venv-zoo
 ZOO_STAMP := $(ZOO_VENV)/.installed
 
-.PHONY: install install-zoo demo test test-fast test-zoo lint typecheck bench clean test-multihost
+.PHONY: install install-zoo demo test test-fast test-zoo lint typecheck docs lock bench clean test-multihost
+
+# two locks, both written by `python tools/lock.py` from pyproject.toml: the runtime lock
+# (the core + [datasets]: what `make demo` runs) and the dev lock (+ every extra but the zoo,
+# the test and documentation tools: what `make test` runs)
+$(RUNTIME_STAMP): pyproject.toml requirements-runtime.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements-runtime.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(RUNTIME_STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +28,10 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# re-resolve both locks after editing pyproject.toml's dependencies (pip's resolver, no install)
+lock:
+	$(PYTHON) tools/lock.py
 
 # the zoo environment: torch 2.14.1 + torchvision + timm + onnx2torch (~6.7 GB, ~6 min here)
 $(ZOO_STAMP): pyproject.toml requirements-zoo.lock
@@ -28,17 +42,21 @@ $(ZOO_STAMP): pyproject.toml requirements-zoo.lock
 
 install-zoo: $(ZOO_STAMP)
 
-demo: $(STAMP)
+demo: $(RUNTIME_STAMP)
 	$(VENV)/bin/sparkvision demo --out $(DEMO)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench tools
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+# the documentation site (docs/, mkdocs.yml): broken links and missing references fail
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet -d site
+
 # everything: lint, types, every test (CI runs this)
-test: $(STAMP) lint typecheck
+test: $(STAMP) lint typecheck docs
 	$(VENV)/bin/pytest -q -m "not zoo and not multihost" --durations=30
 
 # the emulated multi-host cluster (network namespaces: root), a leg of its own in CI
@@ -66,4 +84,4 @@ bench: $(STAMP)
 	$(PY) bench/privacy.py
 
 clean:
-	rm -rf $(DEMO) .pytest_cache .ruff_cache
+	rm -rf $(DEMO) .pytest_cache .ruff_cache site
