@@ -10,7 +10,7 @@ DEMO := demo-output
 ZOO_VENV := .venv-zoo
 ZOO_STAMP := $(ZOO_VENV)/.installed
 
-.PHONY: install install-zoo demo test test-fast test-zoo lint typecheck docs lock bench clean test-multihost
+.PHONY: install install-zoo demo test test-fast test-zoo test-wheel lint typecheck docs lock bench clean test-multihost
 
 # two locks, both written by `python tools/lock.py` from pyproject.toml: the runtime lock
 # (the core + [datasets]: what `make demo` runs) and the dev lock (+ every extra but the zoo,
@@ -57,11 +57,15 @@ docs: $(STAMP)
 
 # everything: lint, types, every test (CI runs this)
 test: $(STAMP) lint typecheck docs
-	$(VENV)/bin/pytest -q -m "not zoo and not multihost" --durations=30
+	$(VENV)/bin/pytest -q -m "not zoo and not multihost and not package" --durations=30
 
 # the emulated multi-host cluster (network namespaces: root), a leg of its own in CI
 test-multihost: $(STAMP)
 	$(VENV)/bin/pytest -q -m multihost --durations=10 tests/integration/test_multihost.py
+
+# the package as users get it: sdist + wheel, twine check, the wheel in clean venvs (a CI leg)
+test-wheel: $(STAMP)
+	$(VENV)/bin/pytest -q -m package --durations=10 tests/package/test_wheel.py
 
 # the edit-run loop: lint, types, the unit tests and the fast Spark tests (not `slow`)
 test-fast: $(STAMP) lint typecheck
