@@ -7,10 +7,18 @@ STAMP := $(VENV)/.installed
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEMO := demo-output
 
+# the compatibility leg: the oldest pyspark the package accepts, installed first (as a Spark
+# runtime provides it); installing sparkvision must leave it in place
+COMPAT_VENV := .venv-compat
+COMPAT_PYSPARK := 4.0.0
+# the Spark tests of the data source, preparing, training, inference and streaming
+COMPAT_TESTS := tests/spark/test_datasource.py tests/spark/test_prepare.py \
+	tests/spark/test_training.py tests/spark/test_predict_files.py tests/spark/test_streaming.py
+
 ZOO_VENV := .venv-zoo
 ZOO_STAMP := $(ZOO_VENV)/.installed
 
-.PHONY: install install-zoo demo test test-fast test-zoo test-wheel lint typecheck docs lock bench clean test-multihost
+.PHONY: install install-zoo demo test test-fast test-zoo test-wheel test-compat lint typecheck docs lock bench clean test-multihost
 
 # two locks, both written by `python tools/lock.py` from pyproject.toml: the runtime lock
 # (the core + [datasets]: what `make demo` runs) and the dev lock (+ every extra but the zoo,
@@ -67,6 +75,16 @@ test-multihost: $(STAMP)
 test-wheel: $(STAMP)
 	$(VENV)/bin/pytest -q -m package --durations=10 tests/package/test_wheel.py
 
+# the oldest supported pyspark (a runtime's own, kept by pip), then sparkvision (not editable)
+test-compat:
+	rm -rf $(COMPAT_VENV) && $(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/pip install --quiet pyspark==$(COMPAT_PYSPARK) \
+		-c <(grep -v '^pyspark==' requirements.lock)
+	$(COMPAT_VENV)/bin/pip install --quiet '.[datasets]' pytest -c <(grep -v '^pyspark==' requirements.lock)
+	test "$$($(COMPAT_VENV)/bin/python -c 'import pyspark; print(pyspark.__version__)')" = $(COMPAT_PYSPARK)
+	$(COMPAT_VENV)/bin/python -c 'import sparkvision, sys; sys.exit("src" in sparkvision.__file__)'
+	$(COMPAT_VENV)/bin/pytest -q -p no:cacheprovider --durations=10 $(COMPAT_TESTS)
+
 # the edit-run loop: lint, types, the unit tests and the fast Spark tests (not `slow`)
 test-fast: $(STAMP) lint typecheck
 	$(VENV)/bin/pytest -q -m "not slow and not cluster and not zoo" tests/unit tests/spark
@@ -88,4 +106,4 @@ bench: $(STAMP)
 	$(PY) bench/privacy.py
 
 clean:
-	rm -rf $(DEMO) .pytest_cache .ruff_cache site
+	rm -rf $(DEMO) .pytest_cache .ruff_cache site $(COMPAT_VENV)
