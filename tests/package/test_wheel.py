@@ -3,7 +3,7 @@ wheel are built and pass ``twine check``; the wheel (not an editable install) go
 clean venv with only the core, where the CLI runs prepare → train (1 epoch) → predict →
 evaluate on generated images, the built-in data sets fail with one line naming
 ``[datasets]`` and ``doctor`` lists what is missing; a second install adds the extras and runs
-``report`` and ``prepare digits``.
+``report`` and ``prepare digits`` (what docs/install.md shows).
 
 Versions come from the runtime and dev locks as constraints (``-c``), as a user pins their
 own torch; nothing is downloaded that this machine's indexes do not hold."""
