@@ -70,11 +70,20 @@ def tfrecords_frame(spark, path: Path, config) -> tuple[Any, list[str], tuple[in
     raw = {"height", "width", "channels"} <= cols
     spec = None
     if raw:
-        first = df.select("height", "width", "channels").first()
-        h, w, c = int(first.height), int(first.width), int(first.channels)
+        # One aggregate over the shape columns, not first(): a limit stops the Python data
+        # source mid-partition, leaving its worker writing to a closed socket.
+        dims = ("height", "width", "channels")
+        bounds = df.agg(*[F.min(d) for d in dims], *[F.max(d) for d in dims]).collect()[0]
+        lows, highs = [int(b or 0) for b in bounds[:3]], [int(b or 0) for b in bounds[3:]]
+        h, w, c = highs
         if config.image_size or config.channels:
             hh, ww = config.image_size or (h, w)
             spec = ImageSpec(hh, ww, config.channels or c)
+        elif lows != highs:
+            sizes = ", ".join(f"{d} {lo}..{hi}" for d, lo, hi in zip(dims, lows, highs,
+                                                                        strict=True))
+            raise DataError(f"TFRecords at {path} hold images of different sizes ({sizes}): "
+                            "give --image-size H,W (and --channels) to resize them to one")
     else:
         hh, ww = config.image_size or (DEFAULT_FOLDER_SIZE, DEFAULT_FOLDER_SIZE)
         spec = ImageSpec(hh, ww, config.channels or 3)
