@@ -55,3 +55,5 @@ class PredictConfig:
     backend: str = _OUT["inferenceBackend"]
     input_mean: tuple[float, ...] = ()  # the model's normalisation (empty: [-1, 1] scaling)
     input_std: tuple[float, ...] = ()
+    #: probabilities are softmax(logits / temperature) (the model's calibration)
+    temperature: float = _OUT["temperature"]

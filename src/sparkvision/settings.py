@@ -39,6 +39,7 @@ EVALUATOR_METRICS: dict[str, tuple[str, bool]] = {
     "topKAccuracy": ("top_k_accuracy", True),
     "rocAUC": ("macro_roc_auc", True),
     "prAUC": ("macro_pr_auc", True),
+    "ece": ("ece", False),
 }
 
 
@@ -353,6 +354,14 @@ class TrainSettings(NetworkSettings):
         "privacy='dp'", low=0, low_open=True, example="1.0", flag="--max-grad-norm",
         metavar="C", help="clip each example's gradient to L2 norm C under --dp-epsilon "
         "(default %(default)g)")
+    calibration: str = setting(
+        "none", "calibration", "none, or temperature: after training, fit one temperature T "
+        "on the validation split (minimum negative log-likelihood) and store it with the "
+        "model as temperature, so probabilities are softmax(logits / T); predictions do not "
+        "change. Needs validation data (validationDf or validationFraction)",
+        choices=("none", "temperature"), flag="--calibrate",
+        help="temperature: fit one temperature on the validation split after training "
+        "(calibrated probabilities, same predictions; default %(default)s)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -374,6 +383,11 @@ class OutputSettings(InferenceSettings):
         "(the network exported to ONNX once per Python worker) or auto (onnxruntime where it "
         "is installed and the network exports, else torch)",
         choices=("auto", "torch", "onnxruntime"))
+    temperature: float = setting(
+        1.0, "temperature", "probabilities are softmax(logits / temperature) in transform, "
+        "streaming and the exported graph (rawPrediction stays the network's logits; the "
+        "prediction never changes); 1 = the network's own softmax; calibration='temperature' "
+        "fits it on the validation split", low=0, low_open=True, example="1.5")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,6 +22,7 @@ METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
 CONFUSION_NORMALIZED_PNG = "confusion_matrix_normalized.png"
 PER_CLASS_PNG = "per_class.png"
+RELIABILITY_PNG = "reliability.png"
 SAMPLES_PNG = "samples.png"
 
 
@@ -41,6 +42,8 @@ def run(args: argparse.Namespace, tracking: Tracking) -> int:
     # a model trained with privacy="dp": the (ε, δ) its training data is protected by
     privacy = model.history.privacy
     payload["privacy"] = privacy.to_dict() if privacy else None
+    # the model's probabilities are softmax(logits / temperature) (1: not calibrated)
+    payload["temperature"] = model.getOrDefault("temperature")
     with storage.staged_folder(out) as local:  # uploaded at the end when OUT is a URL
         with open(os.path.join(local, METRICS_FILE), "w", encoding="utf-8") as fh:
             fh.write(json.dumps(payload, indent=2) + "\n")
@@ -55,7 +58,8 @@ def run(args: argparse.Namespace, tracking: Tracking) -> int:
     lines = [
         f"evaluated {args.model_dir} on {result.n} rows → {out}",
         f"  accuracy {result.accuracy:.4f}  macro F1 {result.macro_f1:.4f}  "
-        f"log-loss {result.log_loss:.4f}  top-{result.top_k} {result.top_k_accuracy:.4f}",
+        f"log-loss {result.log_loss:.4f}  top-{result.top_k} {result.top_k_accuracy:.4f}  "
+        f"ECE {result.ece:.4f} (temperature {payload['temperature']:g})",
         f"  {'class':>12s} {'precision':>9s} {'recall':>7s} {'f1':>7s} {'support':>7s} "
         f"{'roc_auc':>7s}",
     ]
@@ -68,11 +72,13 @@ def run(args: argparse.Namespace, tracking: Tracking) -> int:
 
 
 def _plots(model, df, result, out: Path, title: str) -> list[str]:
-    """The PNGs of an evaluation: confusion matrix (counts, row-normalised), per-class bars
-    and a grid of sample images (from at most ``SAMPLE_ROWS`` rows of ``df``)."""
+    """The PNGs of an evaluation: confusion matrix (counts, row-normalised), per-class bars,
+    the reliability diagram and a grid of sample images (from at most ``SAMPLE_ROWS`` rows
+    of ``df``)."""
     from sparkvision.evaluation.metric_plots import (
         plot_confusion,
         plot_per_class,
+        plot_reliability,
         plot_samples,
         sample_predictions,
     )
@@ -82,6 +88,7 @@ def _plots(model, df, result, out: Path, title: str) -> list[str]:
         plot_confusion(result.confusion, result.classes, out / CONFUSION_NORMALIZED_PNG,
                        title=f"{title} (row-normalised)", normalize=True),
         plot_per_class(result.per_class, out / PER_CLASS_PNG, title=title),
+        plot_reliability(result.reliability, result.ece, out / RELIABILITY_PNG, title=title),
     ]
     samples = sample_predictions(model, df, tuple(model.getImageShape()))
     if samples:

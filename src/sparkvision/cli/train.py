@@ -83,6 +83,11 @@ def run(args: argparse.Namespace, tracking: Tracking) -> int:
     started = time.monotonic()
     manifest = read_manifest(args.data)  # a wrong folder fails first (no torch, no pyspark)
     clf = checked_classifier(classifier_params(args, manifest))
+    if args.calibration == "temperature" and not manifest["splits"].get("val"):
+        from sparkvision.errors import InvalidParameterError
+
+        raise InvalidParameterError("calibrate", "temperature", f"{args.data} has no val "
+                                    "split to fit the temperature on: prepare it with one")
     tracking.train_started(clf)  # --mlflow: the run, its Params, an epoch logger
     spark = spark_session(args)
     train_df = load_prepared(spark, args.data, "train")
@@ -111,6 +116,7 @@ def run(args: argparse.Namespace, tracking: Tracking) -> int:
         "topology": h.topology.to_dict() if h.topology else None,
         "epsilon": privacy.epsilon if privacy else None,
         "delta": privacy.delta if privacy else None,
+        "temperature": model.getOrDefault("temperature"),  # 1 unless --calibrate fitted one
         "seconds": round(time.monotonic() - started, 3),
     }
     payload.update(tracking.train_finished(model, payload))  # + mlflow_run_id
@@ -132,6 +138,9 @@ def run(args: argparse.Namespace, tracking: Tracking) -> int:
         for e in h.epochs
     ]
     lines.append(f"  test accuracy: {test_acc}")
+    if args.calibration == "temperature":
+        lines.append(f"  calibrated: temperature {model.getOrDefault('temperature'):.4f} "
+                     "(fitted on the val split)")
     if privacy:
         lines.append(f"  privacy: (ε = {privacy.epsilon:.2f}, δ = {privacy.delta:g})-"
                      f"differentially private ({privacy.accountant} accountant, "

@@ -1,8 +1,9 @@
 """Evaluation plots (matplotlib, Agg backend: no display needed).
 
 ``plot_confusion`` (counts or row-normalised), ``plot_per_class`` (precision / recall / F1
-bars) and ``plot_samples`` (a grid of images with true vs predicted label; the rows for it
-come from ``sample_predictions``, which collects at most a few hundred predicted rows).
+bars), ``plot_reliability`` (accuracy against confidence per bin, with the ECE) and
+``plot_samples`` (a grid of images with true vs predicted label; the rows for it come from
+``sample_predictions``, which collects at most a few hundred predicted rows).
 """
 
 from __future__ import annotations
@@ -109,6 +110,43 @@ def plot_per_class(per_class: dict[str, dict[str, Any]], path: str | Path,
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(loc="upper center", ncol=3, fontsize=8, frameon=False)
+    except BaseException:
+        plt.close(fig)
+        raise
+    return _save(fig, path)
+
+
+def plot_reliability(bins: list[dict[str, Any]], ece: float | None, path: str | Path,
+                     title: str = "Reliability diagram") -> Path:
+    """A reliability diagram: per equal-width confidence bin (``EvaluationResult.reliability``)
+    the accuracy as a bar and the gap to the bin's mean confidence in red, the diagonal of a
+    perfectly calibrated model, and under it the share of rows in each bin."""
+    plt = _pyplot()
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.0, 6.0), sharex=True,
+                                   gridspec_kw={"height_ratios": [3, 1]})
+    try:
+        filled = [b for b in bins if b.get("count")]
+        width = [b["upper"] - b["lower"] for b in filled]
+        left = [b["lower"] for b in filled]
+        acc = [b["accuracy"] for b in filled]
+        conf = [b["confidence"] for b in filled]
+        ax.bar(left, acc, width, align="edge", color="#1f77b4", edgecolor="white",
+               label="accuracy")
+        ax.bar(left, [c - a for c, a in zip(conf, acc, strict=True)], width, bottom=acc,
+               align="edge", color="#d62728", alpha=0.35, hatch="//", edgecolor="#d62728",
+               label="gap to confidence")
+        ax.plot([0, 1], [0, 1], "--", color="gray", label="perfectly calibrated")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("accuracy")
+        shown = "-" if ece is None else f"{ece:.4f}"
+        ax.set_title(f"{title}\nECE {shown} ({len(bins)} bins)")
+        ax.legend(loc="upper left", fontsize=8, frameon=False)
+        total = sum(b.get("count", 0) for b in bins) or 1
+        hist.bar(left, [b["count"] / total for b in filled], width, align="edge",
+                 color="#7f7f7f", edgecolor="white")
+        hist.set_xlabel("confidence (top-class probability)")
+        hist.set_ylabel("share of rows")
     except BaseException:
         plt.close(fig)
         raise

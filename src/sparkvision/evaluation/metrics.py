@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from sparkvision.errors import DataError, InvalidParameterError
+from sparkvision.evaluation.calibration import expected_calibration_error, reliability_bins
 
 #: Smallest probability used in log-loss (scikit-learn's: float64 machine epsilon).
 LOG_LOSS_EPS = float(np.finfo(np.float64).eps)
@@ -47,6 +48,10 @@ class EvaluationResult:
     top_k_accuracy: float | None = None
     macro_roc_auc: float | None = None
     macro_pr_auc: float | None = None
+    #: expected calibration error over ``ECE_BINS`` equal-width confidence bins, and the
+    #: bins (``ReliabilityBin.to_dict``) the reliability diagram draws
+    ece: float | None = None
+    reliability: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -227,6 +232,7 @@ def compute_metrics(
         counts = count_metrics(matrix)
         probs = probability_metrics(rows, k)
         areas = curve_metrics(rows, len(names)) if curves else {}
+        bins = reliability_bins(rows)
     finally:
         rows.unpersist()
     per_class = {
@@ -246,4 +252,5 @@ def compute_metrics(
         log_loss=probs["log_loss"], top_k=k, top_k_accuracy=probs["top_k_accuracy"],
         macro_roc_auc=mean_defined([v["roc_auc"] for v in per_class.values()]),
         macro_pr_auc=mean_defined([v["pr_auc"] for v in per_class.values()]),
+        ece=expected_calibration_error(bins), reliability=[b.to_dict() for b in bins],
     )

@@ -226,11 +226,15 @@ def softmax64(logits: np.ndarray) -> np.ndarray:
     return z
 
 
-def result_struct(logits: np.ndarray, classes: pa.Array) -> pa.StructArray:
-    """The UDF's output for one batch of logits (N, K)."""
+def result_struct(logits: np.ndarray, classes: pa.Array, temperature: float = 1.0
+                  ) -> pa.StructArray:
+    """The UDF's output for one batch of logits (N, K): rawPrediction the logits,
+    probability softmax(logits / temperature), prediction the largest logit's class (the
+    same at any temperature)."""
     n = logits.shape[0]
-    probs = softmax64(logits)
-    pred = probs.argmax(axis=1)
+    probs = softmax64(logits if temperature == 1.0
+                      else logits.astype(np.float64) / temperature)
+    pred = logits.argmax(axis=1)
     return pa.StructArray.from_arrays(
         [
             list_array(logits, pa.float64()),
@@ -257,7 +261,7 @@ def predict_arrays_iter(
             logits = runner(image_batch(arr, config.image_shape))
         else:
             logits = np.zeros((0, config.num_classes), dtype=np.float32)
-        yield result_struct(logits, classes)
+        yield result_struct(logits, classes, config.temperature)
 
 
 def make_predict_udf(config: PredictConfig) -> Any:

@@ -170,7 +170,7 @@ def predict_rows(columns: tuple[pa.Array, ...], task: FileTask, config: PredictC
     else:
         logits = np.zeros((0, config.num_classes), dtype=np.float32)
     lap("predict")
-    results = result_struct(logits, classes)
+    results = result_struct(logits, classes, config.temperature)
     where = np.zeros(n, dtype=np.int64)
     where[good] = np.arange(len(good))
     spread = results.take(pa.array(where, mask=~ok)).flatten()  # nulls for rejected rows

@@ -210,6 +210,10 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
         if val_df is None and get(self.validationFraction) > 0:
             frac = get(self.validationFraction)
             train_df, val_df = dataset.randomSplit([1 - frac, frac], seed=get(self.seed))
+        if val_df is None and get(self.calibration) == "temperature":
+            raise InvalidParameterError(
+                "calibration", "temperature", "the temperature is fitted on validation rows: "
+                "give validationDf or validationFraction > 0")
         with_shape = _check_columns(dataset, get(self.imageShape), label_col)
         rows = _label_rows(dataset, label_col, with_shape)  # one job: labels and shape
         shape = _image_shape(rows, get(self.imageShape))
@@ -269,6 +273,10 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
         model._set(imageShape=list(shape), classes=classes, model=network,
                    inputMean=list(mean), inputStd=list(std))
         model._resetUid(self.uid)  # the model keeps its estimator's uid, as in pyspark.ml
+        if get(self.calibration) == "temperature":  # one temperature, fitted on val_df
+            from sparkvision.ml.calibration import calibrate_temperature
+
+            calibrate_temperature(model, val_df, label_col)
         return model
 
     def _class_weights(self, counts: dict[int, int]) -> tuple[float, ...] | None:

@@ -10,6 +10,7 @@ from pyspark.ml.param.shared import HasLabelCol, HasPredictionCol, HasProbabilit
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
 from sparkvision.errors import InvalidParameterError
+from sparkvision.evaluation.calibration import expected_calibration_error, reliability_bins
 from sparkvision.evaluation.metrics import (
     Columns,
     EvaluationResult,
@@ -25,7 +26,7 @@ from sparkvision.ml.params import TableParams, declare_params
 from sparkvision.settings import EVALUATOR_METRICS, EvaluatorSettings
 
 METRICS = EVALUATOR_METRICS
-_NEEDS_PROBABILITY = {"logLoss", "topKAccuracy", "rocAUC", "prAUC"}
+_NEEDS_PROBABILITY = {"logLoss", "topKAccuracy", "rocAUC", "prAUC", "ece"}
 
 
 class ImageClassificationEvaluator(Evaluator, TableParams, HasLabelCol, HasPredictionCol,
@@ -78,6 +79,9 @@ class ImageClassificationEvaluator(Evaluator, TableParams, HasLabelCol, HasPredi
         key = METRICS[name][0]
         if name in ("logLoss", "topKAccuracy"):
             return probability_metrics(rows, self.getOrDefault("k"))[key]
+        if name == "ece":
+            ece = expected_calibration_error(reliability_bins(rows))
+            return float("nan") if ece is None else ece
         if name in ("rocAUC", "prAUC"):
             from pyspark.sql import functions as F
 

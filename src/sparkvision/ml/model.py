@@ -72,6 +72,7 @@ class ImageClassificationModel(Model, ImageClassifierParams, TrustedLoad, MLWrit
             weights=self.weights, classes=tuple(get(self.classes)),
             batch_size=get(self.inferenceBatchSize), backend=get(self.inferenceBackend),
             input_mean=tuple(get(self.inputMean)), input_std=tuple(get(self.inputStd)),
+            temperature=float(get(self.temperature)),
         )
 
     def _transform(self, dataset):
@@ -116,7 +117,8 @@ class ImageClassificationModel(Model, ImageClassifierParams, TrustedLoad, MLWrit
         ``format``: ``onnx`` (run it with ``onnxruntime`` alone) or ``torchscript``
         (``torch.jit.load``). The graph takes uint8 (N, H, W, C) images exactly as
         ``prepare`` stores them (the scaling is inside) and returns float32 (N, K)
-        ``output``: ``probability`` (softmax) or ``logits``. The JSON names the classes in
+        ``output``: ``probability`` (softmax of the logits divided by the model's
+        ``temperature``, as ``transform``'s) or ``logits``. The JSON names the classes in
         index order, the input shape, dtype, layout and names, the format, the network and
         the SHA-1 of the weights."""
         from sparkvision.models.export import (
@@ -140,7 +142,8 @@ class ImageClassificationModel(Model, ImageClassifierParams, TrustedLoad, MLWrit
                               config.weights)
         build = onnx_bytes if format == "onnx" else torchscript_bytes
         data = build(net, config.image_shape, output, name=config.model,
-                     mean=config.input_mean, std=config.input_std)
+                     mean=config.input_mean, std=config.input_std,
+                     temperature=config.temperature)
         h, w, c = config.image_shape
         sidecar: dict[str, Any] = {
             "format": format,
@@ -152,6 +155,8 @@ class ImageClassificationModel(Model, ImageClassifierParams, TrustedLoad, MLWrit
             "input_dtype": "uint8",
             "input_layout": "NHWC",
             "output_name": output,  # probability | logits
+            # probability = softmax(logits / temperature); logits are the network's own
+            "temperature": config.temperature,
             "output_shape": ["N", config.num_classes],
             "output_dtype": "float32",
             "weights_sha1": hashlib.sha1(self.weights).hexdigest(),

@@ -34,20 +34,29 @@ class ServingModule(nn.Module):
     """uint8 (N, H, W, C) images → float32 (N, K) probabilities or logits.
 
     Puts ``net`` in eval mode and freezes its parameters (a served graph needs no
-    gradients; a traced module's outputs then do not require grad)."""
+    gradients; a traced module's outputs then do not require grad). Probabilities are
+    softmax(logits / ``temperature``) (the model's calibration; 1 adds no division)."""
 
     def __init__(self, net: nn.Module, output: str = "probability",
-                 mean: Sequence[float] = (), std: Sequence[float] = ()) -> None:
+                 mean: Sequence[float] = (), std: Sequence[float] = (),
+                 temperature: float = 1.0) -> None:
         super().__init__()
         if output not in OUTPUTS:
             raise InvalidParameterError("output", output, f"use one of {', '.join(OUTPUTS)}")
         self.net = net.eval().requires_grad_(False)
         self.output = output
         self.mean, self.std = tuple(mean), tuple(std)  # the model's normalisation
+        if not temperature > 0:
+            raise InvalidParameterError("temperature", temperature, "use a value > 0")
+        self.temperature = float(temperature)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         logits = self.net(normalize(image.permute(0, 3, 1, 2), self.mean, self.std))
-        return torch.softmax(logits, dim=1) if self.output == "probability" else logits
+        if self.output != "probability":
+            return logits
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        return torch.softmax(logits, dim=1)
 
 
 def missing_onnx_packages(runtime: bool = True) -> list[str]:
@@ -75,11 +84,12 @@ def onnx_bytes(
     name: str = "",
     mean: Sequence[float] = (),
     std: Sequence[float] = (),
+    temperature: float = 1.0,
 ) -> bytes:
     """The network as an ONNX model (opset 17, dynamic batch axis): input ``image`` uint8
     (N, H, W, C), output named ``output``. ``name`` names the network in errors."""
     require_onnx("ONNX export", runtime=False)
-    module = ServingModule(copy.deepcopy(net), output, mean, std)
+    module = ServingModule(copy.deepcopy(net), output, mean, std, temperature)
     buf = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -105,10 +115,11 @@ def torchscript_bytes(
     name: str = "",
     mean: Sequence[float] = (),
     std: Sequence[float] = (),
+    temperature: float = 1.0,
 ) -> bytes:
     """The network as a traced TorchScript module (``torch.jit.load`` reads it back): input
     uint8 (N, H, W, C), output float32 (N, K) ``output``."""
-    module = ServingModule(copy.deepcopy(net), output, mean, std)
+    module = ServingModule(copy.deepcopy(net), output, mean, std, temperature)
     buf = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.no_grad():

@@ -37,7 +37,7 @@ BEST_DIR = "best"
 STUDY_PNGS = ("optimization_history.png", "param_importances.png")
 #: Evaluation PNGs in the order a report shows them (any other PNG follows, by name).
 EVALUATION_PNGS = ("confusion_matrix.png", "confusion_matrix_normalized.png", "per_class.png",
-                   "samples.png")
+                   "reliability.png", "samples.png")
 #: How deep below the given folder the search looks, and how many folders it opens at most.
 MAX_DEPTH = 4
 MAX_FOLDERS = 5000

@@ -29,7 +29,7 @@ EPOCH_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accur
                  "seconds", "samples_per_second", "steps_per_rank")
 METRIC_KEYS = ("n", "accuracy", "macro_precision", "macro_recall", "macro_f1",
                "weighted_precision", "weighted_recall", "weighted_f1", "log_loss",
-               "top_k_accuracy", "macro_roc_auc", "macro_pr_auc")
+               "top_k_accuracy", "macro_roc_auc", "macro_pr_auc", "ece")
 PER_CLASS_KEYS = ("precision", "recall", "f1", "support", "roc_auc", "pr_auc")
 #: Explained images shown per class and group (right, wrong, unlabelled); explain.json
 #: lists them all.
@@ -130,7 +130,10 @@ def training(model: Model, index: int, root: Path) -> Section:
 def _evaluation_block(evaluation: Evaluation, root: Path) -> str:
     m = evaluation.metrics
     top_k = m.get("top_k")
-    labels = {"top_k_accuracy": f"top-{top_k} accuracy" if top_k else "top-k accuracy"}
+    labels = {"top_k_accuracy": f"top-{top_k} accuracy" if top_k else "top-k accuracy",
+              "ece": "expected calibration error"}
+    if isinstance(m.get("temperature"), int | float) and m["temperature"] != 1:
+        labels["ece"] += f" (temperature {m['temperature']:.4g})"
     rows = [(labels.get(k, k.replace("_", " ")), m.get(k)) for k in METRIC_KEYS if k in m]
     rejected = m.get("rejected")
     if isinstance(rejected, list):
