@@ -113,6 +113,13 @@ def test_cli_evaluate_equals_sklearn(trained_dir, digits_dir, spark, capsys, tmp
     assert got["weighted_f1"] == pytest.approx(
         skm.f1_score(y, yhat, labels=labels, average="weighted", zero_division=0), abs=TOL)
     assert got["log_loss"] == pytest.approx(skm.log_loss(y, proba, labels=labels), abs=TOL)
+    # ECE over 15 equal-width bins ((m-1)/15, m/15] of the top probability, with NumPy
+    conf = proba.max(axis=1)
+    bin_of = np.clip(np.ceil(conf * 15).astype(int) - 1, 0, 14)
+    ece = sum(abs((yhat[bin_of == m] == y[bin_of == m]).mean() - conf[bin_of == m].mean())
+              * (bin_of == m).sum() / len(y) for m in range(15) if (bin_of == m).any())
+    assert got["ece"] == pytest.approx(ece, abs=TOL)
+    assert [b["count"] for b in got["reliability"]] == np.bincount(bin_of, minlength=15).tolist()
     assert got["top_k_accuracy"] == pytest.approx(
         skm.top_k_accuracy_score(y, proba, k=2, labels=labels), abs=TOL)
     assert got["confusion"] == skm.confusion_matrix(y, yhat, labels=labels).tolist()
@@ -127,7 +134,7 @@ def test_cli_evaluate_equals_sklearn(trained_dir, digits_dir, spark, capsys, tmp
     png = out / "confusion_matrix.png"
     assert got["plots"] == [str(out / name) for name in (
         "confusion_matrix.png", "confusion_matrix_normalized.png", "per_class.png",
-        "samples.png")]
+        "reliability.png", "samples.png")]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -20,7 +20,7 @@ from sparkvision.reporting import build_report, find_artefacts
 
 PNG = b"\x89PNG\r\n\x1a\n"
 NEW_PLOTS = ("confusion_matrix.png", "confusion_matrix_normalized.png", "per_class.png",
-             "samples.png")
+             "reliability.png", "samples.png")
 
 
 class _Page(HTMLParser):
@@ -137,8 +137,8 @@ def test_report_on_a_model_folder(evaluated, digits_dir, tmp_path, monkeypatch, 
     text = out.read_text(encoding="utf-8")
     page = _check_self_contained(text)
     assert page.sections == got["sections"] and len(page.images) == got["images"]
-    # curves + class distribution + the evaluation's four PNGs
-    assert got["images"] == 6
+    # curves + class distribution + the evaluation's five PNGs
+    assert got["images"] == 7
     manifest = json.loads((digits_dir / "dataset.json").read_text())
     dataset = _section(text, "dataset")
     for name in manifest["classes"]:
@@ -156,6 +156,8 @@ def test_report_on_a_model_folder(evaluated, digits_dir, tmp_path, monkeypatch, 
     metrics = json.loads((evaluated / "evaluation" / "test" / "metrics.json").read_text())
     evaluation = _section(text, "evaluation")
     assert f'<th>accuracy</th><td>{metrics["accuracy"]:.4f}</td>' in evaluation
+    assert f'<th>expected calibration error</th><td>{metrics["ece"]:.4f}</td>' in evaluation
+    assert 'alt="reliability"' in evaluation  # the reliability diagram, inlined
     assert f"{metrics['accuracy']:.4f}" in _section(text, "summary")
     assert f"{metrics['macro_f1']:.4f}" in _section(text, "summary")
     # the default --out is MODEL_DIR/report.html; a second report does not pick it up
