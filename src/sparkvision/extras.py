@@ -38,6 +38,7 @@ EXTRAS: dict[str, Extra] = {e.name: e for e in (
     Extra("connect", "Spark Connect (--remote sc://…)",
           ("grpc", "grpc_status", "google.rpc", "zstandard")),
     Extra("s3", "s3:// and s3a:// paths", ("s3fs",)),
+    Extra("audit", "duplicates, leakage and outliers (sparkvision audit)", ("imagehash",)),
 )}
 
 #: Where the executors need the package too.

@@ -20,7 +20,7 @@ LAYERS = {
     "session": 2,
     "training": 3, "inference": 3, "evaluation": 3, "tracking": 3,
     "ml": 4,
-    "tuning": 5, "streaming": 5, "reporting": 5, "explaining": 5,
+    "tuning": 5, "streaming": 5, "reporting": 5, "explaining": 5, "auditing": 5,
     "cli": 6,
     "__init__": 7, "__main__": 7,
 }

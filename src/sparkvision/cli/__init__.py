@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sparkvision import display
 from sparkvision.cli import (
+    audit,
     demo,
     doctor,
     evaluate,
@@ -43,8 +44,8 @@ from sparkvision.cli.common import (
 from sparkvision.errors import user_error_message
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = (prepare, train, predict, featurize, evaluate, explain, tune, stream, export, report,
-            models, doctor, demo)
+COMMANDS = (prepare, audit, train, predict, featurize, evaluate, explain, tune, stream, export,
+            report, models, doctor, demo)
 
 
 def version_line() -> str:

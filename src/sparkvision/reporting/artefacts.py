@@ -31,6 +31,8 @@ METRICS_FILE = "metrics.json"
 TRIALS_FILE = "trials.json"
 STREAM_FILE = "_stream.json"
 EXPLAIN_FILE = "explain.json"
+AUDIT_FILE = "audit.json"
+AUDIT_DIR = "audit"
 EVALUATION_DIR = "evaluation"
 EXPLANATIONS_DIR = "explanations"
 BEST_DIR = "best"
@@ -47,8 +49,8 @@ SKIP_NAMES = frozenset({"train", "val", "test", "_staging", "_rejected", "trials
 SKIP_PREFIXES = ("batch=", ".")
 LOOKED_FOR = (f"a model folder ({HISTORY_FILE} + {METADATA_DIR}/), a prepared data set "
               f"({DATASET_FILE}), an evaluation ({METRICS_FILE}), a tuning study "
-              f"({TRIALS_FILE}), a stream output ({STREAM_FILE}) or an explanation "
-              f"({EXPLAIN_FILE})")
+              f"({TRIALS_FILE}), a stream output ({STREAM_FILE}), an explanation "
+              f"({EXPLAIN_FILE}) or a data audit ({AUDIT_FILE})")
 
 
 @dataclass
@@ -139,6 +141,12 @@ class Study:
 
 
 @dataclass
+class Audit(Explanation):
+    """One ``audit`` output folder: its ``audit.json`` (counts, first pairs and outliers,
+    the worst cases' PNGs under ``worst/``)."""
+
+
+@dataclass
 class Stream:
     """A stream output folder's ``_stream.json`` (summary + per-micro-batch records)."""
 
@@ -157,11 +165,12 @@ class Artefacts:
     streams: list[Stream] = field(default_factory=list)
     evaluations: list[Evaluation] = field(default_factory=list)  # not inside a model folder
     explanations: list[Explanation] = field(default_factory=list)  # not inside a model folder
+    audits: list[Audit] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
         return not (self.models or self.datasets or self.studies or self.streams
-                    or self.evaluations or self.explanations)
+                    or self.evaluations or self.explanations or self.audits)
 
     def all_models(self) -> list[Model]:
         """Model folders, then the studies' best models."""
@@ -253,6 +262,13 @@ class _Finder:
         return Study(folder, [t for t in trials if isinstance(t, dict)], metric, direction,
                      pngs, best)
 
+    def audit(self, folder: Path) -> None:
+        summary = read_json(folder / AUDIT_FILE)
+        if not isinstance(summary, dict):
+            raise DataError(f"{folder / AUDIT_FILE} is not a JSON object: re-run "
+                            "`sparkvision audit` into that folder")
+        self.found.audits.append(Audit(folder, summary))
+
     def visit(self, folder: Path, depth: int) -> None:
         """Classify ``folder``; search below it when it is none of the known kinds."""
         self.opened += 1
@@ -266,6 +282,10 @@ class _Finder:
             found.streams.append(Stream(folder, stats if isinstance(stats, dict) else {}))
         elif (folder / DATASET_FILE).is_file():
             self.dataset(folder / DATASET_FILE)
+            if (folder / AUDIT_DIR / AUDIT_FILE).is_file():  # `audit`'s default output
+                self.audit(folder / AUDIT_DIR)
+        elif (folder / AUDIT_FILE).is_file():
+            self.audit(folder)
         elif (folder / METRICS_FILE).is_file():
             found.evaluations.append(_evaluation(folder))
         elif (folder / EXPLAIN_FILE).is_file():

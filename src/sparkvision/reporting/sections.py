@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sparkvision.reporting.artefacts import Artefacts, Evaluation, Explanation, Model
+from sparkvision.reporting.audit_section import audit
 from sparkvision.reporting.html import Section, cards, table
 from sparkvision.reporting.model_sections import evaluation, explanations, training
 from sparkvision.reporting.output_sections import dataset, streaming, tuning
@@ -99,6 +100,7 @@ def build_sections(found: Artefacts) -> list[Section]:
     root = found.root
     sections = [summary(found)]
     sections += [dataset(d, i, root) for i, d in enumerate(found.datasets)]
+    sections += [audit(a, i, root) for i, a in enumerate(found.audits)]
     models = found.all_models()
     sections += [training(m, i, root) for i, m in enumerate(models)]
     evaluated: list[tuple[list[Evaluation], Path | None]] = [
