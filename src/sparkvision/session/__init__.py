@@ -6,11 +6,14 @@ and cancellation: ``sparkvision.session.jobs``."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import socket
 import sys
+import threading
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -37,7 +40,9 @@ def get_spark(
     jvm_log: str | None = None,
     remote: str | None = None,
 ):  # -> pyspark.sql.SparkSession
-    """Return a SparkSession (creating one if needed) with sparkvision's data sources.
+    """Return a SparkSession (creating one if needed) with sparkvision's data sources
+    (``tfrecords``: on a classic session registered when a reader, writer or SQL statement
+    first names it, :func:`register_when_named`; over Spark Connect at once).
 
     ``master`` defaults to the ``SPARK_MASTER`` environment variable, then ``local[*]``.
     ``remote``: a Spark Connect URL (``sc://HOST:PORT``; default: the ``SPARK_REMOTE``
@@ -74,7 +79,7 @@ def get_spark(
         _start_jvm_logging_to(jvm_log, master, app_name, settings)
     spark = builder.getOrCreate()
     set_log_level(spark, "ERROR")
-    register_data_sources(spark)
+    register_when_named()
     return spark
 
 
@@ -166,11 +171,64 @@ def _start_jvm_logging_to(path: str, master: str, app_name: str,
     SparkContext(conf=conf, gateway=gateway)
 
 
+#: The name sparkvision's Python data source is registered under (lower case).
+DATA_SOURCE = "tfrecords"
+_registered: weakref.WeakSet = weakref.WeakSet()  # classic sessions that have it
+_register_lock = threading.Lock()
+
+
 def register_data_sources(spark) -> None:
-    """Register the ``tfrecords`` Python data source on ``spark``."""
+    """Register the ``tfrecords`` Python data source on ``spark`` (once per session)."""
     from sparkvision.data.datasource import TFRecordDataSource
 
-    spark.dataSource.register(TFRecordDataSource)
+    with _register_lock:
+        if spark in _registered:
+            return
+        spark.dataSource.register(TFRecordDataSource)
+        _registered.add(spark)
+
+
+def register_when_named() -> None:
+    """Register the ``tfrecords`` data source on a classic session when a reader or
+    writer first names it (``format("tfrecords")``, also through ``load(format=…)``,
+    ``save(format=…)``, ``saveAsTable(format=…)``, ``start(format=…)``) or a SQL
+    statement mentions it, instead of when the session starts.
+
+    Registering costs ~1 s of a command's start here (it makes the JVM look for Python
+    data sources in a new Python process); ``prepare`` of an image folder and most
+    commands never read that format. Installed once per process (idempotent)."""
+    from pyspark.sql import readwriter
+    from pyspark.sql.session import SparkSession
+    from pyspark.sql.streaming import readwriter as stream_readwriter
+
+    for cls in (readwriter.DataFrameReader, readwriter.DataFrameWriter,
+                stream_readwriter.DataStreamReader, stream_readwriter.DataStreamWriter):
+        if not getattr(cls.format, "_sparkvision_lazy", False):
+            setattr(cls, "format", _registering_format(cls.format))  # noqa: B010
+    if not getattr(SparkSession.sql, "_sparkvision_lazy", False):
+        setattr(SparkSession, "sql", _registering_sql(SparkSession.sql))  # noqa: B010
+
+
+def _registering_format(original):
+    @functools.wraps(original)
+    def format(self, source: str):  # noqa: A001 - pyspark's name
+        if isinstance(source, str) and source.strip().lower() == DATA_SOURCE:
+            register_data_sources(self._spark)
+        return original(self, source)
+
+    setattr(format, "_sparkvision_lazy", True)  # noqa: B010
+    return format
+
+
+def _registering_sql(original):
+    @functools.wraps(original)
+    def sql(self, sqlQuery: str, *args, **kwargs):  # noqa: N803 - pyspark's name
+        if isinstance(sqlQuery, str) and DATA_SOURCE in sqlQuery.lower():
+            register_data_sources(self)
+        return original(self, sqlQuery, *args, **kwargs)
+
+    setattr(sql, "_sparkvision_lazy", True)  # noqa: B010
+    return sql
 
 
 def master_url(spark) -> str:
