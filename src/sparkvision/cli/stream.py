@@ -10,10 +10,11 @@ from sparkvision.cli.common import add_common, emit, spark_session
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparkvision.checks import check_stream_input
+    from sparkvision.checks import check_prediction_input, check_stream_input
     from sparkvision.display import end_status, status_line
     from sparkvision.ml.model import check_model_folder
     from sparkvision.streaming import start
+    from sparkvision.streaming.drift import DriftSettings
     from sparkvision.streaming.monitor import (
         batch_progress,
         follow,
@@ -25,12 +26,17 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     check_model_folder(args.model_dir)  # a wrong folder or input fails before Spark starts
     check_stream_input(args.input)
+    if args.drift_reference:
+        check_prediction_input(args.drift_reference)
+    DriftSettings(args.drift_threshold, args.drift_window)  # bad values: before Spark
     spark = spark_session(args)
     query = start(
         args.model_dir, args.input, args.out, args.checkpoint, format=args.format,
         available_now=args.available_now, trigger_seconds=args.trigger_seconds,
         max_files_per_trigger=args.max_files_per_trigger, spark=spark, backend=args.backend,
-        trust_code=args.trust_code,
+        trust_code=args.trust_code, drift=not args.no_drift,
+        drift_threshold=args.drift_threshold, drift_window=args.drift_window,
+        drift_reference=args.drift_reference,
     )
     writer = query.sparkvision_writer
 
@@ -38,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         done = {r.batch: r for r in writer.records}
         record = done.get(b.batch)
         status_line(live_line(b, record.rejected if record else None,
-                              record.model_version if record else None))
+                              record.model_version if record else None,
+                              record.drift if record else None))
 
     interrupted = False
     try:
@@ -55,10 +62,17 @@ def run(args: argparse.Namespace) -> int:
     write_stats(args.out, dict(payload), progress, writer.records, model=args.model_dir,
                 input=args.input, format=args.format, checkpoint=args.checkpoint)
     payload.update(out=args.out, checkpoint=args.checkpoint)
+    drift = payload["drift"]
+    if drift.get("watched"):
+        said = (f"drift: {drift['warnings']} warning window(s), the first at batch "
+                f"{drift['first_warning_batch']}" if drift["warnings"] else
+                f"drift: no warning (max PSI {drift['max_score']})")
+    else:
+        said = f"drift not watched: {drift['note']}"
     emit(args, payload,
          f"streamed {payload['rows']} rows in {payload['batches']} batches "
          f"({payload['rejected']} rejected) → {args.out}; p50 {payload['p50_ms']} ms, "
-         f"p95 {payload['p95_ms']} ms")
+         f"p95 {payload['p95_ms']} ms; {said}")
     return 0
 
 
@@ -85,6 +99,19 @@ def register(sub) -> None:
                    help="at most N new files per micro-batch")
     p.add_argument("--timeout", type=float, default=None,
                    help="stop after S seconds (default: run until done or Ctrl-C)")
+    from sparkvision.streaming.drift import DEFAULT_THRESHOLD, DEFAULT_WINDOW
+
+    p.add_argument("--drift-threshold", type=float, default=DEFAULT_THRESHOLD, metavar="PSI",
+                   help="warn when a window's population stability index against the "
+                   "model's reference profile exceeds PSI (default %(default)g)")
+    p.add_argument("--drift-window", type=int, default=DEFAULT_WINDOW, metavar="N",
+                   help="compare the last N micro-batches together (default %(default)d)")
+    p.add_argument("--drift-reference", default=None, metavar="DATA",
+                   help="compute the reference profile from DATA (a prepared folder: its val "
+                   "split) when the stream starts, instead of the model's own "
+                   "drift_profile.json (a model trained without validation data has none)")
+    p.add_argument("--no-drift", action="store_true",
+                   help="do not watch drift (no pixel statistics, no reference)")
     add_backend_flag(p)
     add_trust_flag(p)
     add_common(p)

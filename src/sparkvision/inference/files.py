@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from sparkvision.config import PredictConfig
-from sparkvision.inference.arrays import image_batch, typed_arrow_udf
+from sparkvision.inference.arrays import image_batch, list_array, typed_arrow_udf
 from sparkvision.inference.batch import (
     RESULT_FIELDS,
     DriverChoice,
@@ -57,6 +57,10 @@ _BASE_DDL = "path STRING, error STRING, label BIGINT"
 PROFILE_ENV = "SPARKVISION_PROFILE_DIR"
 _LOADED = time.time()  # when this worker imported this module (its first batch: cold)
 _BATCHES = [0]  # batches this worker ran
+#: The optional field of per-row pixel statistics (``FileTask.stats``): the decoded image's
+#: per-channel means, then its per-channel standard deviations (0-255 scale; null for a
+#: rejected row). Drift monitoring compares them with a reference profile.
+PIXEL_STATS = "pixelStats"
 _RESULT_TYPES = {"rawPrediction": "ARRAY<DOUBLE>", "probability": "ARRAY<DOUBLE>",
                  "prediction": "DOUBLE", "predictedLabel": "STRING", "confidence": "DOUBLE"}
 
@@ -70,6 +74,7 @@ class FileTask:
     root: str = ""
     raw: bool = True  # rawPrediction (logits)
     image: bool = False  # the decoded pixels (raw HWC bytes)
+    stats: bool = False  # PIXEL_STATS: per-channel mean and std of the decoded pixels
 
     def fields(self) -> tuple[str, ...]:
         return tuple(f for f in RESULT_FIELDS if self.raw or f != "rawPrediction")
@@ -78,6 +83,8 @@ class FileTask:
         parts = [_BASE_DDL, *(f"{f} {_RESULT_TYPES[f]}" for f in self.fields())]
         if self.image:
             parts.append("image BINARY")
+        if self.stats:
+            parts.append(f"{PIXEL_STATS} ARRAY<FLOAT>")
         return ", ".join(parts)
 
 
@@ -133,6 +140,14 @@ def stored_errors(images: pa.Array, heights: pa.Array, widths: pa.Array, channel
     return out
 
 
+def pixel_stats(pixels: np.ndarray) -> np.ndarray:
+    """(N, 2C) float32 of uint8 (N, H, W, C) images: each image's per-channel means, then its
+    per-channel standard deviations."""
+    n, c = pixels.shape[0], pixels.shape[-1]
+    flat = pixels.reshape(n, -1, c).astype(np.float32)
+    return np.concatenate([flat.mean(axis=1), flat.std(axis=1)], axis=1).astype(np.float32)
+
+
 def predict_rows(columns: tuple[pa.Array, ...], task: FileTask, config: PredictConfig,
                  runner: Any, label_of: dict[str, int],
                  laps: dict[str, float] | None = None) -> pa.StructArray:
@@ -163,12 +178,17 @@ def predict_rows(columns: tuple[pa.Array, ...], task: FileTask, config: PredictC
     good = np.flatnonzero(ok)
     classes = pa.array(config.classes, pa.string())
     lap("decode")
+    stats = None
     if len(good):
         run = runner()
         lap("runner")
-        logits = run(image_batch(images.take(pa.array(good)), shape))
+        pixels = image_batch(images.take(pa.array(good)), shape)
+        logits = run(pixels)
+        if task.stats:
+            stats = pixel_stats(pixels)
     else:
         logits = np.zeros((0, config.num_classes), dtype=np.float32)
+        stats = np.zeros((0, 2 * shape[2]), dtype=np.float32)
     lap("predict")
     results = result_struct(logits, classes, config.temperature)
     where = np.zeros(n, dtype=np.int64)
@@ -181,6 +201,9 @@ def predict_rows(columns: tuple[pa.Array, ...], task: FileTask, config: PredictC
     if task.image:  # files/content: the decoded pixels (null for a rejected file)
         arrays.append(images)
         names.append("image")
+    if task.stats and stats is not None:
+        arrays.append(list_array(stats, pa.float32()).take(pa.array(where, mask=~ok)))
+        names.append(PIXEL_STATS)
     out = pa.StructArray.from_arrays(arrays, names=names)
     lap("pack")
     return out
@@ -248,10 +271,12 @@ class FilePredictor:
     among the model's classes, null when none), the model's output columns under its Param
     names, as ``transform`` writes them (vectors built in the JVM; a Param set to ``""``
     leaves that column out; null for a rejected row, or an empty vector for a vector column
-    with ``empty_vectors``), and ``image`` (the decoded pixels) when asked."""
+    with ``empty_vectors``), ``image`` (the decoded pixels) and ``pixelStats``
+    (``PIXEL_STATS``) when asked."""
 
     def __init__(self, model: Any, kind: str, root: str = "", raw: bool = True,
-                 image: bool = False, empty_vectors: bool = False) -> None:
+                 image: bool = False, empty_vectors: bool = False, stats: bool = False
+                 ) -> None:
         from pyspark.ml.functions import array_to_vector
         from pyspark.sql import functions as F
 
@@ -263,7 +288,7 @@ class FilePredictor:
             require_onnx("inferenceBackend='onnxruntime'")
         get = model.getOrDefault
         self.kind = kind
-        self.task = FileTask(kind, root, raw=raw, image=image)
+        self.task = FileTask(kind, root, raw=raw, image=image, stats=stats)
         self.udf = make_files_udf(config, self.task)
         self._tmp = f"_sv_files_{model.uid}"
         tmp = F.col(f"`{self._tmp}`")
@@ -293,6 +318,8 @@ class FilePredictor:
         named.update((name, col) for name, col in outputs.items() if col is not None)
         if image:
             named["image"] = tmp["image"]
+        if stats:
+            named[PIXEL_STATS] = tmp[PIXEL_STATS]
         self.columns = [col.alias(name) for name, col in named.items()]
         #: the columns ``apply`` adds (``path`` and ``label`` of files included)
         self.names = (["path"] if files else []) + list(named)

@@ -277,6 +277,10 @@ class ImageClassifier(Estimator, ImageClassifierParams, DefaultParamsWritable,
             from sparkvision.ml.calibration import calibrate_temperature
 
             calibrate_temperature(model, val_df, label_col)
+        if val_df is not None:  # what drift monitoring compares a stream with
+            from sparkvision.ml.drift import reference_profile
+
+            model.drift_profile = reference_profile(model, val_df)
         return model
 
     def _class_weights(self, counts: dict[int, int]) -> tuple[float, ...] | None:

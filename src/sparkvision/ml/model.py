@@ -14,6 +14,7 @@ from pyspark.ml.util import MLReadable, MLWritable
 from sparkvision import storage
 from sparkvision.config import PredictConfig
 from sparkvision.errors import DataError, InvalidParameterError
+from sparkvision.evaluation.drift import PROFILE_FILE, DriftProfile
 from sparkvision.ml.params import ImageClassifierParams, require_image_column
 from sparkvision.ml.persistence import (
     WEIGHTS_FILE,
@@ -58,6 +59,9 @@ class ImageClassificationModel(Model, ImageClassifierParams, TrustedLoad, MLWrit
         self.weights: bytes = kwargs.pop("weights", b"")
         #: the record of the fit that made this model (empty when it was not trained)
         self.history: TrainingHistory = kwargs.pop("history", None) or TrainingHistory()
+        #: the validation split's reference profile for drift monitoring (None: trained
+        #: without validation data, or saved before profiles)
+        self.drift_profile: DriftProfile | None = None
         self._set(**{k: v for k, v in kwargs.items() if v is not None})
 
     @property
@@ -185,13 +189,17 @@ def check_model_folder(path: str) -> str:
 
 
 class _ModelWriter(FolderWriter):
-    """The model folder (``ml/persistence.py``) with ``history.json``."""
+    """The model folder (``ml/persistence.py``) with ``history.json`` (and
+    ``drift_profile.json`` when the model has a reference profile)."""
 
     def __init__(self, instance: ImageClassificationModel) -> None:
         super().__init__(instance, MODEL_FOLDER)
 
     def extra_files(self) -> dict[str, str]:
-        return {HISTORY_FILE: self.instance.history.to_json()}
+        files = {HISTORY_FILE: self.instance.history.to_json()}
+        if self.instance.drift_profile is not None:
+            files[PROFILE_FILE] = self.instance.drift_profile.to_json()
+        return files
 
 
 class _ModelReader(FolderReader):
@@ -205,6 +213,9 @@ class _ModelReader(FolderReader):
         history = storage.join(path, HISTORY_FILE)
         instance.history = (TrainingHistory.from_json(storage.read_text(history), history)
                             if storage.exists(history) else TrainingHistory())
+        profile = storage.join(path, PROFILE_FILE)
+        if storage.exists(profile):
+            instance.drift_profile = DriftProfile.from_json(storage.read_text(profile), profile)
         return instance
 
 

@@ -123,6 +123,39 @@ def tuning(study: Study, index: int, root: Path) -> Section:
 
 # --- streaming -------------------------------------------------------------------------------
 
+def _drift_cell(window: object) -> str:
+    """A window's drift in the micro-batch table: its score and, when it warned, why."""
+    if not isinstance(window, dict) or not isinstance(window.get("score"), int | float):
+        return ""
+    text = f"{window['score']:.3f}"
+    return f"{text} ⚠ {window.get('feature')}" if window.get("warning") else text
+
+
+def _drift(name: str, summary: object, batches: list[dict]) -> list[Markup]:
+    """The drift part of a stream's section: how it was watched, the warnings, the plot."""
+    if not isinstance(summary, dict):
+        return []
+    if not summary.get("watched"):
+        return [heading(3, "Drift"), paragraph(f"Not watched: {summary.get('note')}", "muted")]
+    reference = summary.get("reference") or {}
+    rows = [("threshold (PSI)", summary.get("threshold")),
+            ("window (micro-batches)", summary.get("window")),
+            ("reference", f"{reference.get('source')} ({reference.get('rows')} rows)"),
+            ("largest score", summary.get("max_score")),
+            ("warning windows", summary.get("warnings")),
+            ("first warning at batch", summary.get("first_warning_batch"))]
+    parts = [heading(3, "Drift", "the last micro-batches against the model's reference "
+                     "profile"), kv_table(rows)]
+    threshold = summary.get("threshold")
+    plot = plots.stream_drift(batches, float(threshold) if isinstance(threshold, int | float)
+                              else 0.2, title=f"{name}: drift per window")
+    if plot:
+        parts.append(image(plot, "stream drift", "the largest PSI of each window (class "
+                           "distribution, confidence, per-channel pixel mean and std); red: "
+                           "a warning"))
+    return parts
+
+
 def streaming(stream: Stream, index: int, root: Path) -> Section:
     """The stream's setup, summary numbers, latency plot and per-micro-batch table."""
     stats = stream.stats
@@ -141,11 +174,15 @@ def streaming(stream: Stream, index: int, root: Path) -> Section:
     if latency:
         parts.append(image(latency, "stream latency", "latency (line) and rows (bars) per "
                            "micro-batch"))
+    parts += _drift(stream.path.name, summary_.get("drift"), batches)
     if batches:
         shown = batches[:MAX_BATCH_ROWS]
         columns = ("batch", "rows", "ms", "rows_per_s", "rejected", "model_version")
+        drift = [_drift_cell(b.get("drift")) for b in shown]
+        head = columns + (("drift",) if any(drift) else ())
         parts += [heading(3, "Micro-batches", f"{len(batches)} in all"),
-                  table(columns, [[b.get(c) for c in columns] for b in shown])]
+                  table(head, [[b.get(c) for c in columns] + ([d] if any(drift) else [])
+                               for b, d in zip(shown, drift, strict=True)])]
         if len(batches) > len(shown):
             parts.append(paragraph(f"… and {len(batches) - len(shown)} more", "muted"))
     return Section(section_id("streaming", index), "Streaming — " + where(stream.path, root),

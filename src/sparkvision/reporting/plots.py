@@ -145,6 +145,40 @@ def stream_latency(batches: list[dict[str, Any]], title: str = "Micro-batch late
     return None if fig is None else _png(fig)
 
 
+def stream_drift(batches: list[dict[str, Any]], threshold: float,
+                 title: str = "Drift per window") -> bytes | None:
+    """The drift score (largest PSI against the reference profile) of the window ending at
+    each micro-batch of a stream's ``_stream.json``, the threshold as a dashed line and the
+    windows that warned in red; None without a window."""
+    from matplotlib.ticker import MaxNLocator
+
+    points = [(int(b["batch"]), float(b["drift"]["score"]), bool(b["drift"].get("warning")))
+              for b in batches if isinstance(b.get("drift"), dict)
+              and isinstance(b["drift"].get("score"), int | float)]
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 3.2))
+    ids = [p[0] for p in points]
+    ax.plot(ids, [p[1] for p in points], "o-", color="#1f77b4", markersize=3,
+            label="drift score (max PSI)")
+    warned = [p for p in points if p[2]]
+    if warned:
+        ax.plot([p[0] for p in warned], [p[1] for p in warned], "o", color="#d62728",
+                label="warning")
+    ax.axhline(threshold, color="#d62728", linestyle="--", linewidth=1,
+               label=f"threshold {threshold:g}")
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ax.set_xlim(min(ids) - 0.6, max(ids) + 0.6)
+    ax.set_xlabel("micro-batch (window's last)")
+    ax.set_ylabel("PSI")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    return _png(fig)
+
+
 def trial_curves(trials: list[dict[str, Any]], metric: str | None,
                  title: str = "Trials: metric per epoch") -> bytes | None:
     """One line per trial of its per-epoch metric (pruned dashed, failed dotted); None when

@@ -48,13 +48,27 @@ def summarize(progress: list[BatchProgress], written: dict[str, Any]) -> dict[st
     }
 
 
-def live_line(b: BatchProgress, rejected: int | None, version: str | None) -> str:
+def drift_text(drift: dict[str, Any] | None) -> str | None:
+    """A window's drift in a few words: ``drift 0.04`` or ``DRIFT 3.1 > 0.2 (pixel_mean_c0)``
+    (``streaming/drift.py``'s ``DriftWindow`` as a dict); None without one."""
+    if not drift:
+        return None
+    if drift.get("warning"):
+        return f"DRIFT {drift['score']:.2f} > {drift['threshold']:g} ({drift['feature']})"
+    return f"drift {drift['score']:.2f}"
+
+
+def live_line(b: BatchProgress, rejected: int | None, version: str | None,
+              drift: dict[str, Any] | None = None) -> str:
     parts = [f"batch {b.batch}", f"{b.rows} rows"]
     if rejected:
         parts.append(f"{rejected} rejected")
     parts += [f"{b.ms} ms", f"{b.rows_per_s:.0f} rows/s"]
     if version:
         parts.append(f"model {version}")
+    text = drift_text(drift)
+    if text:
+        parts.append(text)
     return "stream: " + " · ".join(parts)
 
 
@@ -90,7 +104,8 @@ STATS_FILE = "_stream.json"
 def write_stats(out: str, summary: dict[str, Any], progress: list[BatchProgress],
                 records: Iterable[Any], **about: Any) -> str:
     """Write ``OUT/_stream.json`` (this run: ``about`` — model, input, format, checkpoint —,
-    the summary and one entry per micro-batch) under a temporary name, then rename it."""
+    the summary and one entry per micro-batch, with the drift of the window it ends) under a
+    temporary name, then rename it."""
     done = {r.batch: r for r in records}
     batches = []
     for b in progress:
@@ -99,6 +114,7 @@ def write_stats(out: str, summary: dict[str, Any], progress: list[BatchProgress]
             "batch": b.batch, "rows": b.rows, "ms": b.ms, "rows_per_s": b.rows_per_s,
             "rejected": record.rejected if record else None,
             "model_version": record.model_version if record else None,
+            "drift": getattr(record, "drift", None) if record else None,
         })
     path = os.path.join(out, STATS_FILE)
     os.makedirs(out, exist_ok=True)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from sparkvision.checks import check_stream_input
+from sparkvision.checks import check_prediction_input, check_stream_input
 from sparkvision.errors import InvalidParameterError
+from sparkvision.streaming.drift import DEFAULT_THRESHOLD, DEFAULT_WINDOW, DriftSettings
 from sparkvision.streaming.model_source import ModelSource
 from sparkvision.streaming.sink import BatchWriter
 from sparkvision.streaming.sources import check_format, read_stream
@@ -66,6 +67,17 @@ def claim_checkpoint(checkpoint: str, spec: StreamSpec) -> None:
     os.replace(tmp, marker)
 
 
+def _reference(spark, model, data: str):
+    """The drift profile of ``data`` (a prepared folder: its ``val`` split) with ``model``."""
+    from sparkvision.data.prediction_input import load_prediction_input
+    from sparkvision.ml.drift import reference_profile
+
+    get = model.getOrDefault
+    df, _ = load_prediction_input(spark, data, tuple(get(model.imageShape)),
+                                  list(get(model.classes)), "val")
+    return reference_profile(model, df, source=os.path.abspath(data))
+
+
 def start(
     model: Any,
     input: str,  # noqa: A002 - the user-facing name
@@ -82,6 +94,10 @@ def start(
     backend: str | None = None,
     trust_code: bool = False,
     warm_up: bool = True,
+    drift: bool = True,
+    drift_threshold: float = DEFAULT_THRESHOLD,
+    drift_window: int = DEFAULT_WINDOW,
+    drift_reference: str | None = None,
 ):
     """Classify the files that appear in ``input`` and append predictions to ``output``.
 
@@ -94,13 +110,25 @@ def start(
     ``warm_up``: before the query starts, run the model's plan once on one blank image per
     core (``BatchWriter.warm_up``: Python workers started, network runner opened, write
     compiled), so the first micro-batch is not the slow one; its seconds are the
-    writer's ``warm_up_seconds``."""
+    writer's ``warm_up_seconds``.
+
+    Drift (``streaming/drift.py``): each micro-batch is compared with the model's reference
+    profile (``drift_profile.json``, written by a fit with validation data), pooled over the
+    last ``drift_window`` micro-batches; a window whose PSI exceeds ``drift_threshold`` (and
+    is significant) warns. ``drift_reference``: data (a prepared folder — its ``val`` split
+    —, split, TFRecords, Parquet or image folder) whose profile, computed with the model
+    when the stream starts, replaces the model's. A model without a profile and no
+    ``drift_reference``: drift is not watched, and the writer's summary says why.
+    ``drift=False`` turns it off."""
     from pyspark.sql import SparkSession
 
     check_format(format)
     check_stream_input(input)  # before the model is loaded or the session touched
     if not available_now and trigger_seconds <= 0:
         raise InvalidParameterError("trigger_seconds", trigger_seconds, "use a value > 0")
+    drift_settings = DriftSettings(drift_threshold, drift_window, enabled=drift)
+    if drift and drift_reference is not None:
+        check_prediction_input(drift_reference)
     if max_files_per_trigger is not None and max_files_per_trigger < 1:
         raise InvalidParameterError("max_files_per_trigger", max_files_per_trigger,
                                     "use 1 or more")
@@ -128,11 +156,14 @@ def start(
             spark.conf.set(key, value)
     source = read_stream(spark, input, format, max_files_per_trigger)
     models = ModelSource(model, backend, trust_code=trust_code)
+    if drift and drift_reference is not None:
+        drift_settings = replace(drift_settings, reference=_reference(
+            spark, models.current()[0], drift_reference))
     spec = StreamSpec(input, output, format)
     claim_checkpoint(checkpoint, spec)
     os.makedirs(output, exist_ok=True)
     writer = BatchWriter(models, format, os.path.abspath(input), os.path.abspath(output),
-                         max_files_per_trigger)
+                         max_files_per_trigger, drift_settings)
     writer.warm_up_seconds = round(writer.warm_up(spark), 3) if warm_up else None
     stream = source.writeStream.foreachBatch(writer).option("checkpointLocation", checkpoint)
     if query_name:

@@ -29,7 +29,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sparkvision.inference.files import ERROR, FilePredictor
+from sparkvision.inference.files import ERROR, PIXEL_STATS, FilePredictor
+from sparkvision.streaming.drift import DriftMonitor, DriftSettings
 from sparkvision.streaming.model_source import ModelSource
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ class BatchRecord:
     #: seconds of the driver's parts of the batch: ``plan`` (model check, the rows' plan),
     #: ``job`` (the Spark job: decode, predict, write), ``publish`` (the folder moves)
     phases: dict[str, float] = field(default_factory=dict)
+    #: the drift of the window ending with this batch (``streaming/drift.py``; None: drift
+    #: not watched, or no predicted row)
+    drift: dict[str, Any] | None = None
 
 
 def batch_path(root: str, batch_id: int) -> str:
@@ -101,12 +105,14 @@ def _replace_folder(tables: list[tuple[str, Any]], scratch: str, target: str) ->
 COLLECT_MAX_ROWS = 100_000
 
 
-def _split(named: list[tuple[str, Any]], staged: str, predicted: str, rejected: str
-           ) -> tuple[int, int]:
+def _split(named: list[tuple[str, Any]], staged: str, predicted: str, rejected: str,
+           observed: list[Any] | None = None) -> tuple[int, int]:
     """Split tables (file name, table of every row, ``reason`` null for a predicted one):
     the predicted rows without ``reason`` replace the folder ``predicted``, the rejected
     rows' ``REJECTED_COLUMNS`` the folder ``rejected`` (a folder only where there are such
-    rows; scratch folders under ``staged``). Return (predicted, rejected) row counts."""
+    rows; scratch folders under ``staged``). The predicted rows' ``PIXEL_STATS`` (drift
+    monitoring) are not written; ``observed`` gets their tables with it. Return (predicted,
+    rejected) row counts."""
     import pyarrow.compute as pc
 
     good: list[tuple[str, Any]] = []
@@ -115,9 +121,12 @@ def _split(named: list[tuple[str, Any]], staged: str, predicted: str, rejected: 
         is_bad = pc.is_valid(table[REASON])
         n_bad = int(pc.sum(is_bad).as_py() or 0)
         ok = table.filter(pc.invert(is_bad)) if n_bad else table
+        drop = [c for c in (REASON, PIXEL_STATS) if c in ok.column_names]
         if ok.num_rows:
-            good.append((name, ok.drop_columns([REASON]).replace_schema_metadata(
-                _without_fields(ok.schema.metadata, {REASON}))))
+            if observed is not None and PIXEL_STATS in drop:
+                observed.append(ok)
+            good.append((name, ok.drop_columns(drop).replace_schema_metadata(
+                _without_fields(ok.schema.metadata, set(drop)))))
         if n_bad:
             bad.append((name, table.filter(is_bad).select(list(REJECTED_COLUMNS))
                         .replace_schema_metadata(None)))
@@ -130,7 +139,8 @@ def _split(named: list[tuple[str, Any]], staged: str, predicted: str, rejected: 
     return (sum(t.num_rows for _, t in good), sum(t.num_rows for _, t in bad))
 
 
-def publish(staged: str, predicted: str, rejected: str) -> tuple[int, int]:
+def publish(staged: str, predicted: str, rejected: str, observed: list[Any] | None = None
+            ) -> tuple[int, int]:
     """Split the Parquet files Spark staged for one micro-batch into the folders
     ``predicted`` and ``rejected`` (``_split``). Idempotent: a replayed batch publishes
     again over what a killed run left."""
@@ -138,40 +148,48 @@ def publish(staged: str, predicted: str, rejected: str) -> tuple[int, int]:
 
     files = sorted(f for f in os.listdir(staged) if f.endswith(".parquet"))
     return _split([(name, pq.read_table(os.path.join(staged, name))) for name in files],
-                  staged, predicted, rejected)
+                  staged, predicted, rejected, observed)
 
 
 def publish_collected(table, spark_schema_json: str, staged: str, predicted: str,
-                      rejected: str) -> tuple[int, int]:
+                      rejected: str, observed: list[Any] | None = None) -> tuple[int, int]:
     """Split the Arrow ``table`` of a micro-batch's rows (``DataFrame.toArrow``) into the
     folders ``predicted`` and ``rejected`` (``_split``), with Spark's schema in the files'
     metadata as a Spark write records it (the probability vector reads back as a vector)."""
     table = table.replace_schema_metadata({SPARK_SCHEMA_KEY: spark_schema_json.encode()})
-    return _split([("part-00000.parquet", table)], staged, predicted, rejected)
+    return _split([("part-00000.parquet", table)], staged, predicted, rejected, observed)
 
 
 @dataclass(frozen=True)
 class _Plan:
     """What a micro-batch runs for one model version, built once: the fused decode-and-
     predict UDF (``inference/files.py``: one Python runner per task, the weights pickled
-    once) and the output columns. Each batch is then two ``select`` calls and the write."""
+    once) and the output columns. Each batch is then two ``select`` calls and the write.
+    ``monitor``: the drift windows of this model version (None: drift not watched)."""
 
     version: str
     predictor: FilePredictor
     keep: tuple[str, ...]
     columns: tuple[Any, ...]
+    monitor: DriftMonitor | None = None
 
     @classmethod
-    def build(cls, model, version: str, fmt: str, source_root: str, collect: bool = False
-              ) -> _Plan:
+    def build(cls, model, version: str, fmt: str, source_root: str, collect: bool = False,
+              drift: DriftSettings | None = None) -> _Plan:
         from pyspark.sql import functions as F
 
+        monitor = None
+        if drift is not None and drift.enabled:
+            profile = drift.reference or getattr(model, "drift_profile", None)
+            if profile is not None:
+                monitor = DriftMonitor(profile, drift.threshold, drift.window)
+        stats = monitor is not None
         if fmt == "image":  # collected: toArrow needs non-null vectors (rejected: empty)
             predictor = FilePredictor(model, "content", root=source_root, raw=False,
-                                      empty_vectors=collect)
+                                      empty_vectors=collect, stats=stats)
             keep: tuple[str, ...] = ("path", "eventMicros")
         else:
-            predictor = FilePredictor(model, "stored", raw=False)
+            predictor = FilePredictor(model, "stored", raw=False, stats=stats)
             keep = ("path", "label", "eventMicros")
         columns = (
             F.col("path"), F.col("label"), *[F.col(c) for c in PREDICTION_COLUMNS],
@@ -179,8 +197,9 @@ class _Plan:
             F.timestamp_micros("eventMicros").alias("eventTime"),
             F.current_timestamp().alias("processedTime"),
             F.col(ERROR).alias(REASON),
+            *([F.col(PIXEL_STATS)] if stats else []),
         )
-        return cls(version, predictor, keep, columns)
+        return cls(version, predictor, keep, columns, monitor)
 
     def rows(self, batch_df):
         """The batch's rows to write: predicted and rejected (``reason`` not null)."""
@@ -203,7 +222,8 @@ class BatchWriter:
     """Callable for ``DataStreamWriter.foreachBatch``; keeps a record of every batch."""
 
     def __init__(self, models: ModelSource, fmt: str, source_root: str, out: str,
-                 max_files_per_trigger: int | None = None) -> None:
+                 max_files_per_trigger: int | None = None,
+                 drift: DriftSettings | None = None) -> None:
         self.models = models
         self.fmt = fmt
         self.source_root = source_root
@@ -212,6 +232,8 @@ class BatchWriter:
         self.collect = (fmt == "image" and max_files_per_trigger is not None
                         and max_files_per_trigger <= COLLECT_MAX_ROWS)
         self.records: list[BatchRecord] = []
+        #: how drift is watched (None: not at all)
+        self.drift = drift
         self._lock = threading.Lock()
         self._current: _Plan | None = None
         #: seconds ``warm_up`` took before the query started (None: not warmed up)
@@ -222,7 +244,7 @@ class BatchWriter:
         plan = self._current
         if plan is None or plan.version != version:
             plan = self._current = _Plan.build(model, version, self.fmt, self.source_root,
-                                               self.collect)
+                                               self.collect, self.drift)
         return plan
 
     def warm_up(self, spark) -> float:
@@ -272,21 +294,26 @@ class BatchWriter:
         staging = batch_path(os.path.join(self.out, STAGING_DIR), batch_id)
         rows = plan.rows(batch_df)
         planned = time.monotonic()
+        observed: list[Any] | None = None if plan.monitor is None else []
         predicted, rejected, job_s = self._write(
             rows, staging, batch_path(self.out, batch_id),
-            batch_path(os.path.join(self.out, REJECTED_DIR), batch_id))
+            batch_path(os.path.join(self.out, REJECTED_DIR), batch_id), observed)
         shutil.rmtree(staging, ignore_errors=True)
+        window = None
+        if plan.monitor is not None and observed is not None:
+            window = plan.monitor.observe(batch_id, observed, PIXEL_STATS)
         done = time.monotonic()
         record = BatchRecord(batch_id, predicted + rejected, rejected, version,
                              round(done - started, 3),
                              {"plan": round(planned - started, 3), "job": round(job_s, 3),
-                              "publish": round(done - planned - job_s, 3)})
+                              "publish": round(done - planned - job_s, 3)},
+                             None if window is None else window.to_dict())
         with self._lock:
             self.records.append(record)
         log.info("stream batch %s", asdict(record))
 
-    def _write(self, rows, staging: str, predicted: str, rejected: str
-               ) -> tuple[int, int, float]:
+    def _write(self, rows, staging: str, predicted: str, rejected: str,
+               observed: list[Any] | None = None) -> tuple[int, int, float]:
         """Run the batch's job and publish its rows (collected, or staged by Spark): the
         (predicted, rejected) row counts and the job's seconds."""
         started = time.monotonic()
@@ -295,10 +322,10 @@ class BatchWriter:
             job_s = time.monotonic() - started
             os.makedirs(staging, exist_ok=True)
             return (*publish_collected(table, rows.schema.json(), staging, predicted,
-                                       rejected), job_s)
+                                       rejected, observed), job_s)
         rows.write.mode("overwrite").parquet(staging)
         job_s = time.monotonic() - started
-        return (*publish(staging, predicted, rejected), job_s)
+        return (*publish(staging, predicted, rejected, observed), job_s)
 
     def summary(self) -> dict[str, Any]:
         with self._lock:
@@ -308,4 +335,27 @@ class BatchWriter:
             "rows": sum(r.rows for r in records),
             "rejected": sum(r.rejected for r in records),
             "model_versions": sorted({r.model_version for r in records}),
+            "drift": self.drift_summary(records),
         }
+
+    def drift_summary(self, records: list[BatchRecord]) -> dict[str, Any]:
+        """How drift was watched and what it found: ``threshold``, ``window``, the
+        reference (``reference``: its source and rows), ``max_score``, ``warnings`` (windows
+        over the threshold) and ``first_warning_batch``; with ``note`` saying why it was not
+        watched."""
+        settings = self.drift
+        if settings is None or not settings.enabled:
+            return {"watched": False, "note": "drift monitoring is off"}
+        plan = self._current
+        monitor = plan.monitor if plan is not None else None
+        if monitor is None:
+            return {"watched": False, "note": "the model has no reference profile (trained "
+                    "without validation data, or saved before profiles): give "
+                    "--drift-reference DATA to watch drift"}
+        windows = [r.drift for r in records if r.drift]
+        warned = [w["batch"] for w in windows if w["warning"]]
+        return {"watched": True, "threshold": settings.threshold, "window": settings.window,
+                "reference": {"source": monitor.profile.source, "rows": monitor.profile.rows},
+                "max_score": max((w["score"] for w in windows), default=None),
+                "warnings": len(warned),
+                "first_warning_batch": warned[0] if warned else None}
