@@ -31,8 +31,9 @@ NOT_METRICS = ("top_k",)
 PER_CLASS_METRICS = ("precision", "recall", "f1", "support", "roc_auc", "pr_auc")
 
 
-def add_mlflow_flags(p: argparse.ArgumentParser) -> None:
-    """``--mlflow URI``, ``--mlflow-experiment NAME``, ``--mlflow-artifacts URI``."""
+def add_mlflow_flags(p: argparse.ArgumentParser, model: bool = False) -> None:
+    """``--mlflow URI``, ``--mlflow-experiment NAME``, ``--mlflow-artifacts URI``; with
+    ``model`` (a command that makes a model) also ``--register NAME``."""
     g = p.add_argument_group("experiment tracking (pip install 'sparkvision[mlflow]')")
     g.add_argument("--mlflow", metavar="URI", default=None,
                    help="log this run to the MLflow tracking store at URI, e.g. "
@@ -42,6 +43,10 @@ def add_mlflow_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mlflow-artifacts", metavar="URI", default=None,
                    help="artifact location of a new experiment (default: MLflow's, "
                    "./mlruns for a database store)")
+    if model:
+        g.add_argument("--register", metavar="NAME", default=None,
+                       help="register the logged MLflow model (pyfunc) as a new version of "
+                       "NAME in the --mlflow store's model registry (default: not registered)")
 
 
 def tracked(run: Callable[[argparse.Namespace, Tracking], int]
@@ -70,6 +75,13 @@ class Tracking:
         return bool(self.uri)
 
     def __enter__(self) -> Tracking:
+        register = getattr(self.args, "register", None)
+        if register is not None and (not self.uri or not register.strip()):
+            from sparkvision.errors import InvalidParameterError
+
+            raise InvalidParameterError(
+                "register", register, "give a model name and --mlflow URI: the model is "
+                "registered in that tracking store's registry")
         if self.uri:  # before Spark starts: mlflow installed? store reachable?
             from sparkvision.tracking.mlflow_run import MlflowExperiment
 
@@ -123,8 +135,11 @@ class Tracking:
 
         clf.setOnEpochEnd(on_epoch)
 
-    def train_finished(self, model: Any, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """Epochs the callback missed, world size, test accuracy, the model folder."""
+    def train_finished(self, model: Any, payload: Mapping[str, Any],
+                       example: Any = None) -> dict[str, Any]:
+        """Epochs the callback missed, world size, test accuracy, the model folder, and the
+        model as an MLflow pyfunc (``tracking/serving.py``; its input example: the first
+        image of the DataFrame ``example``), registered when ``--register`` asks."""
         if not self:
             return {}
         run = self.run
@@ -134,7 +149,41 @@ class Tracking:
         run.log_metrics({"test_accuracy": payload.get("test_accuracy"),
                          "epochs_run": len(model.history.epochs)})
         run.log_model_folder(self.args.out)
-        return self._done()
+        return {**self._done(), **self._log_pyfunc(model, example)}
+
+    def _log_pyfunc(self, model: Any, example: Any) -> dict[str, Any]:
+        """The model's serving graph (ONNX, else TorchScript) logged as an MLflow pyfunc."""
+        import tempfile
+
+        from sparkvision.errors import ExportError
+        from sparkvision.models.export import missing_onnx_packages
+        from sparkvision.tracking.serving import log_pyfunc
+
+        register = getattr(self.args, "register", None)
+        frame = None
+        if example is not None:
+            image = model.getOrDefault(model.imageCol)
+            frame = example.select(example[image].alias("image")).limit(1).toPandas()
+        with tempfile.TemporaryDirectory(prefix="sparkvision-pyfunc-") as tmp:
+            formats = ["torchscript"] if missing_onnx_packages() else ["onnx", "torchscript"]
+            graph, error = None, None
+            for fmt in formats:
+                try:
+                    graph = model.export(str(Path(tmp) / f"model.{fmt}"), format=fmt)
+                    break
+                except ExportError as exc:
+                    error = exc
+                    log.warning("MLflow model: %s", exc)
+            if graph is None:
+                if register and error is not None:
+                    raise error
+                return {"mlflow_model_error": str(error)}
+            served = log_pyfunc(self.run, graph, graph + ".json", frame, register)
+        log.info("MLflow model %s%s", served.model_uri,
+                 f" registered as {register} version {served.registered_version}"
+                 if register else "")
+        return {"mlflow_model_uri": served.model_uri,
+                "mlflow_model_version": served.registered_version}
 
     # ------------------------------------------------------------------ evaluate
     def evaluated(self, out: Path, plots: list[str]) -> dict[str, Any]:

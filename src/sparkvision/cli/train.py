@@ -119,7 +119,7 @@ def run(args: argparse.Namespace, tracking: Tracking) -> int:
         "temperature": model.getOrDefault("temperature"),  # 1 unless --calibrate fitted one
         "seconds": round(time.monotonic() - started, 3),
     }
-    payload.update(tracking.train_finished(model, payload))  # + mlflow_run_id
+    payload.update(tracking.train_finished(model, payload, train_df))  # + mlflow_run_id
     lines = [f"trained {args.model} on {h.world_size} workers → {args.out}"]
     if h.topology and h.topology.hosts > 1:
         compressed = h.topology.compression not in (None, "none")
@@ -176,6 +176,6 @@ def register(sub) -> None:
     p.add_argument("data", help="folder written by `sparkvision prepare`")
     p.add_argument("--out", required=True, help="model output folder")
     add_train_flags(p)
-    add_mlflow_flags(p)
+    add_mlflow_flags(p, model=True)
     add_common(p)
     p.set_defaults(func=run)

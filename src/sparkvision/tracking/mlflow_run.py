@@ -46,6 +46,11 @@ _LOCK = threading.RLock()
 _BAD_KEY_CHARS = re.compile(r"[^\w\-. /:]")
 
 
+def store_lock() -> threading.RLock:
+    """The lock every MLflow call of this process holds (MLflow's global state, too)."""
+    return _LOCK
+
+
 def require_mlflow(what: str = "--mlflow") -> ModuleType:
     """Import and return ``mlflow``; MissingDependencyError naming the ``mlflow`` extra."""
     return extras.import_from("mlflow", "mlflow", what)
@@ -55,6 +60,7 @@ def _quiet_mlflow() -> None:
     """Keep MLflow's INFO chatter (database migrations, …) and its "View run at" lines on
     stdout (which would follow a ``--json`` line) off the terminal, unless INFO is on."""
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if not logging.getLogger().isEnabledFor(logging.INFO):
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
