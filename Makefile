@@ -11,7 +11,8 @@ DEMO := demo-output
 # runtime provides it); installing sparkvision must leave it in place
 COMPAT_VENV := .venv-compat
 COMPAT_PYSPARK := 4.0.0
-# the Spark tests of the data source, preparing, training, inference and streaming
+# the Spark tests of the data source, preparing, training, inference and streaming (streaming
+# the tfrecords source needs pyspark 4.1: on 4.0 it is one clear error, tests/unit/test_compat.py)
 COMPAT_TESTS := tests/spark/test_datasource.py tests/spark/test_prepare.py \
 	tests/spark/test_training.py tests/spark/test_predict_files.py tests/spark/test_streaming.py
 
@@ -83,7 +84,8 @@ test-compat:
 	$(COMPAT_VENV)/bin/pip install --quiet '.[datasets]' pytest -c <(grep -v '^pyspark==' requirements.lock)
 	test "$$($(COMPAT_VENV)/bin/python -c 'import pyspark; print(pyspark.__version__)')" = $(COMPAT_PYSPARK)
 	$(COMPAT_VENV)/bin/python -c 'import sparkvision, sys; sys.exit("src" in sparkvision.__file__)'
-	$(COMPAT_VENV)/bin/pytest -q -p no:cacheprovider --durations=10 $(COMPAT_TESTS)
+	$(COMPAT_VENV)/bin/pytest -q -p no:cacheprovider --durations=10 -m "not stream_source" \
+		$(COMPAT_TESTS)
 
 # the edit-run loop: lint, types, the unit tests and the fast Spark tests (not `slow`)
 test-fast: $(STAMP) lint typecheck

@@ -318,6 +318,7 @@ def _stream(spark, folder, **options):
     return reader.options(**options).load(str(folder))
 
 
+@pytest.mark.stream_source
 def test_stream_available_now_exactly_once_across_restarts(spark, tmp_path):
     landing, out, checkpoint = tmp_path / "landing", tmp_path / "out", tmp_path / "ckpt"
     landing.mkdir()
@@ -356,6 +357,7 @@ def test_stream_available_now_exactly_once_across_restarts(spark, tmp_path):
     assert spark.read.parquet(str(out)).count() == 50
 
 
+@pytest.mark.stream_source
 def test_stream_max_files_per_trigger(spark, tmp_path):
     landing = tmp_path / "landing"
     landing.mkdir()
@@ -380,6 +382,7 @@ def test_stream_max_files_per_trigger(spark, tmp_path):
     assert [p["numInputRows"] for p in query.recentProgress if p["numInputRows"]] == [1, 2, 3, 4]
 
 
+@pytest.mark.stream_source
 def test_stream_memory_sink_sees_each_record_once(spark, tmp_path):
     landing = tmp_path / "landing"
     landing.mkdir()
@@ -398,6 +401,7 @@ def test_stream_memory_sink_sees_each_record_once(spark, tmp_path):
     assert len([p for p in query.recentProgress if p["numInputRows"]]) == 2
 
 
+@pytest.mark.stream_source
 def test_stream_schema_check(spark, tmp_path):
     (tmp_path / "landing").mkdir()
     bad = spark.readStream.format("tfrecords").schema("id long, ts timestamp")

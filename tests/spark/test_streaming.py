@@ -109,7 +109,9 @@ def _perturbed(model, scale: float):
 
     state = load_state_dict_bytes(model.weights)
     torch.manual_seed(0)
-    changed = {k: (v + scale * torch.randn_like(v) if v.is_floating_point() else v)
+    # weights and biases only: a batch norm's running variance pushed below 0 gives NaN
+    changed = {k: (v + scale * torch.randn_like(v)
+                   if v.is_floating_point() and "running_" not in k else v)
                for k, v in state.items()}
     other = model.copy()
     other.weights = save(changed)

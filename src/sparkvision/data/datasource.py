@@ -35,9 +35,15 @@ from sparkvision import storage
 from sparkvision.data.datasource_options import TFRecordOptions, list_input_files, single_path
 from sparkvision.data.datasource_read import TFRecordReader
 from sparkvision.data.datasource_schema import BYTE_ARRAY_SCHEMA, check_read_schema, infer_schema
-from sparkvision.data.datasource_stream import TFRecordStreamReader
 from sparkvision.data.datasource_write import TFRecordWriter, has_data, save_tfrecords
 from sparkvision.errors import DataError, InvalidParameterError
+
+try:
+    from sparkvision.data.datasource_stream import TFRecordStreamReader
+except ImportError:  # pyspark 4.0: Python stream sources have no read limits (4.1 added them)
+    STREAM_READER: type | None = None
+else:
+    STREAM_READER = TFRecordStreamReader
 
 __all__ = ["TFRecordDataSource", "save_tfrecords"]
 
@@ -65,13 +71,20 @@ class TFRecordDataSource(DataSource):
         check_read_schema(schema, opts)
         return TFRecordReader(opts, schema, list_input_files(opts))
 
-    def streamReader(self, schema: StructType) -> TFRecordStreamReader:
+    def streamReader(self, schema: StructType):
+        if STREAM_READER is None:
+            import pyspark
+
+            raise DataError(
+                f"streaming the tfrecords source needs pyspark 4.1 or newer (this is pyspark "
+                f"{pyspark.__version__}, whose Python stream sources have no read limits): "
+                "upgrade pyspark, or stream image files")
         opts = self._opts()
         check_read_schema(schema, opts)
         single_path(opts, "a stream")
         if not storage.isdir(opts.path):
             raise DataError(f"stream source folder {opts.path} does not exist; create it first")
-        return TFRecordStreamReader(opts, schema)
+        return STREAM_READER(opts, schema)
 
     def writer(self, schema: StructType, overwrite: bool) -> TFRecordWriter:
         opts = self._opts()

@@ -85,6 +85,15 @@ def _to_arrays(
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
+def spark_arrow_schema(schema: StructType) -> pa.Schema:
+    """The Arrow schema Spark checks a Python data source's batches against (timestamps in
+    UTC): pyspark 4.1 takes ``timezone``, 4.0 ``timestamp_utc``."""
+    try:
+        return to_arrow_schema(schema, timezone="UTC")
+    except TypeError:  # pyspark 4.0
+        return to_arrow_schema(schema, timestamp_utc=True)  # type: ignore[call-arg]
+
+
 def read_batches(
     path: str,
     opts: TFRecordOptions,
@@ -92,7 +101,7 @@ def read_batches(
     byte_range: tuple[int, int | None] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Yield the records of one file (or of one byte range of it) as Arrow batches."""
-    arrow_schema = to_arrow_schema(schema, timezone="UTC")  # exactly what Spark checks
+    arrow_schema = spark_arrow_schema(schema)
     stats: dict[str, int] = {}
     if byte_range is None:
         records = read_file_records(

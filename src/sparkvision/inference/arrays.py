@@ -14,11 +14,48 @@ import pyarrow as pa
 
 def typed_arrow_udf(fn: Callable[..., Any], return_type: str) -> Any:
     """``pyspark.sql.functions.arrow_udf(fn, return_type)``, its kind (scalar, or iterator
-    of batches) read from ``fn``'s type hints as pyspark prefers."""
-    from pyspark.sql.functions import arrow_udf
-
+    of batches) read from ``fn``'s type hints as pyspark prefers. On pyspark 4.0, which has
+    no Arrow UDFs, the same ``fn`` (an iterator of Arrow arrays, or of tuples of them, to an
+    iterator of Arrow arrays) runs inside a pandas UDF that converts at its edges."""
+    try:
+        from pyspark.sql.functions import arrow_udf
+    except ImportError:  # pyspark 4.0
+        return _pandas_twin(fn, return_type)
     # pyspark's stubs only type the form that also passes a functionType (which warns)
     return arrow_udf(fn, return_type)  # type: ignore[call-overload]
+
+
+def _pandas_twin(fn: Callable[..., Any], return_type: str) -> Any:
+    from pyspark.sql.functions import pandas_udf
+
+    return pandas_udf(pandas_function(fn), return_type)  # type: ignore[call-overload]
+
+
+def pandas_function(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` as the function of an iterator pandas UDF (its type hints say which): each
+    batch's Series become Arrow arrays for ``fn`` and its Arrow results become a Series (a
+    DataFrame for a struct, as pandas UDFs return structs)."""
+    from collections.abc import Iterator
+    from typing import get_type_hints
+
+    import pandas as pd
+
+    takes_tuples = "tuple" in str(next(iter(get_type_hints(fn).values()))).lower()
+
+    def arrow(series: pd.Series) -> pa.Array:
+        return pa.Array.from_pandas(series)
+
+    def twin(batches: Any) -> Any:
+        given = ((tuple(arrow(s) for s in b) if takes_tuples else arrow(b)) for b in batches)
+        for out in fn(given):
+            if pa.types.is_struct(out.type):
+                yield pa.Table.from_struct_array(out).to_pandas()
+            else:
+                yield out.to_pandas()
+
+    arg = Iterator[tuple[pd.Series, ...]] if takes_tuples else Iterator[pd.Series]
+    twin.__annotations__ = {"batches": arg, "return": Iterator[pd.Series]}
+    return twin
 
 
 def image_batch(column: Any, image_shape: tuple[int, int, int]) -> np.ndarray:
