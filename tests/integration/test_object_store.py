@@ -71,7 +71,7 @@ def test_prepare_train_resume_evaluate_report_in_a_bucket(s3, tmp_path):
     assert [n for n in storage.listdir(ckpt) if n.endswith(".safetensors")] == [
         "epoch-0001.safetensors", "epoch-0002.safetensors", "epoch-0003.safetensors"]
     assert sorted(storage.listdir(model)) == [
-        "dataset.json", "history.json", "metadata", "weights.safetensors"]
+        "dataset.json", "drift_profile.json", "history.json", "metadata", "weights.safetensors"]
 
     # Both ranks resume from the bucket: epoch 3 gone, the same command restarts after 2.
     storage.remove(f"{ckpt}/epoch-0003.safetensors")
