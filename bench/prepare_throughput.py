@@ -8,6 +8,17 @@ two cores. Also: the peak RSS of the driver process, its JVM and the largest Pyt
 at each N, and each JPEG decoder available (Pillow, Pillow draft mode, simplejpeg, OpenCV's
 reduced decode, ours) on one core with its pixel difference from Pillow's.
 
+Page cache, the same for both sides: right before each contender's timed run every file it
+will read is read once (``--cache warm``, the default: both run at the decoder's speed, as a
+second pass over a folder does) or every cache is dropped (``--cache cold``, root only:
+both read from the disk), and ``sync`` first writes back what earlier steps left dirty. The
+JSON says which, with the share of a sample of the input files in the page cache when each
+timed run starts. Why: this machine's page cache does not keep the input between steps
+(100k files measured 0-70 % resident minutes after they were read), and a cold read costs
+more than the decode here (one reader: 4,500-7,300 cold files/s, by read order, against
+~10,000 decodes/s), so an unwarmed run measured the disk: the 1M row's 2,358 images/s on
+2026-12-03 was its cold input (the same 1M files warm: 14,190 images/s, job 58 s).
+
     python bench/prepare_throughput.py --sizes 20000 100000 1000000
 """
 
@@ -67,6 +78,42 @@ def make_jpegs(n: int, root: Path) -> Path:
     return folder
 
 
+def _files(folder: Path, limit: int | None = None) -> list[str]:
+    return sorted(str(p) for p in folder.rglob("*.jpg"))[:limit]
+
+
+def set_cache(files: list[str], mode: str) -> dict[str, object]:
+    """Put ``files`` in the page cache (``warm``: read each once) or drop every cache
+    (``cold``), after ``sync``; return the seconds it took and the resident share of a
+    sample of ``files`` afterwards."""
+    started = time.perf_counter()
+    subprocess.run(["sync"], check=True)
+    if mode == "cold":
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    else:
+        for path in files:
+            with open(path, "rb") as fh:
+                fh.read()
+    return {"mode": mode, "seconds": round(time.perf_counter() - started, 1),
+            "resident": resident_share(files)}
+
+
+def resident_share(files: list[str], sample: int = 2000) -> float | None:
+    """Share of the pages of ``sample`` of ``files`` (evenly spaced) in the page cache,
+    by util-linux's ``fincore`` (None without it)."""
+    if not files or shutil.which("fincore") is None:
+        return None
+    picked = files[::max(1, len(files) // sample)]
+    done = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "--output",
+                           "RES,SIZE", *picked], capture_output=True, text=True, check=False)
+    resident = pages = 0
+    for line in done.stdout.splitlines():
+        res, size = (int(v) for v in line.split())
+        resident += res
+        pages += -(-size // 4096) * 4096
+    return round(resident / pages, 3) if pages else None
+
+
 def _decode(path: str) -> int:
     with Image.open(path) as img:
         arr = np.asarray(img.convert("RGB").resize((TARGET, TARGET),
@@ -74,10 +121,9 @@ def _decode(path: str) -> int:
     return int(arr.shape[0])
 
 
-def pillow_loop(folder: Path, processes: int = 2, limit: int | None = None) -> float:
-    """Images/s of decode + RGB + resize with ``processes`` worker processes (on the first
-    ``limit`` files)."""
-    files = sorted(str(p) for p in folder.rglob("*.jpg"))[:limit]
+def pillow_loop(files: list[str], processes: int = 2) -> float:
+    """Images/s of decode + RGB + resize of ``files`` with ``processes`` worker
+    processes."""
     started = time.perf_counter()
     with Pool(processes) as pool:
         done = sum(pool.imap_unordered(_decode, files, chunksize=256))
@@ -214,6 +260,11 @@ def main() -> None:
     parser.add_argument("--baseline-max", type=int, default=100000,
                         help="above this many files the Pillow loop runs on this many "
                              "(its images/s does not depend on N)")
+    parser.add_argument("--cache", choices=["warm", "cold"], default="warm",
+                        help="before each timed run: read its input once (warm) or drop "
+                             "the page cache (cold, root only)")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a line for the JSON's notes (repeatable)")
     args = parser.parse_args()
     root = Path(args.data)
     rows = []
@@ -223,9 +274,16 @@ def main() -> None:
         if decoder_table is None:
             decoder_table = decoders(folder)
             print(json.dumps(decoder_table), flush=True)
-        baseline = pillow_loop(folder, limit=args.baseline_max)
+        files = _files(folder)
+        baseline_files = files[:args.baseline_max]
+        baseline_cache = set_cache(baseline_files, args.cache)
+        baseline = pillow_loop(baseline_files)
         with tempfile.TemporaryDirectory(dir=root) as tmp:
+            cache = set_cache(files, args.cache)
             ours = run_prepare(folder, Path(tmp) / "out", Path(tmp) / "logs")
+            ours["output_bytes"] = sum(p.stat().st_size for p in (Path(tmp) / "out").rglob("*")
+                                       if p.is_file())
+        del files, baseline_files
         assert ours["images"] == n and ours["rejected"] == 0, ours
         rate = n / ours["prepare_s"]
         row = {"images": n, "pillow_2proc_images_per_s": round(baseline),
@@ -233,13 +291,19 @@ def main() -> None:
                "prepare_images_per_s": round(rate),
                "seconds_per_100k": round(100000 / rate, 1),
                "ratio_end_to_end": round(n / ours["wall_s"] / baseline, 3),
-               "ratio": round(rate / baseline, 3), **ours}
+               "ratio": round(rate / baseline, 3), **ours,
+               "pillow_files": min(n, args.baseline_max),
+               "cache_before_pillow": baseline_cache, "cache_before_prepare": cache}
         print(json.dumps(row), flush=True)
         rows.append(row)
     by_n = {r["images"]: r for r in rows}
     result = {
         "targets": {"ratio_100k": 0.7, "ratio_20k": 0.5, "rss_growth_mb_1m": 100,
                     "images_per_s_1m_vs_100k": 0.8},
+        "cache": {"warm": "every input file read once right before each contender's timed "
+                          "run, after sync",
+                  "cold": "sync, then every page cache dropped right before each "
+                          "contender's timed run"}[args.cache],
         "decoders": decoder_table, "rows": rows,
         "driver_rss_growth_mb": round(rows[-1]["driver_peak_rss_mb"]
                                       - rows[0]["driver_peak_rss_mb"], 1),
@@ -248,6 +312,7 @@ def main() -> None:
         "images_per_s_1m_vs_100k": (round(by_n[1000000]["prepare_images_per_s"]
                                           / by_n[100000]["prepare_images_per_s"], 3)
                                     if 1000000 in by_n and 100000 in by_n else None),
+        "notes": args.note,
     }
     print(write_result("prepare_throughput", result))
 
