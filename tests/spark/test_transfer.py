@@ -132,7 +132,7 @@ def test_timm_networks_need_an_importable_timm(tmp_path, digits28_dir, capsys):
     try:
         import timm  # noqa: F401
     except Exception:  # noqa: BLE001 - not installed, or its torchvision does not load
-        expected = "timm cannot be imported here"
+        expected = "needs the 'zoo' extra (timm cannot be imported"
     else:
         expected = "timm has no architecture 'no_such_net_x'"
     assert len(err) == 1 and expected in err[0], err
